@@ -1,0 +1,3 @@
+from shutterlock.cli import main
+
+main()

@@ -1,0 +1,503 @@
+"""The catalog: one SQLite database (WAL) holding every fact the daemon must not forget.
+
+- ``files``: each original seen in a source, with its stage (the durable seal queue);
+- ``versions``: every sealed version of every path (a changed file keeps its old object);
+- ``objects`` / ``replicas``: which sealed objects exist and which stores hold them;
+- ``jobs``: the durable queue of the later stages (replicate, derive), with retries;
+- ``derivatives``: what was made for sharing, and how;
+- ``uploads``: multipart uploads in flight, so they resume after a crash;
+- ``settings`` and ``events``: the paused flag and recent problems.
+
+The queue states live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shutterlock.fsutil import ensure_dir
+
+# Seal stages of a file.
+DISCOVERED, SEALING, SEALED, FAILED = "discovered", "sealing", "sealed", "failed"
+# Job states.
+PENDING, RUNNING, DONE = "pending", "running", "done"
+# Job kinds.
+REPLICATE, DERIVE = "replicate", "derive"
+
+BACKOFF_BASE = 2.0
+BACKOFF_MAX = 3600.0
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        relpath TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        content_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0,
+        error TEXT,
+        discovered_at REAL NOT NULL,
+        sealed_at REAL,
+        UNIQUE (source, relpath)
+    );
+    CREATE INDEX files_state ON files (state, not_before);
+    CREATE TABLE versions (
+        source TEXT NOT NULL,
+        relpath TEXT NOT NULL,
+        content_id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sealed_at REAL NOT NULL,
+        capture_time TEXT,
+        PRIMARY KEY (source, relpath, content_id)
+    );
+    CREATE TABLE objects (
+        content_id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE replicas (
+        content_id TEXT NOT NULL,
+        store TEXT NOT NULL,
+        stored_at REAL NOT NULL,
+        PRIMARY KEY (content_id, store)
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        state TEXT NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0,
+        error TEXT,
+        permanent INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (kind, subject)
+    );
+    CREATE INDEX jobs_due ON jobs (kind, state, not_before);
+    CREATE TABLE derivatives (
+        file_id INTEGER PRIMARY KEY REFERENCES files (id),
+        content_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        output TEXT,
+        reason TEXT,
+        cloaked INTEGER NOT NULL DEFAULT 0,
+        strength TEXT,
+        watermark TEXT,
+        made_at REAL NOT NULL
+    );
+    CREATE TABLE uploads (
+        content_id TEXT NOT NULL,
+        store TEXT NOT NULL,
+        upload_id TEXT NOT NULL,
+        part_size INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        PRIMARY KEY (content_id, store)
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        level TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    """,
+]
+
+
+def backoff(attempts: int) -> float:
+    return min(BACKOFF_MAX, BACKOFF_BASE ** max(0, attempts))
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    source: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    state: str
+    content_id: str | None
+    attempts: int
+    error: str | None
+    sealed_at: float | None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    subject: str
+    size: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Version:
+    source: str
+    relpath: str
+    content_id: str
+    size: int
+    mtime_ns: int
+    sealed_at: float
+    capture_time: str | None
+
+
+class Catalog:
+    """Thread-safe access to the catalog; every method is one short transaction."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        ensure_dir(path.parent)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        path.chmod(0o600)
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(f"{self.path}: catalog schema {version} is newer than this program")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    # ------------------------------------------------------------------ settings and events
+
+    def get_setting(self, key: str, default: str = "") -> str:
+        rows = self._query("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def record_event(self, level: str, subject: str, message: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO events (at, level, subject, message) VALUES (?, ?, ?, ?)",
+                       (time.time(), level, subject, message))
+            db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - 500")
+
+    def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query("SELECT at, level, subject, message FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------------ the seal queue
+
+    def discover(self, source: str, relpath: str, size: int, mtime_ns: int) -> bool:
+        """Note a stable file; True when it (or a new version of it) needs sealing."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT id, size, mtime_ns, state FROM files WHERE source = ? AND relpath = ?",
+                             (source, relpath)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO files (source, relpath, size, mtime_ns, state, discovered_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", (source, relpath, size, mtime_ns, DISCOVERED, now))
+                return True
+            if (row["size"], row["mtime_ns"]) == (size, mtime_ns):
+                return row["state"] in (DISCOVERED, SEALING)
+            db.execute("UPDATE files SET size = ?, mtime_ns = ?, state = ?, attempts = 0, not_before = 0, "
+                       "error = NULL, discovered_at = ? WHERE id = ?",
+                       (size, mtime_ns, DISCOVERED, now, row["id"]))
+            return True
+
+    def known_stat(self, source: str) -> dict[str, tuple[int, int, str]]:
+        """relpath -> (size, mtime_ns, state) for a source; lets a rescan skip unchanged files cheaply."""
+        rows = self._query("SELECT relpath, size, mtime_ns, state FROM files WHERE source = ?", (source,))
+        return {row["relpath"]: (row["size"], row["mtime_ns"], row["state"]) for row in rows}
+
+    def reset_interrupted(self) -> int:
+        """After a crash, work that was in flight is due again."""
+        with self.transaction() as db:
+            files = db.execute("UPDATE files SET state = ? WHERE state = ?", (DISCOVERED, SEALING)).rowcount
+            jobs = db.execute("UPDATE jobs SET state = ? WHERE state = ?", (PENDING, RUNNING)).rowcount
+        return files + jobs
+
+    def claim_files(self, limit: int, now: float | None = None) -> list[FileRow]:
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            rows = db.execute("SELECT * FROM files WHERE state = ? AND not_before <= ? ORDER BY id LIMIT ?",
+                              (DISCOVERED, now, limit)).fetchall()
+            for row in rows:
+                db.execute("UPDATE files SET state = ? WHERE id = ?", (SEALING, row["id"]))
+        return [_file_row(row) for row in rows]
+
+    def next_file_due(self) -> float | None:
+        rows = self._query("SELECT MIN(not_before) AS due FROM files WHERE state = ?", (DISCOVERED,))
+        return rows[0]["due"]
+
+    def mark_sealed(self, file: FileRow, *, content_id: str, size: int, mtime_ns: int, stored_size: int,
+                    capture_time: str | None, follow_up: list[tuple[str, str, int]]) -> None:
+        """Record a sealed version and queue the follow-up jobs, atomically."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE files SET state = ?, content_id = ?, size = ?, mtime_ns = ?, sealed_at = ?, "
+                       "error = NULL, attempts = 0 WHERE id = ?",
+                       (SEALED, content_id, size, mtime_ns, now, file.id))
+            db.execute("INSERT INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at, capture_time) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET mtime_ns = excluded.mtime_ns, "
+                       "sealed_at = excluded.sealed_at",
+                       (file.source, file.relpath, content_id, size, mtime_ns, now, capture_time))
+            db.execute("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) VALUES (?, ?, ?, ?)",
+                       (content_id, size, stored_size, now))
+            db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
+                       (content_id, now))
+            for kind, subject, job_size in follow_up:
+                _enqueue(db, kind, subject, job_size, now)
+
+    def retry_file(self, file: FileRow, error: str, max_attempts: int) -> bool:
+        """Back off a transient failure; after ``max_attempts`` it becomes permanent. True if retried."""
+        attempts = file.attempts + 1
+        if attempts >= max_attempts:
+            self.fail_file(file, f"{error} (gave up after {attempts} attempts)")
+            return False
+        with self.transaction() as db:
+            db.execute("UPDATE files SET state = ?, attempts = ?, not_before = ?, error = ? WHERE id = ?",
+                       (DISCOVERED, attempts, time.time() + backoff(attempts), error, file.id))
+        return True
+
+    def requeue_file(self, file: FileRow) -> None:
+        """The file changed while it was read; try again once it is stable, without counting a failure."""
+        with self.transaction() as db:
+            db.execute("UPDATE files SET state = ?, not_before = ? WHERE id = ?",
+                       (DISCOVERED, time.time() + 1.0, file.id))
+
+    def fail_file(self, file: FileRow, error: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FAILED, error, file.id))
+
+    def forget_file(self, file: FileRow) -> None:
+        """The file vanished before it could be sealed; nothing to keep."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM files WHERE id = ? AND content_id IS NULL", (file.id,))
+            db.execute("UPDATE files SET state = ? WHERE id = ? AND content_id IS NOT NULL", (SEALED, file.id))
+
+    def file_by_id(self, file_id: int) -> FileRow | None:
+        rows = self._query("SELECT * FROM files WHERE id = ?", (file_id,))
+        return _file_row(rows[0]) if rows else None
+
+    def files(self) -> list[FileRow]:
+        return [_file_row(row) for row in self._query("SELECT * FROM files ORDER BY source, relpath")]
+
+    def files_in_folder(self, source: str, folder: str) -> list[FileRow]:
+        prefix = f"{folder}/" if folder else ""
+        rows = self._query("SELECT * FROM files WHERE source = ? AND relpath LIKE ? ESCAPE '\\'",
+                           (source, _like_prefix(prefix) + "%"))
+        return [_file_row(row) for row in rows if "/" not in row["relpath"][len(prefix):]]
+
+    # ------------------------------------------------------------------ versions, objects, replicas
+
+    def latest_versions(self) -> list[Version]:
+        rows = self._query(
+            "SELECT v.* FROM versions v JOIN ("
+            "  SELECT source, relpath, MAX(sealed_at) AS at FROM versions GROUP BY source, relpath"
+            ") latest ON v.source = latest.source AND v.relpath = latest.relpath AND v.sealed_at = latest.at "
+            "ORDER BY v.source, v.relpath")
+        return [Version(**dict(row)) for row in rows]
+
+    def object_ids(self) -> list[str]:
+        return [row["content_id"] for row in self._query("SELECT content_id FROM objects ORDER BY content_id")]
+
+    def object_size(self, content_id: str) -> int:
+        rows = self._query("SELECT stored_size FROM objects WHERE content_id = ?", (content_id,))
+        return rows[0]["stored_size"] if rows else 0
+
+    def replicas_of(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for row in self._query("SELECT content_id, store FROM replicas ORDER BY store"):
+            out.setdefault(row["content_id"], []).append(row["store"])
+        return out
+
+    def add_replica(self, content_id: str, store: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
+                       (content_id, store, time.time()))
+
+    def objects_missing_from(self, store: str) -> list[str]:
+        rows = self._query("SELECT content_id FROM objects WHERE content_id NOT IN "
+                           "(SELECT content_id FROM replicas WHERE store = ?)", (store,))
+        return [row["content_id"] for row in rows]
+
+    # ------------------------------------------------------------------ later-stage jobs
+
+    def enqueue(self, kind: str, subject: str, size: int = 0) -> None:
+        with self.transaction() as db:
+            _enqueue(db, kind, subject, size, time.time())
+
+    def claim_job(self, kind: str, now: float | None = None) -> Job | None:
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM jobs WHERE kind = ? AND state = ? AND not_before <= ? "
+                             "ORDER BY not_before, id LIMIT 1", (kind, PENDING, now)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (RUNNING, now, row["id"]))
+        return Job(id=row["id"], kind=row["kind"], subject=row["subject"], size=row["size"],
+                   attempts=row["attempts"])
+
+    def next_job_due(self, kind: str) -> float | None:
+        rows = self._query("SELECT MIN(not_before) AS due FROM jobs WHERE kind = ? AND state = ?", (kind, PENDING))
+        return rows[0]["due"]
+
+    def finish_job(self, job: Job) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, error = NULL, updated_at = ? WHERE id = ?",
+                       (DONE, time.time(), job.id))
+
+    def retry_job(self, job: Job, error: str, *, delay: float | None = None, count: bool = True) -> None:
+        attempts = job.attempts + (1 if count else 0)
+        wait = backoff(attempts) if delay is None else delay
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, attempts = ?, not_before = ?, error = ?, updated_at = ? "
+                       "WHERE id = ?", (PENDING, attempts, time.time() + wait, error, time.time(), job.id))
+
+    def fail_job(self, job: Job, error: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, error = ?, permanent = 1, updated_at = ? WHERE id = ?",
+                       (DONE, error, time.time(), job.id))
+
+    def jobs_retrying(self) -> int:
+        """Jobs that failed at least once and wait for another attempt."""
+        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE state = ? AND error IS NOT NULL", (PENDING,))
+        return rows[0]["n"]
+
+    def job_backlog(self, kind: str) -> tuple[int, int]:
+        rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM jobs "
+                           "WHERE kind = ? AND state IN (?, ?)", (kind, PENDING, RUNNING))
+        return rows[0]["n"], rows[0]["bytes"]
+
+    # ------------------------------------------------------------------ derivatives
+
+    def record_derivative(self, file_id: int, content_id: str, *, status: str, output: str | None, reason: str,
+                          cloaked: bool, strength: str, watermark: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO derivatives (file_id, content_id, status, output, reason, cloaked, strength, "
+                       "watermark, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file_id) DO UPDATE SET "
+                       "content_id = excluded.content_id, status = excluded.status, output = excluded.output, "
+                       "reason = excluded.reason, cloaked = excluded.cloaked, strength = excluded.strength, "
+                       "watermark = excluded.watermark, made_at = excluded.made_at",
+                       (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, time.time()))
+
+    def derivative_of(self, file_id: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
+        return dict(rows[0]) if rows else None
+
+    def derivatives(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT d.*, f.source, f.relpath FROM derivatives d JOIN files f ON f.id = d.file_id "
+                           "ORDER BY f.source, f.relpath")
+        return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------------ multipart uploads
+
+    def upload_for(self, content_id: str, store: str) -> tuple[str, int, float] | None:
+        rows = self._query("SELECT upload_id, part_size, started_at FROM uploads WHERE content_id = ? AND store = ?",
+                           (content_id, store))
+        return (rows[0]["upload_id"], rows[0]["part_size"], rows[0]["started_at"]) if rows else None
+
+    def remember_upload(self, content_id: str, store: str, upload_id: str, part_size: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO uploads (content_id, store, upload_id, part_size, started_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (content_id, store, upload_id, part_size, time.time()))
+
+    def forget_upload(self, content_id: str, store: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM uploads WHERE content_id = ? AND store = ?", (content_id, store))
+
+    # ------------------------------------------------------------------ status
+
+    def counts(self) -> dict[str, Any]:
+        """Counts per stage and the backlog, for status."""
+        files = {row["state"]: (row["n"], row["bytes"]) for row in self._query(
+            "SELECT state, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM files GROUP BY state")}
+        jobs = {(row["kind"], row["state"], row["permanent"]): row["n"] for row in self._query(
+            "SELECT kind, state, permanent, COUNT(*) AS n FROM jobs GROUP BY kind, state, permanent")}
+        derived = {row["status"]: row["n"] for row in self._query(
+            "SELECT status, COUNT(*) AS n FROM derivatives GROUP BY status")}
+        start_of_day = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
+        today = self._query("SELECT COUNT(*) AS n FROM files WHERE state = ? AND sealed_at >= ?",
+                            (SEALED, start_of_day))[0]["n"]
+        backlog_items = sum(files.get(s, (0, 0))[0] for s in (DISCOVERED, SEALING))
+        backlog_bytes = sum(files.get(s, (0, 0))[1] for s in (DISCOVERED, SEALING))
+
+        def job_count(kind: str, *states: str) -> int:
+            return sum(n for (k, s, _), n in jobs.items() if k == kind and s in states)
+
+        return {
+            "files": {state: files.get(state, (0, 0))[0] for state in (DISCOVERED, SEALING, SEALED, FAILED)},
+            "objects": self._query("SELECT COUNT(*) AS n FROM objects")[0]["n"],
+            "sealed_today": today,
+            "backlog": {"items": backlog_items, "bytes": backlog_bytes},
+            "replicate": {"waiting": job_count(REPLICATE, PENDING, RUNNING),
+                          "failed": jobs.get((REPLICATE, DONE, 1), 0)},
+            "derive": {"waiting": job_count(DERIVE, PENDING, RUNNING), "by_status": derived},
+        }
+
+    def failed_files(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query("SELECT source, relpath, error FROM files WHERE state = ? ORDER BY id DESC LIMIT ?",
+                           (FAILED, limit))
+        return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_bytes(self) -> bytes:
+        """A consistent copy of the whole database, for the encrypted off-site snapshot."""
+        with self._lock:
+            return self._db.serialize()
+
+
+def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: float) -> None:
+    db.execute("INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+               "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, attempts = 0, not_before = 0, "
+               "error = NULL, permanent = 0, size = excluded.size, updated_at = excluded.updated_at",
+               (kind, subject, PENDING, size, now, now))
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _file_row(row: sqlite3.Row) -> FileRow:
+    return FileRow(id=row["id"], source=row["source"], relpath=row["relpath"], size=row["size"],
+                   mtime_ns=row["mtime_ns"], state=row["state"], content_id=row["content_id"],
+                   attempts=row["attempts"], error=row["error"], sealed_at=row["sealed_at"])

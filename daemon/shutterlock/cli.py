@@ -1,0 +1,303 @@
+"""The ``shutterlock`` command: parses arguments, calls the façade, prints, picks the exit code.
+
+Exit codes (the contract): 0 ok, 1 the operation failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from shutterlock import __version__, app
+from shutterlock import config as config_module
+from shutterlock.config import Config, ConfigError
+from shutterlock.control import DaemonNotRunning
+from shutterlock.keys import KeyProblem, read_passphrase_file
+from shutterlock.service import setup_logging
+from shutterlock.status import human_bytes
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"shutterlock: {message}", err=True)
+    sys.exit(code)
+
+
+def handles_errors(func: F) -> F:
+    """Turn the known failure kinds into one-line messages and the contract's exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, KeyProblem) as error:
+            fail(str(error), 2)
+        except app.OperationFailed as error:
+            fail(str(error), 1)
+        except KeyboardInterrupt:
+            fail("interrupted", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_config(ctx: click.Context) -> Config:
+    return config_module.load(ctx.obj["config_path"])
+
+
+def passphrase_source(passphrase_file: Path | None, *, confirm: bool) -> Callable[[], bytes]:
+    """Where the passphrase comes from: a file (or its env var), else a prompt on a TTY."""
+
+    def read() -> bytes:
+        file = passphrase_file or (Path(os.environ["SHUTTERLOCK_PASSPHRASE_FILE"])
+                                   if os.environ.get("SHUTTERLOCK_PASSPHRASE_FILE") else None)
+        if file is not None:
+            return read_passphrase_file(file)
+        if not sys.stdin.isatty():
+            raise KeyProblem("no passphrase: give --passphrase-file FILE (or SHUTTERLOCK_PASSPHRASE_FILE) "
+                             "when not on a terminal")
+        first = getpass.getpass("Passphrase: ").encode()
+        if confirm and getpass.getpass("Passphrase again: ").encode() != first:
+            raise KeyProblem("the passphrases differ")
+        if not first:
+            raise KeyProblem("the passphrase is empty")
+        return first
+
+    return read
+
+
+@contextmanager
+def progress_bar(label: str, unit_bytes: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar on a terminal, nothing otherwise; yields (advance, set_total)."""
+    if not sys.stderr.isatty():
+        yield (lambda _: None), (lambda _: None)
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [BarColumn(), DownloadColumn(), TransferSpeedColumn()] if unit_bytes else [BarColumn(),
+                                                                                         MofNCompleteColumn()]
+    with Progress(f"[bold]{label}", *columns, TimeRemainingColumn(), transient=True,
+                  console=__import__("rich.console").console.Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=None)
+        yield (lambda n: bar.advance(task, n)), (lambda total: bar.update(task, total=total))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shutterlock")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Config file (default: the platform's config dir; or $SHUTTERLOCK_CONFIG).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
+    """Seal every original; share only cloaked, stripped, watermarked derivatives."""
+    setup_logging("DEBUG" if verbose else os.environ.get("SHUTTERLOCK_LOG_LEVEL", "INFO"))
+    ctx.obj = {"config_path": config_path}
+
+
+@main.command()
+@click.option("--source", "sources", multiple=True, type=click.Path(path_type=Path), help="A folder to watch.")
+@click.option("--vault", type=click.Path(path_type=Path))
+@click.option("--outbox", type=click.Path(path_type=Path))
+@click.option("--s3-url")
+@click.option("--s3-endpoint")
+@click.option("--passphrase-file", type=click.Path(path_type=Path))
+@click.pass_context
+@handles_errors
+def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outbox: Path | None,
+         s3_url: str | None, s3_endpoint: str | None, passphrase_file: Path | None) -> None:
+    """Write the config and create the key envelope."""
+    config = load_config(ctx)
+    result = app.init(config, passphrase_source(passphrase_file, confirm=True), sources=list(sources) or None,
+                      vault=vault, outbox=outbox, s3_url=s3_url, s3_endpoint=s3_endpoint)
+    config = load_config(ctx)
+    click.echo(f"config: {result.config_file} ({'created' if result.created_config else 'kept'})")
+    click.echo(f"key:    {'created' if result.created_key else 'present'} ({config.paths.key_file})")
+    for source in config.sources:
+        click.echo(f"source: {source.name} = {source.path}")
+    click.echo(f"vault:  {config.vault.path}")
+    if config.s3 is not None:
+        from shutterlock.replicate import publish_envelope
+
+        publish_envelope(config)
+        click.echo(f"replica: {config.s3.url}")
+    click.echo("Keep your passphrase safe: with the bucket (or vault) it is all you need to recover.")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Scan, process everything due, exit.")
+@click.pass_context
+@handles_errors
+def run(ctx: click.Context, once: bool) -> None:
+    """The daemon, in the foreground."""
+    config = load_config(ctx)
+    if not config.paths.key_file.exists() and config.paths.credentials_dir is None:
+        raise KeyProblem(f"no key file at {config.paths.key_file}: run `shutterlock init` first")
+    if once:
+        failures, status = app.run_once(config)
+        click.echo(status["summary"])
+        if failures:
+            fail(f"{failures} item(s) failed; see `shutterlock status`", 1)
+        return
+    from shutterlock.daemon import AlreadyRunning, Daemon
+
+    try:
+        Daemon(config).run()
+    except AlreadyRunning as error:
+        fail(str(error), 1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handles_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """State, counts, backlog and recent problems."""
+    info = app.status(load_config(ctx))
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    click.echo(f"{info['state']}: {info['summary']}{'' if info['running'] else '  (daemon not running)'}")
+    files = info["files"]
+    click.echo(f"sealed {files.get('sealed', 0)} originals ({info['objects']} objects), {info['sealed_today']} today;"
+               f" backlog {info['backlog']['items']} ({human_bytes(info['backlog']['bytes'])})")
+    replica = info.get("replica") or {}
+    if replica.get("configured"):
+        online = "online" if replica.get("online", True) else f"OFFLINE ({replica.get('error', '')})"
+        click.echo(f"replica: {online}, {replica.get('waiting', 0)} waiting")
+    derive = info.get("derive") or {}
+    click.echo(f"derivatives: {derive.get('by_status', {})}, {derive.get('waiting', 0)} waiting")
+    for source in info["sources"]:
+        warn = f"  ! {source['warning']}" if source.get("warning") else ""
+        click.echo(f"source {source['name']}: {source['path']} [{source['watch_mode']}]{warn}")
+    for item in info.get("current", []):
+        click.echo(f"now: {item}")
+    for failed in info.get("failed_files", []):
+        click.echo(f"failed: {failed['source']}/{failed['relpath']}: {failed['error']}")
+    for event in info.get("errors", [])[:5]:
+        click.echo(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(event['at']))} {event['level']}: "
+                   f"{event['message']}")
+
+
+def _pause_resume(ctx: click.Context, paused: bool) -> None:
+    config = load_config(ctx)
+    try:
+        app.control(config, "pause" if paused else "resume")
+        click.echo("paused" if paused else "resumed")
+    except DaemonNotRunning:
+        app.set_paused_offline(config, paused)
+        click.echo(f"no daemon running; it will start {'paused' if paused else 'unpaused'}")
+
+
+@main.command()
+@click.pass_context
+@handles_errors
+def pause(ctx: click.Context) -> None:
+    """Stop starting new work (persists across restarts)."""
+    _pause_resume(ctx, True)
+
+
+@main.command()
+@click.pass_context
+@handles_errors
+def resume(ctx: click.Context) -> None:
+    """Resume work."""
+    _pause_resume(ctx, False)
+
+
+@main.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handles_errors
+def list_command(ctx: click.Context, as_json: bool) -> None:
+    """The sealed originals."""
+    rows = app.list_originals(load_config(ctx))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        sealed = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["sealed_at"]))
+        click.echo(f"{row['source']}/{row['path']}\t{row['size']}\t{sealed}\t{','.join(row['replicas'])}")
+
+
+@main.command()
+@click.argument("patterns", nargs=-1)
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
+@click.option("--from", "where", type=click.Choice(["local", "s3"]), default="local", show_default=True)
+@click.pass_context
+@handles_errors
+def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: str) -> None:
+    """Restore originals byte-identical, with their mtimes."""
+    config = load_config(ctx)
+    with progress_bar("restoring", unit_bytes=True) as (advance, set_total):
+        report = app.restore_originals(config, list(patterns), dest, where, progress=advance, on_total=set_total)
+    for label, reason in report.bad:
+        click.echo(f"REFUSED {label}: {reason}", err=True)
+    click.echo(f"restored {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"
+               + (f"; {len(report.bad)} refused" if report.bad else ""))
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--remote", is_flag=True, help="Check the S3 replica instead of the local vault.")
+@click.option("--sample", type=click.FloatRange(0.01, 100), help="Check a random PERCENT of the objects.")
+@click.pass_context
+@handles_errors
+def verify(ctx: click.Context, remote: bool, sample: float | None) -> None:
+    """Authenticate stored objects; exit 1 if any is bad or missing."""
+    config = load_config(ctx)
+    with progress_bar("verifying", unit_bytes=False) as (advance, set_total):
+        report = app.verify_objects(config, remote=remote, sample=sample, progress=advance, on_total=set_total)
+    for label, reason in report.bad:
+        click.echo(f"BAD {label}: {reason}", err=True)
+    click.echo(f"verified {len(report.ok)} object(s) ({human_bytes(report.bytes)}): "
+               + ("all good" if not report.bad else f"{len(report.bad)} bad or missing"))
+    if report.failed:
+        sys.exit(1)
+
+
+@main.group()
+def key() -> None:
+    """Manage the key envelope."""
+
+
+@key.command()
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help="The current passphrase.")
+@click.option("--new-passphrase-file", type=click.Path(path_type=Path), help="The new passphrase.")
+@click.pass_context
+@handles_errors
+def passwd(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file: Path | None) -> None:
+    """Change the passphrase (re-wraps the master key; no object is re-encrypted)."""
+    config = load_config(ctx)
+    if new_passphrase_file is None and not sys.stdin.isatty():
+        raise KeyProblem("no new passphrase: give --new-passphrase-file FILE when not on a terminal")
+    old = passphrase_source(passphrase_file, confirm=False)()
+    new = read_passphrase_file(new_passphrase_file) if new_passphrase_file else \
+        passphrase_source(None, confirm=True)()
+    app.change_passphrase(config, old, new)
+    if config.s3 is not None:
+        from shutterlock.replicate import publish_envelope
+
+        publish_envelope(config)
+    click.echo("passphrase changed")
+
+
+if __name__ == "__main__":
+    main()

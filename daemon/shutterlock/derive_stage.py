@@ -1,0 +1,113 @@
+"""The derive lane: turns a sealed original into its share-ready derivative in the outbox.
+
+The heavy work (decoding, the cloak) runs in a separate, low-priority child process with a
+per-image time limit, so neither a pathological file nor torch can stall or bloat the daemon.
+If the original has changed or gone from the source since it was sealed, the derivative is made
+from the sealed object instead, decrypted into an owner-only temp folder and deleted right after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from shutterlock.catalog import Catalog, FileRow, Job
+from shutterlock.config import Config
+from shutterlock.fsutil import ensure_dir
+from shutterlock.pipeline import Stage, StageError, WorkerState
+from shutterlock.vault.format import FormatError, Keys, ObjectReader
+from shutterlock.vault.local import LocalStore
+
+log = logging.getLogger(__name__)
+
+
+class DeriveStage(Stage):
+    kind = "derive"
+    threads = 1
+
+    def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore):
+        self.config, self.catalog, self.keys, self.vault = config, catalog, keys, vault
+        self._runner: Any = None
+        self.cloak_error = ""
+
+    def _get_runner(self) -> Any:
+        if self._runner is None:
+            from shutterlock.derive.runner import DeriveRunner
+
+            self._runner = DeriveRunner(self.config.derive.time_limit)
+        return self._runner
+
+    def process(self, job: Job, worker: WorkerState) -> None:
+        from shutterlock.derive import DeriveJob, classify, should_derive
+
+        file = self.catalog.file_by_id(int(job.subject))
+        if file is None or file.content_id is None:
+            return
+        source = self.config.source_by_name(file.source)
+        name = PurePosixPath(file.relpath).name
+        original = source.path / file.relpath if source else Path(name)
+        kind = classify(original)
+        if kind == "other":
+            self._record(file, status="skipped", reason="not an image: sealed, no derivative")
+            return
+        if source is not None and not should_derive(original, self.config.derive.pair_preference):
+            self._record(file, status="skipped", reason="RAW+JPEG pair: the other half is derived")
+            return
+        previous = self.catalog.derivative_of(file.id)
+        with self._input_for(file, original) as path:
+            result = self._get_runner().run(DeriveJob(
+                source=path, display_name=name, derive=self.config.derive, watermark=self.config.watermark,
+                rights=self.config.rights, cloak=self.config.cloak,
+                previous_output=Path(previous["output"]) if previous and previous.get("output") else None,
+                mtime=file.mtime_ns / 1e9))
+            worker.tick()
+        self.cloak_error = result.cloak_error if result.cloak_error else ""
+        self._record(file, status=result.status, reason=result.reason,
+                     output=str(result.output) if result.output else None, cloaked=result.cloaked,
+                     strength=result.cloak_strength, watermark=result.watermark)
+        if result.status == "failed":
+            log.warning("derivative of %s/%s failed: %s", file.source, file.relpath, result.reason)
+            self.catalog.record_event("warning", f"{file.source}/{file.relpath}", f"derivative: {result.reason}")
+        elif result.status == "held":
+            log.warning("derivative of %s/%s held back: %s", file.source, file.relpath, result.reason)
+            self.catalog.record_event("error", f"{file.source}/{file.relpath}", f"not cloaked: {result.reason}")
+        else:
+            log.info("derivative of %s/%s: %s", file.source, file.relpath, result.output)
+
+    def _record(self, file: FileRow, *, status: str, reason: str, output: str | None = None,
+                cloaked: bool = False, strength: str = "", watermark: str = "") -> None:
+        self.catalog.record_derivative(file.id, file.content_id or "", status=status, output=output, reason=reason,
+                                       cloaked=cloaked, strength=strength, watermark=watermark)
+
+    @contextlib.contextmanager
+    def _input_for(self, file: FileRow, original: Path) -> Iterator[Path]:
+        """The original if it is still the sealed version, else a temporary decrypted copy."""
+        try:
+            info = os.stat(original)
+            if (info.st_size, info.st_mtime_ns) == (file.size, file.mtime_ns):
+                yield original
+                return
+        except OSError:
+            pass
+        scratch = ensure_dir(self.config.paths.cache_dir / "derive")
+        with tempfile.TemporaryDirectory(dir=scratch) as folder:
+            target = Path(folder) / PurePosixPath(file.relpath).name
+            try:
+                with self.vault.open(file.content_id or "") as handle, open(target, "wb") as out:
+                    ObjectReader(self.keys, handle, file.content_id).copy_to(out)
+            except FormatError as error:
+                raise StageError(f"sealed object failed authentication: {error}", transient=False) from None
+            yield target
+
+    def status(self) -> dict[str, Any]:
+        return {"cloak_error": self.cloak_error}
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None

@@ -1,0 +1,271 @@
+"""The sealed object format (docs/FORMAT.md is its specification; keep the two in step).
+
+An object is one original, encrypted with libsodium's secretstream in fixed-size chunks:
+
+    prelude   magic "SHUTRLK\\0" | version u8 | 3 zero bytes | chunk_size u32be      (16 bytes)
+    header    secretstream header                                                  (24 bytes)
+    meta_len  u32be length of the next ciphertext
+    meta      secretstream message (TAG_MESSAGE, additional data = prelude):
+              u32be json_len | UTF-8 JSON metadata | zero padding to a multiple of 256
+    body      chunk_size plaintext bytes per message (+17 bytes each), the last one shorter
+              (possibly empty) and tagged TAG_FINAL
+
+The object's name is its content id: keyed BLAKE2b-256 of the plaintext. Readers recompute it,
+so a swapped, truncated or altered object is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+import nacl.bindings as sodium
+import nacl.hashlib
+
+MAGIC = b"SHUTRLK\x00"
+VERSION = 1
+PRELUDE = struct.Struct(">8sB3xI")
+PRELUDE_SIZE = PRELUDE.size
+HEADER_SIZE = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES
+ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
+TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+META_PAD = 256
+DEFAULT_CHUNK = 1 << 20
+MAX_CHUNK = 64 << 20
+MAX_META = 1 << 20
+
+# Labels for keys derived from the master key: subkey = BLAKE2b-256(key=master, message=label).
+LABEL_CONTENT_ID = b"shutterlock/v1/content-id"
+LABEL_OBJECT = b"shutterlock/v1/object"
+LABEL_CATALOG = b"shutterlock/v1/catalog-snapshot"
+
+
+class FormatError(Exception):
+    """An object failed to parse or authenticate; the message says how."""
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What an object says about the original it holds (encrypted inside the object)."""
+
+    source: str
+    path: str
+    size: int
+    mtime_ns: int
+    sealed_at: float
+    capture_time: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ObjectMeta:
+        try:
+            raw = json.loads(data)
+            return cls(source=str(raw["source"]), path=str(raw["path"]), size=int(raw["size"]),
+                       mtime_ns=int(raw["mtime_ns"]), sealed_at=float(raw["sealed_at"]),
+                       capture_time=raw.get("capture_time"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise FormatError(f"metadata is not valid: {error}") from None
+
+
+def derive_key(master: bytes, label: bytes) -> bytes:
+    return nacl.hashlib.blake2b(label, digest_size=32, key=master).digest()
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The subkeys an object needs; built once from the master key."""
+
+    content_id: bytes
+    object: bytes
+    catalog: bytes
+
+    @classmethod
+    def from_master(cls, master: bytes) -> Keys:
+        return cls(content_id=derive_key(master, LABEL_CONTENT_ID), object=derive_key(master, LABEL_OBJECT),
+                   catalog=derive_key(master, LABEL_CATALOG))
+
+    def hasher(self) -> nacl.hashlib.blake2b:
+        return nacl.hashlib.blake2b(digest_size=32, key=self.content_id)
+
+
+def prelude(chunk_size: int) -> bytes:
+    return PRELUDE.pack(MAGIC, VERSION, chunk_size)
+
+
+def _pad_meta(meta: ObjectMeta) -> bytes:
+    body = meta.to_json()
+    framed = struct.pack(">I", len(body)) + body
+    return framed + b"\x00" * (-len(framed) % META_PAD)
+
+
+@dataclass(frozen=True)
+class SealResult:
+    content_id: str
+    plain_size: int
+    stored_size: int
+
+
+def seal_stream(keys: Keys, meta: ObjectMeta, source: BinaryIO, out: BinaryIO,
+                chunk_size: int = DEFAULT_CHUNK, progress: Callable[[], None] | None = None) -> SealResult:
+    """Encrypt ``source`` into ``out``, hashing as it goes; memory stays at two chunks."""
+    if not 0 < chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk size out of range: {chunk_size}")
+    state = sodium.crypto_secretstream_xchacha20poly1305_state()
+    header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, keys.object)
+    pre = prelude(chunk_size)
+    meta_ct = sodium.crypto_secretstream_xchacha20poly1305_push(state, _pad_meta(meta), pre, TAG_MESSAGE)
+    out.write(pre + header + struct.pack(">I", len(meta_ct)) + meta_ct)
+    written = PRELUDE_SIZE + HEADER_SIZE + 4 + len(meta_ct)
+    hasher = keys.hasher()
+    total = 0
+    push = sodium.crypto_secretstream_xchacha20poly1305_push
+    current = _read_full(source, chunk_size)
+    while True:
+        following = _read_full(source, chunk_size) if len(current) == chunk_size else b""
+        final = not following
+        hasher.update(current)
+        total += len(current)
+        ciphertext = push(state, current, None, TAG_FINAL if final else TAG_MESSAGE)
+        out.write(ciphertext)
+        written += len(ciphertext)
+        if progress is not None:
+            progress()
+        if final:
+            break
+        current = following
+    return SealResult(content_id=hasher.hexdigest(), plain_size=total, stored_size=written)
+
+
+def _read_full(handle: BinaryIO, size: int) -> bytes:
+    """Read exactly ``size`` bytes unless the stream ends first (pipes return short reads)."""
+    data = handle.read(size)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    remaining = size - len(data)
+    while remaining:
+        more = handle.read(remaining)
+        if not more:
+            break
+        parts.append(more)
+        remaining -= len(more)
+    return b"".join(parts)
+
+
+class ObjectReader:
+    """Streams an object's plaintext, refusing anything that does not authenticate."""
+
+    def __init__(self, keys: Keys, handle: BinaryIO, expected_id: str | None = None):
+        self._keys, self._handle, self._expected = keys, handle, expected_id
+        raw = _read_full(handle, PRELUDE_SIZE + HEADER_SIZE + 4)
+        if len(raw) < PRELUDE_SIZE + HEADER_SIZE + 4:
+            raise FormatError("truncated before the metadata")
+        magic, version, chunk_size = PRELUDE.unpack(raw[:PRELUDE_SIZE])
+        if magic != MAGIC:
+            raise FormatError("not a Shutterlock object (bad magic)")
+        if version != VERSION:
+            raise FormatError(f"unsupported object version {version}")
+        if not 0 < chunk_size <= MAX_CHUNK:
+            raise FormatError(f"chunk size out of range: {chunk_size}")
+        self.chunk_size = chunk_size
+        header = raw[PRELUDE_SIZE:PRELUDE_SIZE + HEADER_SIZE]
+        (meta_len,) = struct.unpack(">I", raw[PRELUDE_SIZE + HEADER_SIZE:])
+        if not ABYTES < meta_len <= MAX_META + ABYTES:
+            raise FormatError(f"metadata length out of range: {meta_len}")
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, keys.object)
+        meta_ct = _read_full(handle, meta_len)
+        if len(meta_ct) != meta_len:
+            raise FormatError("truncated inside the metadata")
+        padded, tag = self._pull(meta_ct, raw[:PRELUDE_SIZE])
+        if tag != TAG_MESSAGE or len(padded) < 4:
+            raise FormatError("metadata block is malformed")
+        (json_len,) = struct.unpack(">I", padded[:4])
+        if json_len > len(padded) - 4:
+            raise FormatError("metadata length is inconsistent")
+        self.meta = ObjectMeta.from_json(padded[4:4 + json_len])
+
+    def _pull(self, ciphertext: bytes, ad: bytes | None = None) -> tuple[bytes, int]:
+        try:
+            return sodium.crypto_secretstream_xchacha20poly1305_pull(self._state, ciphertext, ad)
+        except Exception as error:  # nacl raises RuntimeError/CryptoError depending on version
+            raise FormatError("authentication failed (altered, reordered or foreign data)") from error
+
+    def chunks(self) -> Iterator[bytes]:
+        """Yield plaintext chunks; raises FormatError on damage, truncation or a wrong content id."""
+        hasher = self._keys.hasher()
+        size = 0
+        while True:
+            ciphertext = _read_full(self._handle, self.chunk_size + ABYTES)
+            if len(ciphertext) < ABYTES:
+                raise FormatError("truncated: the final chunk is missing")
+            plain, tag = self._pull(ciphertext)
+            hasher.update(plain)
+            size += len(plain)
+            if tag == TAG_FINAL:
+                if self._handle.read(1):
+                    raise FormatError("data after the final chunk")
+                break
+            if len(plain) != self.chunk_size:
+                raise FormatError("short chunk before the end")
+            yield plain
+        actual = hasher.hexdigest()
+        if self._expected is not None and actual != self._expected:
+            raise FormatError(f"content does not match its id (holds {actual[:12]}…)")
+        if size != self.meta.size:
+            raise FormatError(f"size {size} differs from the recorded {self.meta.size}")
+        self.content_id = actual
+        yield plain
+
+    def copy_to(self, out: BinaryIO, progress: Callable[[int], None] | None = None) -> int:
+        total = 0
+        for chunk in self.chunks():
+            out.write(chunk)
+            total += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        return total
+
+
+def authenticate(keys: Keys, handle: BinaryIO, expected_id: str) -> ObjectMeta:
+    """Read a whole object and check it; returns its metadata."""
+    reader = ObjectReader(keys, handle, expected_id)
+    for _ in reader.chunks():
+        pass
+    return reader.meta
+
+
+def body_offset(meta_ciphertext_len: int) -> int:
+    """Where the body chunks start; S3 multipart parts are aligned to this."""
+    return PRELUDE_SIZE + HEADER_SIZE + 4 + meta_ciphertext_len
+
+
+# Sealed blobs (catalog snapshots, for instance): one secretbox-style AEAD message.
+BLOB_MAGIC = b"SHUTRLKB"
+
+
+def seal_blob(key: bytes, data: bytes, label: bytes) -> bytes:
+    nonce = os.urandom(sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES)
+    ad = BLOB_MAGIC + bytes([VERSION]) + label
+    return BLOB_MAGIC + bytes([VERSION]) + nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        data, ad, nonce, key)
+
+
+def open_blob(key: bytes, blob: bytes, label: bytes) -> bytes:
+    npub = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+    if len(blob) < 9 + npub or blob[:8] != BLOB_MAGIC:
+        raise FormatError("not a Shutterlock sealed blob")
+    if blob[8] != VERSION:
+        raise FormatError(f"unsupported blob version {blob[8]}")
+    nonce = blob[9:9 + npub]
+    try:
+        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(blob[9 + npub:], blob[:9] + label, nonce, key)
+    except Exception as error:
+        raise FormatError("blob failed authentication") from error

@@ -1,0 +1,172 @@
+"""Shared fixtures: isolated homes, the real CLI in subprocesses, a real S3 server process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SAMPLES = SHARED / "samples"
+PASSPHRASE = "tests: correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def copy_tree(src: Path, dst: Path) -> list[Path]:
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return sorted(p for p in dst.rglob("*") if p.is_file())
+
+
+@dataclass
+class Home:
+    """One isolated installation: config, state, runtime dirs, a source, a vault, an outbox."""
+
+    base: Path
+    sources: list[Path]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_file(self) -> Path:
+        return self.base / "config" / "config.toml"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "data" / "shutterlock"
+
+    @property
+    def vault(self) -> Path:
+        return self.base / "vault"
+
+    @property
+    def outbox(self) -> Path:
+        return self.base / "outbox"
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "run" / "shutterlock" / "control.sock"
+
+    @property
+    def passphrase_file(self) -> Path:
+        return self.base / "passphrase"
+
+    def cli(self, *args: str, check: bool | None = None, timeout: float = 300, input: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "shutterlock", *args], env={**self.env, **(env or {})},
+                                capture_output=True, text=True, timeout=timeout, input=input)
+        if check:
+            assert result.returncode == 0, f"{args}: rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def write_config(self, extra: str = "", *, derive: bool = False, watch_mode: str = "auto",
+                     settle: float = 0.5) -> None:
+        lines = []
+        for index, source in enumerate(self.sources):
+            mode = watch_mode if index == 0 else "auto"
+            lines += ["[[source]]", f'path = "{source}"', f'watch_mode = "{mode}"', ""]
+        lines += ["[vault]", f'path = "{self.vault}"', "", "[derive]", f"enabled = {str(derive).lower()}",
+                  f'outbox = "{self.outbox}"', "", "[engine]", f"settle_seconds = {settle}",
+                  "rescan_minutes = 15", ""]
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text("\n".join(lines) + extra)
+
+    def start_daemon(self, *extra_env: tuple[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+        log = log or self.base / "daemon.log"
+        env = {**self.env, **dict(extra_env)}
+        with open(log, "ab") as stderr:
+            process = subprocess.Popen([sys.executable, "-m", "shutterlock", "run"], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
+            if self.socket.exists() and self.cli("status", "--json").returncode == 0 and \
+                    '"running": true' in self.cli("status", "--json").stdout:
+                return process
+            time.sleep(0.1)
+        process.kill()
+        raise AssertionError(f"daemon did not come up:\n{log.read_text()}")
+
+    def status(self) -> dict[str, Any]:
+        import json
+
+        result = self.cli("status", "--json", check=True)
+        return json.loads(result.stdout)
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    return process.wait(timeout)
+
+
+@pytest.fixture(scope="session")
+def key_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Argon2id at MODERATE costs ~1 s and 256 MB: make the key once, copy it into each home."""
+    base = tmp_path_factory.mktemp("key-template")
+    home = _new_home(base, [base / "src"])
+    home.write_config()
+    home.cli("init", "--passphrase-file", str(home.passphrase_file), check=True)
+    return home.state
+
+
+def _new_home(base: Path, sources: list[Path]) -> Home:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHUTTERLOCK_", "XDG_", "NOTIFY_SOCKET",
+                                                                     "WATCHDOG_", "CREDENTIALS_DIRECTORY"))}
+    env.update({
+        "HOME": str(base / "home"),
+        "XDG_CONFIG_HOME": str(base / "config-root"),
+        "XDG_DATA_HOME": str(base / "data"),
+        "XDG_STATE_HOME": str(base / "state"),
+        "XDG_CACHE_HOME": str(base / "cache"),
+        "XDG_RUNTIME_DIR": str(base / "run"),
+        "SHUTTERLOCK_CONFIG": str(base / "config" / "config.toml"),
+        "SHUTTERLOCK_MODELS_DIR": str(SHARED / "models"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    for source in sources:
+        source.mkdir(parents=True, exist_ok=True)
+    (base / "passphrase").write_text(PASSPHRASE + "\n")
+    return Home(base=base, sources=sources, env=env)
+
+
+@pytest.fixture
+def make_home(tmp_path: Path, key_template: Path) -> Iterator[Any]:
+    """Build a ready-to-run installation (config written, key in place, vault prepared)."""
+    homes: list[Home] = []
+
+    def make(sources: int = 1, name: str = "home", base: Path | None = None, **config: Any) -> Home:
+        base = base or tmp_path / name
+        home = _new_home(base, [base / f"src{i}" if sources > 1 else base / "src" for i in range(sources)])
+        home.write_config(**config)
+        home.state.mkdir(parents=True, exist_ok=True)
+        for item in ("master.key", "key-envelope.json"):
+            shutil.copy2(key_template / item, home.state / item)
+        homes.append(home)
+        return home
+
+    yield make
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
