@@ -3,7 +3,7 @@
 #
 #   packaging/bootstrap.sh run     the daemon on the embedded defaults (creates the key on first use)
 #   packaging/bootstrap.sh test    the whole test suite
-#   packaging/bootstrap.sh setup   only the set-up (the Dockerfile uses this)
+#   packaging/bootstrap.sh setup   only the runtime set-up, nothing started (the Dockerfile uses this)
 #
 # Set-up is idempotent and quick when nothing is missing: system packages (apt, as root),
 # a virtual environment in .venv with the CPU build of torch, and the project in editable mode.
@@ -12,14 +12,17 @@ cd "$(dirname "$0")/.."
 mode="${1:-run}"
 shift || true
 
-RUNTIME_PACKAGES=(python3-venv)
+RUNTIME_PACKAGES=()
 TEST_PACKAGES=(libimage-exiftool-perl xvfb trayer dbus-x11 x11-utils xdotool imagemagick
                gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config systemd restic mat2)
 TORCH_VERSION="2.13.0"
 
 install_system_packages() {
   local wanted=("${RUNTIME_PACKAGES[@]}")
-  [ "$mode" != "run" ] && wanted+=("${TEST_PACKAGES[@]}")
+  [ "$mode" = "test" ] && wanted+=("${TEST_PACKAGES[@]}")
+  # Debian splits venv support out of its python3; a python.org build (the container image) has it.
+  "${PYTHON:-python3}" -c "import ensurepip" 2>/dev/null || wanted+=(python3-venv)
+  [ ${#wanted[@]} -eq 0 ] && return
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -47,7 +50,7 @@ install_python_packages() {
     fi
   fi
   local extras=""
-  [ "$mode" != "run" ] && extras="[test,tray-gtk]"
+  [ "$mode" = "test" ] && extras="[test,tray-gtk]"
   local stamp=".venv/.shutterlock-installed${extras}"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "${pip[@]}" -e ".${extras}"

@@ -222,7 +222,12 @@ def select_store(config: Config, where: str, keys: Keys) -> Store:
         raise ConfigError(f"{config.paths.config_file.name}: [s3]: not configured; cannot use --from s3")
     from shutterlock.vault.s3 import S3Store
 
-    return S3Store.from_config(config.s3, config.paths.credentials_dir)
+    store = S3Store.from_config(config.s3, config.paths.credentials_dir)
+    try:
+        store.check()
+    except StoreError as error:
+        raise OperationFailed(str(error)) from None
+    return store
 
 
 def restore_originals(config: Config, patterns: list[str], dest: Path, where: str = "local",

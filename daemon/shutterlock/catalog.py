@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shutterlock.fsutil import ensure_dir
+from shutterlock.vault.format import ObjectMeta
 
 # Seal stages of a file.
 DISCOVERED, SEALING, SEALED, FAILED = "discovered", "sealing", "sealed", "failed"
@@ -354,10 +355,37 @@ class Catalog:
             db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
                        (content_id, store, time.time()))
 
-    def objects_missing_from(self, store: str) -> list[str]:
-        rows = self._query("SELECT content_id FROM objects WHERE content_id NOT IN "
-                           "(SELECT content_id FROM replicas WHERE store = ?)", (store,))
-        return [row["content_id"] for row in rows]
+    def forget_replicas(self, store: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM replicas WHERE store = ?", (store,))
+
+    def adopt_recovered(self, content_id: str, meta: ObjectMeta, staged_size: int) -> None:
+        """Register an object found in the bucket (recovery); its metadata names one path holding it."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) VALUES (?, ?, ?, ?)",
+                       (content_id, meta.size, staged_size, meta.sealed_at))
+            db.execute("INSERT OR REPLACE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
+                       (content_id, time.time()))
+            if db.execute("SELECT 1 FROM versions WHERE content_id = ?", (content_id,)).fetchone():
+                return
+            db.execute("INSERT OR IGNORE INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (meta.source, meta.path, content_id, meta.size, meta.mtime_ns,
+                                                     meta.sealed_at))
+            db.execute("INSERT OR IGNORE INTO files (source, relpath, size, mtime_ns, state, content_id, "
+                       "discovered_at, sealed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (meta.source, meta.path, meta.size, meta.mtime_ns, SEALED, content_id, meta.sealed_at,
+                        meta.sealed_at))
+
+    def enqueue_missing_replicas(self, store: str) -> int:
+        """Queue a copy of every object the store lacks (a replica configured after the fact, a lost job)."""
+        now = time.time()
+        with self.transaction() as db:
+            return db.execute(
+                "INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) "
+                "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE content_id NOT IN "
+                "(SELECT content_id FROM replicas WHERE store = ?) "
+                "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, attempts = 0 "
+                "WHERE jobs.state = ?", (REPLICATE, PENDING, now, now, store, DONE)).rowcount
 
     # ------------------------------------------------------------------ later-stage jobs
 
@@ -396,6 +424,16 @@ class Catalog:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = ?, permanent = 1, updated_at = ? WHERE id = ?",
                        (DONE, error, time.time(), job.id))
+
+    def expedite_all(self) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (DISCOVERED,))
+            db.execute("UPDATE jobs SET not_before = 0 WHERE state = ?", (PENDING,))
+
+    def expedite(self, kind: str) -> None:
+        """Make every waiting job of a kind due now (the bucket is back)."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET not_before = 0 WHERE kind = ? AND state = ?", (kind, PENDING))
 
     def jobs_retrying(self) -> int:
         """Jobs that failed at least once and wait for another attempt."""
@@ -439,6 +477,11 @@ class Catalog:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO uploads (content_id, store, upload_id, part_size, started_at) "
                        "VALUES (?, ?, ?, ?, ?)", (content_id, store, upload_id, part_size, time.time()))
+
+    def uploads(self, store: str) -> list[tuple[str, str]]:
+        """(upload id, content id) of the multipart uploads in flight to a store."""
+        rows = self._query("SELECT upload_id, content_id FROM uploads WHERE store = ?", (store,))
+        return [(row["upload_id"], row["content_id"]) for row in rows]
 
     def forget_upload(self, content_id: str, store: str) -> None:
         with self.transaction() as db:

@@ -156,10 +156,11 @@ def run(ctx: click.Context, once: bool) -> None:
             fail(f"{failures} item(s) failed; see `shutterlock status`", 1)
         return
     from shutterlock.daemon import AlreadyRunning, Daemon
+    from shutterlock.vault.store import StoreError
 
     try:
         Daemon(config).run()
-    except AlreadyRunning as error:
+    except (AlreadyRunning, StoreError) as error:
         fail(str(error), 1)
 
 
@@ -273,6 +274,56 @@ def verify(ctx: click.Context, remote: bool, sample: float | None) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--s3-url", required=True, help="s3://BUCKET/PREFIX of the replica.")
+@click.option("--s3-endpoint", help="Endpoint URL of an S3-compatible service.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path))
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
+@click.pass_context
+@handles_errors
+def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase_file: Path | None,
+            dest: Path) -> None:
+    """Disaster recovery: rebuild local state from the bucket and restore every original."""
+    from shutterlock.recover import recover as run_recovery
+
+    config = load_config(ctx)
+    with progress_bar("recovering", unit_bytes=True) as (advance, _):
+        report = run_recovery(config, s3_url, s3_endpoint, passphrase_source(passphrase_file, confirm=False), dest,
+                              progress=advance)
+    for label, reason in report.bad:
+        click.echo(f"REFUSED {label}: {reason}", err=True)
+    click.echo(f"recovered {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"
+               + (f"; {len(report.bad)} could not be recovered" if report.bad else ""))
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--strength", type=click.Choice(["off", "light", "standard", "strong"]),
+              help="Cloak strength (default: from the config).")
+@click.pass_context
+@handles_errors
+def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strength: str | None) -> None:
+    """One-shot share-ready derivatives of the given files, same pipeline as the daemon."""
+    from shutterlock.derive.protect import protect as run_protect
+
+    config = load_config(ctx)
+    results = run_protect(list(inputs), out_dir, derive=config.derive, watermark=config.watermark,
+                          rights=config.rights, cloak=config.cloak, strength=strength)
+    failed = 0
+    for result in results:
+        if result.status == "written":
+            cloak = f"cloaked ({result.cloak_strength})" if result.cloaked else "NOT cloaked"
+            click.echo(f"{result.source} -> {result.output} [{cloak}]")
+        else:
+            failed += 1
+            click.echo(f"{result.source}: {result.status}: {result.reason}", err=True)
+    if failed:
+        sys.exit(1)
+
+
 @main.group()
 def key() -> None:
     """Manage the key envelope."""
@@ -297,6 +348,36 @@ def passwd(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file
 
         publish_envelope(config)
     click.echo("passphrase changed")
+
+
+@main.command()
+@click.option("--autostart", type=click.Choice(["on", "off"]), help="Install or remove the login autostart entry.")
+@click.pass_context
+def tray(ctx: click.Context, autostart: str | None) -> None:
+    """The tray icon (starts the daemon in-process if none is running)."""
+    from shutterlock_tray.app import run as run_tray
+
+    sys.exit(run_tray(ctx.obj["config_path"], autostart))
+
+
+@main.group()
+def service() -> None:
+    """Run under systemd."""
+
+
+@service.command()
+@click.option("--user", "scope", flag_value="user", help="A user unit, for a workstation login.")
+@click.option("--system", "scope", flag_value="system", help="A system unit, for a home server.")
+@click.option("--print", "print_only", is_flag=True, help="Print the unit instead of writing it.")
+@click.pass_context
+@handles_errors
+def install(ctx: click.Context, scope: str | None, print_only: bool) -> None:
+    """Write the systemd unit with this installation's paths and explain the next steps."""
+    from shutterlock.units import install_unit
+
+    if scope is None:
+        raise click.UsageError("choose --user or --system")
+    click.echo(install_unit(load_config(ctx), scope, print_only=print_only))
 
 
 if __name__ == "__main__":

@@ -197,6 +197,7 @@ class EngineConfig:
     seal_workers: int = 0  # 0 = one per core
     max_attempts: int = 8
     chunk_size: int = 1 << 20
+    stall_seconds: float = 300.0  # a busy worker silent this long stops the systemd watchdog pings
 
 
 @dataclass(frozen=True)
@@ -413,6 +414,7 @@ def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
         seal_workers=reader.integer("seal_workers", 0, low=0, high=256),
         max_attempts=reader.integer("max_attempts", default_engine.max_attempts, low=1, high=1000),
         chunk_size=reader.integer("chunk_size", default_engine.chunk_size, low=4096, high=64 << 20),
+        stall_seconds=reader.number("stall_seconds", default_engine.stall_seconds, low=1.0),
     )
     reader.done()
 

@@ -27,7 +27,6 @@ from shutterlock.watch import walk
 
 log = logging.getLogger(__name__)
 
-STALL_SECONDS = 120.0
 TEST_STALL_ENV = "SHUTTERLOCK_TEST_STALL_SEAL"  # test hook: a seal worker blocks forever
 
 
@@ -141,9 +140,12 @@ class Engine:
         return self._stopping.is_set()
 
     def healthy(self) -> bool:
-        """False when a busy worker has made no progress for STALL_SECONDS (systemd's watchdog then fires)."""
-        now = time.monotonic()
-        return all(not w.busy_since or now - w.progress_at < STALL_SECONDS for w in self.workers)
+        """False when a busy worker has made no progress for a while (systemd's watchdog then fires)."""
+        now, limit = time.monotonic(), self.config.engine.stall_seconds
+        # A derivative runs in a child process that is killed at its time limit: allow that much.
+        derive_limit = max(limit, self.config.derive.time_limit + 60)
+        return all(not w.busy_since or now - w.progress_at < (derive_limit if w.lane == "derive" else limit)
+                   for w in self.workers)
 
     def busy(self) -> bool:
         return any(w.busy_since for w in self.workers)
@@ -274,8 +276,12 @@ class Engine:
     # ------------------------------------------------------------------ one-shot
 
     def run_until_idle(self) -> None:
-        """Process everything due now, in the calling thread's pool, then return (``run --once``)."""
+        """Process everything due now, in the calling thread's pool, then return (``run --once``).
+
+        A new invocation is a new attempt: work waiting out a back-off from an earlier run is due now.
+        """
         self.catalog.reset_interrupted()
+        self.catalog.expedite_all()
         seal_threads = self.config.engine.seal_workers or os.cpu_count() or 2
         workers = [WorkerState("seal") for _ in range(seal_threads)]
         self.workers.extend(workers)
