@@ -180,10 +180,13 @@ class ControlClient:
             raise DaemonNotRunning(str(self.path)) from error
         except OSError as error:
             raise DaemonNotRunning(f"{self.path}: {error.strerror or error}") from error
-        with sock, sock.makefile("rwb") as stream:
-            stream.write(json.dumps(request).encode() + b"\n")
-            stream.flush()
-            line = stream.readline(16 << 20)
+        try:
+            with sock, sock.makefile("rwb") as stream:
+                stream.write(json.dumps(request).encode() + b"\n")
+                stream.flush()
+                line = stream.readline(16 << 20)
+        except (ConnectionError, TimeoutError) as error:
+            raise DaemonNotRunning(f"{self.path}: {error}") from error
         if not line:
             raise DaemonNotRunning(f"{self.path}: the daemon closed the connection")
         reply = json.loads(line)

@@ -104,6 +104,9 @@ class Engine:
         self.wake()
 
     def wait_for_change(self, version: int, timeout: float) -> int:
+        if self._stopping.is_set():
+            time.sleep(min(timeout, 1.0))  # about to go away: do not let long-pollers spin
+            return self.version
         with self._changed:
             self._changed.wait_for(lambda: self.version != version or self._stopping.is_set(), timeout)
             return self.version
