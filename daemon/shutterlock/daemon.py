@@ -30,6 +30,19 @@ class AlreadyRunning(Exception):
     pass
 
 
+def _process_facts() -> dict[str, Any]:
+    """What the daemon costs: resident memory, and whether torch is loaded (it should not be when idle)."""
+    import sys
+
+    rss_mb = None
+    status_file = Path("/proc/self/status")
+    if status_file.exists():
+        for line in status_file.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_mb = int(line.split()[1]) / 1024
+    return {"rss_mb": rss_mb, "torch_loaded": "torch" in sys.modules, "threads": threading.active_count()}
+
+
 class _InstanceLock:
     """An advisory lock so two daemons never share a catalog and vault."""
 
@@ -212,6 +225,7 @@ class Daemon:
             "pending": len(self.gate),
             "current": engine.current_items(),
             "healthy": engine.healthy(),
+            "process": _process_facts(),
             "sources": [{"name": s.name, "path": str(s.path), "watch_mode": self.watcher.states[s.name].mode,
                          "configured_mode": s.watch_mode, "warning": self.watcher.states[s.name].warning}
                         for s in self.config.sources if s.name in self.watcher.states],

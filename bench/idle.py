@@ -1,0 +1,79 @@
+"""Idle cost: the daemon watching 10,000 already-sealed files, CPU over 60 s and RSS.
+
+    .venv/bin/python bench/idle.py [--files 10000] [--seconds 60]
+
+Targets: under 1% of one core, RSS under 150 MB, torch not imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import cleanup, installation, scratch
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    base = scratch("idle")
+    daemon = None
+    try:
+        source = base / "import"
+        for index in range(args.files):
+            folder = source / f"2026-{index // 100:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"IMG_{index:05d}.JPG").write_bytes(os.urandom(2048))
+        ours = installation(base / "shutterlock", [source])
+        ours.configure(derive=True)
+        ours.cli("run", "--once")
+        with open(base / "daemon.log", "wb") as log:
+            daemon = subprocess.Popen([sys.executable, "-m", "shutterlock", "run"], env=ours.env,
+                                      stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                status = ours.status()
+                if status.get("running") and status["state"] == "idle" and not status["pending"]:
+                    break
+            except SystemExit:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the daemon did not become idle")
+            time.sleep(1)
+        time.sleep(5)  # let the start-up scan's stragglers settle
+        before, started = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(args.seconds)
+        used, elapsed = cpu_seconds(daemon.pid) - before, time.monotonic() - started
+        status = ours.status()
+        print(f"{args.files} sealed files watched ({status['sources'][0]['watch_mode']}), idle for {elapsed:.0f} s")
+        print(f"CPU: {used:.2f} s = {100 * used / elapsed:.3f}% of one core (target < 1%)")
+        print(f"RSS: {rss_mb(daemon.pid):.1f} MB (target < 150 MB)")
+        print(f"torch imported: {status['process']['torch_loaded']} (target: False)")
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(30)
+        cleanup(base)
+
+
+if __name__ == "__main__":
+    main()
