@@ -61,10 +61,10 @@ class DeriveStage(Stage):
         previous = self.catalog.derivative_of(file.id)
         with self._input_for(file, original) as path:
             result = self._get_runner().run(DeriveJob(
-                source=path, display_name=name, derive=self.config.derive, watermark=self.config.watermark,
+                source=path, derive=self.config.derive, watermark=self.config.watermark,
                 rights=self.config.rights, cloak=self.config.cloak,
                 previous_output=Path(previous["output"]) if previous and previous.get("output") else None,
-                mtime=file.mtime_ns / 1e9))
+                seed=int(file.content_id[:8], 16), check_pair=False))
             worker.tick()
         self.cloak_error = result.cloak_error if result.cloak_error else ""
         self._record(file, status=result.status, reason=result.reason,
@@ -102,6 +102,7 @@ class DeriveStage(Stage):
                     ObjectReader(self.keys, handle, file.content_id).copy_to(out)
             except FormatError as error:
                 raise StageError(f"sealed object failed authentication: {error}", transient=False) from None
+            os.utime(target, ns=(file.mtime_ns, file.mtime_ns))  # the capture-date fallback
             yield target
 
     def status(self) -> dict[str, Any]:
