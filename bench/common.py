@@ -55,7 +55,8 @@ class Installation:
     def vault(self) -> Path:
         return self.base / "vault"
 
-    def configure(self, extra: str = "", derive: bool = False, settle: float = 2.0) -> None:
+    def configure(self, extra: str = "", derive: bool = False, settle: float = 2.0,
+                  env: dict[str, str] | None = None) -> None:
         lines = []
         for source in self.sources:
             lines += ["[[source]]", f'path = "{source}"', ""]
@@ -64,7 +65,7 @@ class Installation:
         (self.base / "config.toml").write_text("\n".join(lines) + extra)
         passphrase = self.base / "passphrase"
         passphrase.write_text(PASSPHRASE)
-        self.cli("init", "--passphrase-file", str(passphrase))
+        self.cli("init", "--passphrase-file", str(passphrase), env=env)
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([sys.executable, "-m", "shutterlock", *args], env={**self.env, **(env or {})},

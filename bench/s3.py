@@ -71,7 +71,7 @@ def main() -> None:
         rep_seconds, rep_rss, _ = timed([sys.executable, "-m", "shutterlock", "run", "--once"], env=env)
 
         end_to_end = installation(base / "e2e", [card])
-        end_to_end.configure(extra=s3_section("ours-e2e"))
+        end_to_end.configure(extra=s3_section("ours-e2e"), env=CREDENTIALS)
         env = {**end_to_end.env, **CREDENTIALS}
         e2e_seconds, e2e_rss, _ = timed([sys.executable, "-m", "shutterlock", "run", "--once"], env=env)
 

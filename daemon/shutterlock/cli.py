@@ -134,9 +134,13 @@ def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outb
     click.echo(f"vault:  {config.vault.path}")
     if config.s3 is not None:
         from shutterlock.replicate import publish_envelope
+        from shutterlock.vault.store import StoreError
 
-        publish_envelope(config)
-        click.echo(f"replica: {config.s3.url}")
+        try:
+            publish_envelope(config)
+            click.echo(f"replica: {config.s3.url}")
+        except StoreError as error:
+            click.echo(f"replica: {config.s3.url} (not reachable yet: {error}; the daemon will keep trying)")
     click.echo("Keep your passphrase safe: with the bucket (or vault) it is all you need to recover.")
 
 
@@ -345,8 +349,13 @@ def passwd(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file
     app.change_passphrase(config, old, new)
     if config.s3 is not None:
         from shutterlock.replicate import publish_envelope
+        from shutterlock.vault.store import StoreError
 
-        publish_envelope(config)
+        try:
+            publish_envelope(config)
+        except StoreError as error:
+            raise app.OperationFailed(f"passphrase changed locally, but the bucket still has the old envelope: "
+                                      f"{error}; run `shutterlock key passwd` again when it is reachable") from None
     click.echo("passphrase changed")
 
 
