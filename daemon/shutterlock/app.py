@@ -151,6 +151,7 @@ def offline_status(config: Config, catalog: Catalog) -> dict[str, Any]:
     """The status document built from the catalog alone (no daemon running)."""
     counts = catalog.counts()
     replica_waiting = catalog.job_backlog("replicate")
+    held, held_reason = catalog.held_derivatives()
     status: dict[str, Any] = {
         "running": False,
         "paused": catalog.get_setting("paused") == "1",
@@ -163,7 +164,8 @@ def offline_status(config: Config, catalog: Catalog) -> dict[str, Any]:
                     for s in config.sources],
         "replica": {"configured": config.s3 is not None, "online": True,
                     "waiting": replica_waiting[0], "waiting_bytes": replica_waiting[1]},
-        "cloak": {"strength": config.cloak.strength, "error": ""},
+        "cloak": {"strength": config.cloak.strength, "held": held,
+                  "error": f"cloak unavailable, {held} derivative(s) held back: {held_reason}" if held else ""},
         "vault": str(config.vault.path),
         "outbox": str(config.derive.outbox),
         "config_file": str(config.paths.config_file),
@@ -208,8 +210,18 @@ def list_originals(config: Config) -> list[dict[str, Any]]:
     catalog = open_catalog(config)
     try:
         replicas = catalog.replicas_of()
+        derivatives = {(d["source"], d["relpath"]): d for d in catalog.derivatives()}
+
+        def derivative(source: str, relpath: str) -> dict[str, Any] | None:
+            made = derivatives.get((source, relpath))
+            if made is None:
+                return None
+            return {"status": made["status"], "output": made["output"], "reason": made["reason"],
+                    "cloaked": bool(made["cloaked"]), "strength": made["strength"]}
+
         return [{"source": v.source, "path": v.relpath, "size": v.size, "sealed_at": v.sealed_at,
-                 "content_id": v.content_id, "replicas": replicas.get(v.content_id, [])}
+                 "content_id": v.content_id, "replicas": replicas.get(v.content_id, []),
+                 "derivative": derivative(v.source, v.relpath)}
                 for v in catalog.latest_versions()]
     finally:
         catalog.close()

@@ -461,6 +461,12 @@ class Catalog:
         rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
         return dict(rows[0]) if rows else None
 
+    def held_derivatives(self) -> tuple[int, str]:
+        """How many derivatives are held back uncloaked, and the latest reason."""
+        rows = self._query("SELECT COUNT(*) AS n, (SELECT reason FROM derivatives WHERE status = 'held' "
+                           "ORDER BY made_at DESC LIMIT 1) AS reason FROM derivatives WHERE status = 'held'")
+        return rows[0]["n"], rows[0]["reason"] or ""
+
     def derivatives(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT d.*, f.source, f.relpath FROM derivatives d JOIN files f ON f.id = d.file_id "
                            "ORDER BY f.source, f.relpath")

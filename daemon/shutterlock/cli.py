@@ -238,7 +238,9 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
         return
     for row in rows:
         sealed = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["sealed_at"]))
-        click.echo(f"{row['source']}/{row['path']}\t{row['size']}\t{sealed}\t{','.join(row['replicas'])}")
+        made = row["derivative"] or {}
+        shared = made.get("status", "-") + (" (cloaked)" if made.get("cloaked") else "")
+        click.echo(f"{row['source']}/{row['path']}\t{row['size']}\t{sealed}\t{','.join(row['replicas'])}\t{shared}")
 
 
 @main.command()

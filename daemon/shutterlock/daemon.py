@@ -231,8 +231,6 @@ class Daemon:
                         for s in self.config.sources if s.name in self.watcher.states],
         })
         for kind, extra in engine.stage_status().items():
-            if kind == "derive":
-                status["cloak"]["error"] = extra.pop("cloak_error", "")
             key = "replica" if kind == "replicate" else kind
             status[key] = {**status.get(key, {}), **extra}
         return app.finish_status(status)

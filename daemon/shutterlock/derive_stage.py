@@ -25,6 +25,8 @@ from shutterlock.vault.local import LocalStore
 
 log = logging.getLogger(__name__)
 
+HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again
+
 
 class DeriveStage(Stage):
     kind = "derive"
@@ -33,7 +35,6 @@ class DeriveStage(Stage):
     def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore):
         self.config, self.catalog, self.keys, self.vault = config, catalog, keys, vault
         self._runner: Any = None
-        self.cloak_error = ""
 
     def _get_runner(self) -> Any:
         if self._runner is None:
@@ -43,7 +44,7 @@ class DeriveStage(Stage):
         return self._runner
 
     def process(self, job: Job, worker: WorkerState) -> None:
-        from shutterlock.derive import HELD, DeriveJob, should_derive
+        from shutterlock.derive import FAILED, HELD, DeriveJob, should_derive
 
         file = self.catalog.file_by_id(int(job.subject))
         if file is None or file.content_id is None:
@@ -61,24 +62,18 @@ class DeriveStage(Stage):
                 previous_output=Path(previous["output"]) if previous and previous.get("output") else None,
                 seed=int(file.content_id[:8], 16), check_pair=False))
             worker.tick()
-        if result.cloak_error and result.cloak_error != "strength off":
-            self.cloak_error = f"cloak unavailable: {result.cloak_error}"
-        elif result.cloaked:
-            self.cloak_error = ""
         output = result.output
         if result.status == HELD and previous:
             output = previous.get("output")  # the earlier derivative stays where it was
         self._record(file, status=result.status, reason=result.reason,
                      output=str(output) if output else None, cloaked=result.cloaked,
                      strength=result.cloak_strength, watermark=result.watermark)
-        if result.status == "failed":
-            log.warning("derivative of %s/%s failed: %s", file.source, file.relpath, result.reason)
-            self.catalog.record_event("warning", f"{file.source}/{file.relpath}", f"derivative: {result.reason}")
-        elif result.status == "held":
-            log.warning("derivative of %s/%s held back: %s", file.source, file.relpath, result.reason)
-            self.catalog.record_event("error", f"{file.source}/{file.relpath}", f"not cloaked: {result.reason}")
-        else:
-            log.info("derivative of %s/%s: %s", file.source, file.relpath, result.output)
+        if result.status == FAILED:
+            raise StageError(result.reason, transient=False)
+        if result.status == HELD:
+            # Not a lost cause: the cloak may work once its weights are there. Try again later.
+            raise StageError(result.reason, transient=True, delay=HELD_RETRY, count=False)
+        log.info("derivative of %s/%s: %s", file.source, file.relpath, result.output or result.reason)
 
     def _record(self, file: FileRow, *, status: str, reason: str, output: str | None = None,
                 cloaked: bool = False, strength: str = "", watermark: str = "") -> None:
@@ -106,8 +101,9 @@ class DeriveStage(Stage):
             os.utime(target, ns=(file.mtime_ns, file.mtime_ns))  # the capture-date fallback
             yield target
 
-    def status(self) -> dict[str, Any]:
-        return {"cloak_error": self.cloak_error}
+    def describe(self, job: Job) -> str:
+        file = self.catalog.file_by_id(int(job.subject))
+        return f"derivative of {file.source}/{file.relpath}" if file else f"derivative #{job.subject}"
 
     def close(self) -> None:
         if self._runner is not None:

@@ -64,6 +64,10 @@ class Stage:
     def status(self) -> dict[str, Any]:
         return {}
 
+    def describe(self, job: Job) -> str:
+        """How the job is named in logs and status."""
+        return f"{self.kind} {job.subject[:16]}"
+
     def close(self) -> None:
         """Release what the stage holds (child processes, connections)."""
 
@@ -256,19 +260,20 @@ class Engine:
             self.run_job(stage, job, worker)
 
     def run_job(self, stage: Stage, job: Job, worker: WorkerState) -> None:
-        worker.begin(f"{stage.kind} {job.subject[:40]}")
+        label = stage.describe(job)
+        worker.begin(label)
         try:
             stage.process(job, worker)
             self.catalog.finish_job(job)
         except StageError as error:
             if error.transient and job.attempts + 1 < self.config.engine.max_attempts * 4:
                 self.catalog.retry_job(job, str(error), delay=error.delay, count=error.count)
-                log.warning("%s %s: %s (will retry)", stage.kind, job.subject[:16], error)
+                log.warning("%s: %s (will retry)", label, error)
             else:
                 self.catalog.fail_job(job, str(error))
                 self.failures += 1
-                log.error("%s %s: %s", stage.kind, job.subject[:16], error)
-                self.catalog.record_event("error", f"{stage.kind} {job.subject[:16]}", str(error))
+                log.error("%s: %s", label, error)
+                self.catalog.record_event("error", label, str(error))
         except Exception as error:
             log.exception("unexpected error in %s of %s", stage.kind, job.subject)
             self.catalog.retry_job(job, f"internal error: {error!r}")

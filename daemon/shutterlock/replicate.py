@@ -112,6 +112,9 @@ class ReplicateStage(Stage):
         log.info("replica reachable again; draining the backlog")
         self.catalog.expedite("replicate")
 
+    def describe(self, job: Job) -> str:
+        return f"replicate {job.subject[:12]}…"
+
     def status(self) -> dict[str, Any]:
         waiting, waiting_bytes = self.catalog.job_backlog(self.kind)
         return {"configured": True, "online": self.online, "error": self.error, "offline_since": self.offline_since,
