@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,18 @@ class Installation:
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
+
+    @contextlib.contextmanager
+    def daemon(self) -> Iterator[subprocess.Popen]:
+        """``shutterlock run`` in the background for the duration of the block (log in daemon.log)."""
+        with open(self.base / "daemon.log", "wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "shutterlock", "run"], env=self.env,
+                                       stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            yield process
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def installation(base: Path, sources: list[Path]) -> Installation:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import cleanup, installation, scratch
+from common import Installation, cleanup, installation, scratch
 
 
 def cpu_seconds(pid: int) -> float:
@@ -35,7 +34,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
     base = scratch("idle")
-    daemon = None
     try:
         source = base / "import"
         for index in range(args.files):
@@ -45,34 +43,33 @@ def main() -> None:
         ours = installation(base / "shutterlock", [source])
         ours.configure()  # derivation is idle too once done; off here so preparing 10,000 files stays quick
         ours.cli("run", "--once")
-        with open(base / "daemon.log", "wb") as log:
-            daemon = subprocess.Popen([sys.executable, "-m", "shutterlock", "run"], env=ours.env,
-                                      stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status = ours.status()
-                if status.get("running") and status["state"] == "idle" and not status["pending"]:
-                    break
-            except SystemExit:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the daemon did not become idle")
-            time.sleep(1)
-        time.sleep(5)  # let the start-up scan's stragglers settle
-        before, started = cpu_seconds(daemon.pid), time.monotonic()
-        time.sleep(args.seconds)
-        used, elapsed = cpu_seconds(daemon.pid) - before, time.monotonic() - started
-        status = ours.status()
-        print(f"{args.files} sealed files watched ({status['sources'][0]['watch_mode']}), idle for {elapsed:.0f} s")
-        print(f"CPU: {used:.2f} s = {100 * used / elapsed:.3f}% of one core (target < 1%)")
-        print(f"RSS: {rss_mb(daemon.pid):.1f} MB (target < 150 MB)")
-        print(f"torch imported: {status['process']['torch_loaded']} (target: False)")
+        with ours.daemon() as daemon:
+            measure(ours, daemon, args)
     finally:
-        if daemon is not None:
-            daemon.terminate()
-            daemon.wait(30)
         cleanup(base)
+
+
+def measure(ours: Installation, daemon: subprocess.Popen, args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            status = ours.status()
+            if status.get("running") and status["state"] == "idle" and not status["pending"]:
+                break
+        except SystemExit:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("the daemon did not become idle")
+        time.sleep(1)
+    time.sleep(5)  # let the start-up scan's stragglers settle
+    before, started = cpu_seconds(daemon.pid), time.monotonic()
+    time.sleep(args.seconds)
+    used, elapsed = cpu_seconds(daemon.pid) - before, time.monotonic() - started
+    status = ours.status()
+    print(f"{args.files} sealed files watched ({status['sources'][0]['watch_mode']}), idle for {elapsed:.0f} s")
+    print(f"CPU: {used:.2f} s = {100 * used / elapsed:.3f}% of one core (target < 1%)")
+    print(f"RSS: {rss_mb(daemon.pid):.1f} MB (target < 150 MB)")
+    print(f"torch imported: {status['process']['torch_loaded']} (target: False)")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ class _InstanceLock:
 
     def acquire(self) -> None:
         ensure_dir(self.path.parent, 0o700)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the process lifetime
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        handle = os.fdopen(fd, "r+")
         try:
             if os.name == "posix":
                 import fcntl
