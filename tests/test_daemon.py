@@ -13,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import pytest
 from conftest import SAMPLES, Home, stop, wait_for
 
 
@@ -191,5 +193,30 @@ def test_second_daemon_is_refused(make_home):
     try:
         second = home.cli("run", timeout=30)
         assert second.returncode == 1 and "another shutterlock daemon is running" in second.stderr
+    finally:
+        assert stop(daemon) == 0
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not os.access(INOTIFY_INSTANCES, os.W_OK),
+                    reason="needs root to lower the inotify instance limit")
+def test_inotify_limit_falls_back_to_polling_with_a_warning(make_home):
+    home = make_home()
+    limit = INOTIFY_INSTANCES.read_text()
+    INOTIFY_INSTANCES.write_text("0")  # the real kernel limit, not a mock: inotify_init1 fails with EMFILE
+    try:
+        daemon = home.start_daemon()
+    finally:
+        INOTIFY_INSTANCES.write_text(limit)
+    try:
+        status = home.status()
+        (source,) = status["sources"]
+        assert source["watch_mode"] == "polling" and source["configured_mode"] == "auto"
+        assert "inotify limit reached" in source["warning"] and "falling back to polling" in source["warning"]
+        assert status["state"] == "degraded"
+        shutil.copy2(SAMPLES / "exif-samples" / "jpg" / "Canon_40D.jpg", home.sources[0] / "late.jpg")
+        wait_for(lambda: "late.jpg" in sealed_paths(home), 30, message="sealed through polling")
     finally:
         assert stop(daemon) == 0
