@@ -219,3 +219,43 @@ def test_specific_errors_and_nothing_lost(make_home, s3_server, tmp_path):
             assert home.cli("verify").returncode == 0, "the local vault is intact"
     finally:
         strict.stop()
+
+
+def test_scheduled_scrub_reports_a_damaged_remote_object(make_home, s3_server):
+    home = with_replica(make_home(), s3_server, extra="scrub_days = 0.0002\nscrub_percent = 100\n")
+    for name in ("a.jpg", "b.jpg"):
+        (home.sources[0] / name).write_bytes((SAMPLES / "exif-samples" / "jpg" / "Canon_40D.jpg").read_bytes()
+                                             + name.encode())
+    home.cli("run", "--once", check=True)
+    client = s3_server.client()
+    key = next(k for k in s3_server.all_objects("photos") if "/objects/" in k)
+    body = bytearray(client.get_object(Bucket="photos", Key=key)["Body"].read())
+    body[200] ^= 0xFF
+    client.put_object(Bucket="photos", Key=key, Body=bytes(body))
+    daemon = home.start_daemon()
+    try:
+        wait_for(lambda: home.status()["replica"].get("scrub", {}).get("checked"), 60, message="a scrub ran")
+        scrub = home.status()["replica"]["scrub"]
+        assert scrub["checked"] == 2 and len(scrub["bad"]) == 1
+        assert key.rsplit("/", 1)[1] in scrub["bad"][0] and "authentication failed" in scrub["bad"][0]
+        assert any(e["subject"] == "scrub" for e in home.status()["errors"])
+    finally:
+        stop(daemon)
+
+
+def test_stale_multipart_uploads_are_aborted(s3_server, monkeypatch):
+    """moto reports a fixed 2010 start date for every upload: the journal's own clock must win for ours."""
+    from shutterlock.config import S3Config
+    from shutterlock.vault.s3 import S3Store
+
+    client = s3_server.client()
+    foreign = client.create_multipart_upload(Bucket="photos", Key="vault/objects/ab/" + "ab" * 32)["UploadId"]
+    ours = client.create_multipart_upload(Bucket="photos", Key="vault/objects/cd/" + "cd" * 32)["UploadId"]
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    store = S3Store.from_config(S3Config(url="s3://photos/vault", endpoint=s3_server.endpoint,
+                                         addressing_style="path"), None)
+    assert store.abort_stale_uploads(older_than_hours=24, ours={ours: time.time()}) == [foreign]
+    remaining = [u["UploadId"] for u in client.list_multipart_uploads(Bucket="photos").get("Uploads", [])]
+    assert remaining == [ours]
+    assert store.abort_stale_uploads(older_than_hours=24, ours={ours: time.time() - 25 * 3600}) == [ours]

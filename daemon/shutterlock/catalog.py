@@ -484,10 +484,10 @@ class Catalog:
             db.execute("INSERT OR REPLACE INTO uploads (content_id, store, upload_id, part_size, started_at) "
                        "VALUES (?, ?, ?, ?, ?)", (content_id, store, upload_id, part_size, time.time()))
 
-    def uploads(self, store: str) -> list[tuple[str, str]]:
-        """(upload id, content id) of the multipart uploads in flight to a store."""
-        rows = self._query("SELECT upload_id, content_id FROM uploads WHERE store = ?", (store,))
-        return [(row["upload_id"], row["content_id"]) for row in rows]
+    def uploads(self, store: str) -> list[tuple[str, str, float]]:
+        """(upload id, content id, started at) of the multipart uploads in flight to a store."""
+        rows = self._query("SELECT upload_id, content_id, started_at FROM uploads WHERE store = ?", (store,))
+        return [(row["upload_id"], row["content_id"], row["started_at"]) for row in rows]
 
     def forget_upload(self, content_id: str, store: str) -> None:
         with self.transaction() as db:

@@ -333,7 +333,7 @@ def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
         bandwidth_limit=reader.integer("bandwidth_limit", 0, low=0),
         stale_upload_hours=reader.number("stale_upload_hours", 72.0, low=0.01),
         snapshot_minutes=reader.number("snapshot_minutes", 60.0, low=0.01),
-        scrub_days=reader.number("scrub_days", 7.0, low=0.001),
+        scrub_days=reader.number("scrub_days", 7.0, low=0.0001),
         scrub_percent=reader.number("scrub_percent", 5.0, low=0.0, high=100.0),
     )
     reader.done()

@@ -142,14 +142,18 @@ class ReplicateStage(Stage):
             self.upload_snapshot()
 
     def abort_stale(self) -> None:
+        journal = self.catalog.uploads(self.store.name)
         try:
-            keep = {row[0] for row in self.catalog.uploads(self.store.name)}
-            aborted = self.store.abort_stale_uploads(self.config.s3.stale_upload_hours, keep)
+            aborted = self.store.abort_stale_uploads(self.config.s3.stale_upload_hours,
+                                                     {upload_id: started for upload_id, _, started in journal})
         except StoreError as error:
             log.warning("could not list stale uploads: %s", error)
             return
+        for upload_id, content_id, _ in journal:
+            if upload_id in aborted:
+                self.catalog.forget_upload(content_id, self.store.name)  # the next attempt starts afresh
         if aborted:
-            log.info("aborted %d stale multipart upload(s)", aborted)
+            log.info("aborted %d stale multipart upload(s)", len(aborted))
 
     def run_scrub(self) -> None:
         """Download and authenticate a random sample of the replica's objects."""
@@ -164,14 +168,16 @@ class ReplicateStage(Stage):
 
     def schedule(self, scheduler: Any) -> None:
         s3 = self.config.s3
-        scheduler.add_job(self.snapshot_if_dirty, "interval", seconds=10, id="snapshot-debounced",
-                          coalesce=True, max_instances=1)
-        scheduler.add_job(self.upload_snapshot, "interval", minutes=s3.snapshot_minutes, jitter=30,
-                          id="snapshot", coalesce=True, max_instances=1)
-        scheduler.add_job(self.abort_stale, "interval", hours=max(1.0, s3.stale_upload_hours / 4), jitter=300,
-                          id="abort-stale", coalesce=True, max_instances=1)
-        scheduler.add_job(self.run_scrub, "interval", days=s3.scrub_days, jitter=3600, id="scrub",
-                          coalesce=True, max_instances=1)
+
+        def every(seconds: float, job: Any, name: str) -> None:
+            # Jitter (a tenth of the period, at most an hour) keeps many installations off the same second.
+            scheduler.add_job(job, "interval", seconds=seconds, jitter=max(1, int(min(3600, seconds / 10))),
+                              id=name, coalesce=True, max_instances=1)
+
+        every(10, self.snapshot_if_dirty, "snapshot-debounced")
+        every(s3.snapshot_minutes * 60, self.upload_snapshot, "snapshot")
+        every(max(3600.0, s3.stale_upload_hours * 900), self.abort_stale, "abort-stale")
+        every(s3.scrub_days * 86400, self.run_scrub, "scrub")
 
     def close(self) -> None:
         with self._lock:

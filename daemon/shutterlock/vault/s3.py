@@ -322,17 +322,20 @@ class S3Store:
                 return done
             marker = page["NextPartNumberMarker"]
 
-    def abort_stale_uploads(self, older_than_hours: float, keep: set[str]) -> int:
-        """Abort multipart uploads nobody will finish (their parts cost money)."""
+    def abort_stale_uploads(self, older_than_hours: float, ours: dict[str, float]) -> list[str]:
+        """Abort multipart uploads nobody will finish (their parts cost money); returns their ids.
+
+        ``ours`` maps the uploads this installation journaled to when it started them: for those our
+        own clock decides, so a server with a wrong clock cannot make us abort an upload in progress.
+        """
         cutoff = time.time() - older_than_hours * 3600
-        aborted = 0
+        aborted = []
         page = self._call("list_multipart_uploads", Prefix=self.key("objects/"))
         for upload in page.get("Uploads", []):
-            if upload["UploadId"] in keep and upload["Initiated"].timestamp() > cutoff:
-                continue
-            if upload["Initiated"].timestamp() <= cutoff:
+            started = ours.get(upload["UploadId"], upload["Initiated"].timestamp())
+            if started <= cutoff:
                 self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
-                aborted += 1
+                aborted.append(upload["UploadId"])
         return aborted
 
 
