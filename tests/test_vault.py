@@ -233,6 +233,9 @@ def test_unreadable_source_file_is_named_and_others_sealed(make_home):
     assert status["files"]["sealed"] == 1 and status["files"]["failed"] == 1
     assert len(vault_objects(home)) == 1
     assert not list((home.vault / "tmp").iterdir())
+    secret.chmod(0o644)  # fixing permissions does not change the mtime: the next scan still retries it
+    assert _cli_as(home, "run", "--once").returncode == 0
+    assert json.loads(_cli_as(home, "status", "--json").stdout)["files"]["sealed"] == 2
 
 
 def test_read_only_vault(make_home):

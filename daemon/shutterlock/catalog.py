@@ -227,7 +227,11 @@ class Catalog:
     # ------------------------------------------------------------------ the seal queue
 
     def discover(self, source: str, relpath: str, size: int, mtime_ns: int) -> bool:
-        """Note a stable file; True when it (or a new version of it) needs sealing."""
+        """Note a stable file; True when it (or a new version of it) needs sealing.
+
+        A file that failed is tried afresh: it is offered again only by a rescan or an event, and
+        its permissions may have been fixed without its mtime changing.
+        """
         now = time.time()
         with self.transaction() as db:
             row = db.execute("SELECT id, size, mtime_ns, state FROM files WHERE source = ? AND relpath = ?",
@@ -236,7 +240,7 @@ class Catalog:
                 db.execute("INSERT INTO files (source, relpath, size, mtime_ns, state, discovered_at) "
                            "VALUES (?, ?, ?, ?, ?, ?)", (source, relpath, size, mtime_ns, DISCOVERED, now))
                 return True
-            if (row["size"], row["mtime_ns"]) == (size, mtime_ns):
+            if (row["size"], row["mtime_ns"]) == (size, mtime_ns) and row["state"] != FAILED:
                 return row["state"] in (DISCOVERED, SEALING)
             db.execute("UPDATE files SET size = ?, mtime_ns = ?, state = ?, attempts = 0, not_before = 0, "
                        "error = NULL, discovered_at = ? WHERE id = ?",

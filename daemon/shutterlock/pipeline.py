@@ -175,7 +175,7 @@ class Engine:
             for relpath, info in walk(source.path):
                 previous = known.get(relpath)
                 if previous is not None and previous[:2] == (info.st_size, info.st_mtime_ns) \
-                        and previous[2] != cat.DISCOVERED:
+                        and previous[2] in (cat.SEALED, cat.SEALING):
                     continue
                 found += 1
                 if offer is not None:
