@@ -82,12 +82,12 @@ def test_bucket_learns_nothing(make_home, s3_server):
         assert original.stem.encode() not in keys_blob
     makes = camera_strings(originals)
     assert len(makes) > 20
-    for marker in makes | {b"GPSLatitude", b"exif:GPS", b"Exif\x00", b"http://ns.adobe.com"}:
-        assert marker not in everything, marker
-    # A 3-byte string turns up in random ciphertext by chance (about once per 16 MiB): no more than chance.
-    expected = len(everything) / 2**24
-    assert everything.count(b"GPS") <= expected + 6 * expected**0.5 + 3, everything.count(b"GPS")
-    assert b"GPS" not in keys_blob
+    # Short strings turn up in random ciphertext by chance (3 bytes about once per 16 MiB, 4 bytes
+    # about once per 4 GiB): those may appear no more often than chance allows, longer ones never.
+    for marker in makes | {b"GPS", b"GPSLatitude", b"exif:GPS", b"Exif\x00", b"http://ns.adobe.com"}:
+        expected = len(everything) / 256 ** len(marker)
+        assert everything.count(marker) <= expected + 6 * expected**0.5 + (1 if len(marker) < 5 else 0), marker
+        assert marker not in keys_blob
     assert leaked_words(originals, everything) == 0
     assert all("s3" in row["replicas"] for row in listing)
     assert home.cli("verify", "--remote").returncode == 0
@@ -140,11 +140,10 @@ def test_multipart_upload_resumes_after_sigkill(make_home, s3_server):
         return [int(n) for n in part_put.findall(s3_server.log.read_bytes())]
 
     daemon = home.start_daemon()
-    wait_for(lambda: len(parts_logged()) >= 5, 120, interval=0.1, message="some parts uploaded")
+    wait_for(lambda: len(parts_logged()) >= 4, 120, interval=0.1, message="some parts uploaded")
     daemon.send_signal(signal.SIGKILL)
     daemon.wait(10)
     before = parts_logged()
-    assert len(before) < 24, "the upload finished before the kill; the test proves nothing"
 
     home.write_config(s3_config(s3_server))  # full speed for the rest
     daemon = home.start_daemon()
@@ -154,7 +153,7 @@ def test_multipart_upload_resumes_after_sigkill(make_home, s3_server):
         stop(daemon)
     after = parts_logged()
     resumed = after[len(before):]
-    assert resumed, "nothing was uploaded after the restart"
+    assert resumed, "nothing was uploaded after the restart: the kill came too late to prove anything"
     assert len(after) == len(set(after)), f"parts uploaded twice: {sorted(after)}"
     assert "resuming upload" in (home.base / "daemon.log").read_text()
     assert home.cli("verify", "--remote").returncode == 0

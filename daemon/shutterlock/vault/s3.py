@@ -26,8 +26,10 @@ from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_
 
 log = logging.getLogger(__name__)
 
-MULTIPART_THRESHOLD = 16 << 20
-TARGET_PART = 8 << 20
+# Below this a sealed object goes up in one streamed PUT (fewer requests, nothing to resume worth the
+# bookkeeping); above it, in resumable parts of about TARGET_PART bytes.
+MULTIPART_THRESHOLD = 64 << 20
+TARGET_PART = 16 << 20
 CREDENTIAL_ACCESS_KEY = "s3.access_key_id"
 CREDENTIAL_SECRET_KEY = "s3.secret_access_key"
 ENVELOPE_KEY = "key-envelope.json"
@@ -196,7 +198,7 @@ class S3Store:
             return False
         size = sealed.stat().st_size
         if size <= MULTIPART_THRESHOLD:
-            self._put_small(key, sealed.read_bytes())
+            self._put_small(key, sealed, size)
         else:
             self.upload_multipart(object_id, sealed, journal)
         return True
@@ -211,11 +213,14 @@ class S3Store:
     def _class_args(self) -> dict[str, str]:
         return {"StorageClass": self.config.storage_class} if self.config.storage_class else {}
 
-    def _put_small(self, key: str, data: bytes) -> None:
-        self._throttle.spend(len(data))
+    def _put_small(self, key: str, sealed: Path, size: int) -> None:
+        """One streamed PUT, conditional where the service supports it."""
+        self._throttle.spend(size)
         if self._conditional_puts:
             try:
-                self._client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*", **self._class_args())
+                with open(sealed, "rb") as body:
+                    self._client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
+                                            **self._class_args())
                 return
             except Exception as error:
                 if not _is_boto_error(error):
@@ -228,7 +233,8 @@ class S3Store:
                     self._conditional_puts = False
                 else:
                     raise classify(error, self.bucket, self.config.endpoint) from error
-        self._call("put_object", Key=key, Body=data, **self._class_args())
+        with open(sealed, "rb") as body:
+            self._call("put_object", Key=key, Body=body, **self._class_args())
 
     def open(self, object_id: str) -> BinaryIO:
         return self._call("get_object", Key=self.object_key(object_id), missing=object_id)["Body"]
