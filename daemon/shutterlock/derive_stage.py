@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,18 +31,22 @@ HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is trie
 
 class DeriveStage(Stage):
     kind = "derive"
-    threads = 1
 
     def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore):
         self.config, self.catalog, self.keys, self.vault = config, catalog, keys, vault
-        self._runner: Any = None
+        self.threads = config.derive.workers
+        self._local = threading.local()
+        self._runners: list[Any] = []
 
     def _get_runner(self) -> Any:
-        if self._runner is None:
+        """One long-lived worker process per lane thread, started on first use."""
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
             from shutterlock.derive.runner import DeriveRunner
 
-            self._runner = DeriveRunner(self.config.derive.time_limit)
-        return self._runner
+            runner = self._local.runner = DeriveRunner(self.config.derive.time_limit)
+            self._runners.append(runner)
+        return runner
 
     def process(self, job: Job, worker: WorkerState) -> None:
         from shutterlock.derive import FAILED, HELD, DeriveJob, should_derive
@@ -106,6 +111,6 @@ class DeriveStage(Stage):
         return f"derivative of {file.source}/{file.relpath}" if file else f"derivative #{job.subject}"
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
+        for runner in self._runners:
+            runner.close()
+        self._runners.clear()
