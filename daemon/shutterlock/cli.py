@@ -23,6 +23,7 @@ from shutterlock import config as config_module
 from shutterlock.config import Config, ConfigError
 from shutterlock.control import DaemonNotRunning
 from shutterlock.keys import KeyProblem, read_passphrase_file
+from shutterlock.restore import Report
 from shutterlock.service import setup_logging
 from shutterlock.status import human_bytes
 
@@ -97,6 +98,16 @@ def progress_bar(label: str, unit_bytes: bool) -> Iterator[tuple[Callable[[int],
                   console=__import__("rich.console").console.Console(stderr=True)) as bar:
         task = bar.add_task(label, total=None)
         yield (lambda n: bar.advance(task, n)), (lambda total: bar.update(task, total=total))
+
+
+def finish_restore(report: Report, dest: Path, verb: str) -> None:
+    """Name every refused file, sum up, exit 1 if anything could not be restored."""
+    for label, reason in report.bad:
+        click.echo(f"REFUSED {label}: {reason}", err=True)
+    click.echo(f"{verb} {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"
+               + (f"; {len(report.bad)} refused" if report.bad else ""))
+    if report.failed:
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -254,12 +265,7 @@ def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: st
     config = load_config(ctx)
     with progress_bar("restoring", unit_bytes=True) as (advance, set_total):
         report = app.restore_originals(config, list(patterns), dest, where, progress=advance, on_total=set_total)
-    for label, reason in report.bad:
-        click.echo(f"REFUSED {label}: {reason}", err=True)
-    click.echo(f"restored {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"
-               + (f"; {len(report.bad)} refused" if report.bad else ""))
-    if report.failed:
-        sys.exit(1)
+    finish_restore(report, dest, "restored")
 
 
 @main.command()
@@ -296,12 +302,7 @@ def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase
     with progress_bar("recovering", unit_bytes=True) as (advance, _):
         report = run_recovery(config, s3_url, s3_endpoint, passphrase_source(passphrase_file, confirm=False), dest,
                               progress=advance)
-    for label, reason in report.bad:
-        click.echo(f"REFUSED {label}: {reason}", err=True)
-    click.echo(f"recovered {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"
-               + (f"; {len(report.bad)} could not be recovered" if report.bad else ""))
-    if report.failed:
-        sys.exit(1)
+    finish_restore(report, dest, "recovered")
 
 
 @main.command()
