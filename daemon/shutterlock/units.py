@@ -114,7 +114,6 @@ def _unit_section(description_suffix: str, *extra: str) -> list[str]:
     return [
         "[Unit]",
         f"Description=Shutterlock: seal original photos and make share-ready derivatives ({description_suffix})",
-        "Documentation=https://github.com/shutterlock/shutterlock/blob/main/packaging/README.md",
         *extra,
         "# Restart=on-failure, but give up after 5 failed starts in 15 minutes.",
         "StartLimitIntervalSec=15min",
