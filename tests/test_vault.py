@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -283,4 +282,3 @@ def test_two_gib_file_streams_in_bounded_memory(make_home):
     assert sha256(dest / "huge.tif") == expected
     print(f"peak RSS: seal {seal_rss_mb:.0f} MB, restore {restore_rss_mb:.0f} MB")
     assert seal_rss_mb < 200 and restore_rss_mb < 200
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 < 1024
