@@ -16,7 +16,7 @@ import tomli_w
 from shutterlock import keys as keyring
 from shutterlock import status as st
 from shutterlock.catalog import Catalog, FileRow
-from shutterlock.config import Config, ConfigError, with_overrides
+from shutterlock.config import Config, ConfigError, parse, to_toml_dict, with_overrides
 from shutterlock.control import ControlClient, DaemonNotRunning
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.pipeline import Engine, Stage
@@ -40,8 +40,6 @@ class InitResult:
 
 
 def write_config(config: Config) -> None:
-    from shutterlock.config import to_toml_dict
-
     atomic_write_bytes(config.paths.config_file, tomli_w.dumps(to_toml_dict(config)).encode(), mode=0o600)
 
 
@@ -53,8 +51,6 @@ def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path]
     existed = paths.config_file.exists()
     config = with_overrides(config, sources=sources, vault=vault, outbox=outbox, s3_url=s3_url,
                             s3_endpoint=s3_endpoint)
-    from shutterlock.config import parse, to_toml_dict
-
     parse(to_toml_dict(config), paths.config_file, paths)  # the flags must make a valid config too
     ensure_dir(paths.state_dir)
     created_key = False

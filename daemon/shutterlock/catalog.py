@@ -322,15 +322,6 @@ class Catalog:
         rows = self._query("SELECT * FROM files WHERE id = ?", (file_id,))
         return _file_row(rows[0]) if rows else None
 
-    def files(self) -> list[FileRow]:
-        return [_file_row(row) for row in self._query("SELECT * FROM files ORDER BY source, relpath")]
-
-    def files_in_folder(self, source: str, folder: str) -> list[FileRow]:
-        prefix = f"{folder}/" if folder else ""
-        rows = self._query("SELECT * FROM files WHERE source = ? AND relpath LIKE ? ESCAPE '\\'",
-                           (source, _like_prefix(prefix) + "%"))
-        return [_file_row(row) for row in rows if "/" not in row["relpath"][len(prefix):]]
-
     # ------------------------------------------------------------------ versions, objects, replicas
 
     def latest_versions(self) -> list[Version]:
@@ -343,10 +334,6 @@ class Catalog:
 
     def object_ids(self) -> list[str]:
         return [row["content_id"] for row in self._query("SELECT content_id FROM objects ORDER BY content_id")]
-
-    def object_size(self, content_id: str) -> int:
-        rows = self._query("SELECT stored_size FROM objects WHERE content_id = ?", (content_id,))
-        return rows[0]["stored_size"] if rows else 0
 
     def replicas_of(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -544,10 +531,6 @@ def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: fl
                "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, attempts = 0, not_before = 0, "
                "error = NULL, permanent = 0, size = excluded.size, updated_at = excluded.updated_at",
                (kind, subject, PENDING, size, now, now))
-
-
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _file_row(row: sqlite3.Row) -> FileRow:

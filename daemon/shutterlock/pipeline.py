@@ -154,9 +154,6 @@ class Engine:
         return all(not w.busy_since or now - w.progress_at < (derive_limit if w.lane == "derive" else limit)
                    for w in self.workers)
 
-    def busy(self) -> bool:
-        return any(w.busy_since for w in self.workers)
-
     # ------------------------------------------------------------------ discovery
 
     def discover(self, source: SourceConfig, relpath: str, size: int, mtime_ns: int) -> None:

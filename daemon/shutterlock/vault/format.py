@@ -242,12 +242,7 @@ def authenticate(keys: Keys, handle: BinaryIO, expected_id: str) -> ObjectMeta:
     return reader.meta
 
 
-def body_offset(meta_ciphertext_len: int) -> int:
-    """Where the body chunks start; S3 multipart parts are aligned to this."""
-    return PRELUDE_SIZE + HEADER_SIZE + 4 + meta_ciphertext_len
-
-
-# Sealed blobs (catalog snapshots, for instance): one secretbox-style AEAD message.
+# Sealed blobs (the catalog snapshot): one XChaCha20-Poly1305 AEAD message.
 BLOB_MAGIC = b"SHUTRLKB"
 
 
