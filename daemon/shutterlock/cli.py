@@ -310,20 +310,26 @@ def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--strength", type=click.Choice(["off", "light", "standard", "strong"]),
               help="Cloak strength (default: from the config).")
+@click.option("--preview", is_flag=True,
+              help="Also write NAME.preview.png: uncloaked | cloaked, what a model reconstructs, a 100 % crop.")
 @click.pass_context
 @handles_errors
-def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strength: str | None) -> None:
+def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strength: str | None,
+            preview: bool) -> None:
     """One-shot share-ready derivatives of the given files, same pipeline as the daemon."""
+    from shutterlock.derive.protect import preview_path
     from shutterlock.derive.protect import protect as run_protect
 
     config = load_config(ctx)
     results = run_protect(list(inputs), out_dir, derive=config.derive, watermark=config.watermark,
-                          rights=config.rights, cloak=config.cloak, strength=strength)
+                          rights=config.rights, cloak=config.cloak, strength=strength, preview=preview)
     failed = 0
     for result in results:
         if result.status == "written":
             cloak = f"cloaked ({result.cloak_strength})" if result.cloaked else "NOT cloaked"
             click.echo(f"{result.source} -> {result.output} [{cloak}]")
+            if result.preview and result.output is not None:
+                click.echo(f"  preview: {preview_path(result.output)}")
         else:
             failed += 1
             click.echo(f"{result.source}: {result.status}: {result.reason}", err=True)

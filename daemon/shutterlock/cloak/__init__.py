@@ -36,11 +36,16 @@ class WeightsError(CloakError):
 
 @dataclass(frozen=True)
 class CloakResult:
+    """The cloaked image and what it cost: `ssimulacra2` and `flip` compare the cloaked image with
+    the uncloaked one, both saved as JPEG at the quality the cloak was fitted for (None when off)."""
+
     image: Image.Image
     strength: str
     seconds: float
     steps: int
     surrogates: tuple[str, ...]
+    ssimulacra2: float | None = None
+    flip: float | None = None
 
 
 def _to_array(image: Image.Image) -> tuple[Any, Any, bool, str]:
@@ -100,11 +105,14 @@ def cloak_image(
     models_dir: str | Path | None = None,
     offline: bool = False,
     download_base: str | None = None,
+    jpeg_quality: int = 90,
 ) -> CloakResult:
     """Cloak `image` at `strength`; deterministic for a given seed (and thread count).
 
-    `time_budget` (seconds) stops the optimisation early; every iterate is within budget, so the
-    result is still a valid, if weaker, cloak. `progress` gets the fraction of steps done.
+    The preset's picture-quality targets hold for the image saved as JPEG at `jpeg_quality` (the
+    derivative's output quality). `time_budget` (seconds) stops the optimisation early; the quality
+    fit still runs, so the result meets the targets, with less protection. `progress` gets the
+    fraction of work done.
     """
     start = time.monotonic()
     if strength not in STRENGTHS:
@@ -136,8 +144,8 @@ def cloak_image(
         dev = models.device()
         x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].to(dev)
         try:
-            out, steps = attack.run(
-                x, attack.PRESETS[strength], encoders, seed=seed, grey=grey,
+            out, steps, (score, flip) = attack.run(
+                x, attack.PRESETS[strength], encoders, seed=seed, grey=grey, jpeg_quality=jpeg_quality,
                 time_budget=time_budget, progress=progress, start=start,
             )
         except RuntimeError as exc:
@@ -148,4 +156,4 @@ def cloak_image(
         torch.set_flush_denormal(False)
     if progress is not None:
         progress(1.0)
-    return CloakResult(result, strength, time.monotonic() - start, steps, SURROGATES)
+    return CloakResult(result, strength, time.monotonic() - start, steps, SURROGATES, score, flip)

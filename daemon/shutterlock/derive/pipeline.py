@@ -34,6 +34,7 @@ class DeriveJob:
     ``seed``: per-original seed, added to ``cloak.seed`` so a re-derive reproduces the same cloak.
     ``layout``: ``"dated"`` (``derive.outbox/YYYY/YYYY-MM-DD/``) or ``"flat"`` (``derive.outbox/``).
     ``check_pair``: skip this file when its RAW+JPEG partner is the one to derive (looked up on disk).
+    ``preview``: also render the cloak preview picture (``shutterlock protect --preview``).
     """
 
     source: Path
@@ -45,6 +46,7 @@ class DeriveJob:
     seed: int = 0
     layout: str = "dated"
     check_pair: bool = True
+    preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class DeriveResult:
     ("strength off" when switched off). ``capture_time``: EXIF capture time, else the file's mtime
     (naive local time; it picks the dated folder). ``timings``: seconds per stage (decode, look,
     cloak, watermark, write) and the worker's CPU seconds (cpu), for diagnostics and the benchmark.
+    ``preview``: the cloak preview as PNG bytes when the job asked for one and the cloak ran.
     """
 
     source: Path
@@ -71,6 +74,7 @@ class DeriveResult:
     capture_time: datetime | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    preview: bytes = b""
 
 
 def pair_partner(path: Path, candidates: Collection[Path] | None = None) -> Path | None:
@@ -139,7 +143,7 @@ def derive_file(job: DeriveJob, *, progress: Callable[[float], None] | None = No
         timings["look"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        image, cloaked, strength, cloak_error = _cloak(image, job, progress)
+        image, cloaked, strength, cloak_error, preview = _cloak(image, job, progress)
         timings["cloak"] = time.monotonic() - mark
         hold = not cloaked and strength != "off" and not job.derive.release_uncloaked
         if hold:
@@ -187,7 +191,7 @@ def derive_file(job: DeriveJob, *, progress: Callable[[float], None] | None = No
     return DeriveResult(source, WRITTEN, output=output, reason=reason, cloaked=cloaked,
                         cloak_strength=strength, cloak_error=cloak_error, watermark=mark_description,
                         width=final.width, height=final.height, capture_time=capture,
-                        seconds=time.monotonic() - started, timings=timings)
+                        seconds=time.monotonic() - started, timings=timings, preview=preview)
 
 
 def _own_previous(job: DeriveJob) -> Path | None:
@@ -205,27 +209,35 @@ def _failed(job: DeriveJob, status: str, reason: str, capture: datetime | None,
 
 
 def _cloak(image: Image.Image, job: DeriveJob,
-           progress: Callable[[float], None] | None) -> tuple[Image.Image, bool, str, str]:
-    """The cloak slot: returns (image, cloaked, strength, why-not). Torch loads only past this point."""
+           progress: Callable[[float], None] | None) -> tuple[Image.Image, bool, str, str, bytes]:
+    """The cloak slot: returns (image, cloaked, strength, why-not, preview PNG). Torch loads only past
+    this point. The cloak is fitted to the output JPEG quality, which is how its targets are measured."""
     strength = job.cloak.strength
     if strength == "off":
-        return image, False, strength, "strength off"
+        return image, False, strength, "strength off", b""
     try:
         from shutterlock.cloak import CloakError, cloak_image
     except ImportError as error:
-        return image, False, strength, f"cloak unavailable: {error}"
+        return image, False, strength, f"cloak unavailable: {error}", b""
     try:
         result = cloak_image(
             image, strength, seed=job.cloak.seed + job.seed, threads=job.cloak.threads or None,
             time_budget=job.cloak.time_budget, progress=progress, models_dir=job.cloak.models_dir,
-            offline=job.cloak.offline)
+            offline=job.cloak.offline, jpeg_quality=job.derive.jpeg_quality)
+        cloaked_image = result.image if result.image.mode == "RGB" else result.image.convert("RGB")
+        preview = b""
+        if job.preview:
+            from shutterlock.cloak import preview as cloak_preview
+
+            preview = cloak_preview.png_bytes(cloak_preview.render(
+                image, cloaked_image, strength=strength, jpeg_quality=job.derive.jpeg_quality,
+                models_dir=job.cloak.models_dir, offline=job.cloak.offline))
     except CloakError as error:
-        return image, False, strength, f"cloak failed: {error}"
+        return image, False, strength, f"cloak failed: {error}", b""
     except ImportError as error:
-        return image, False, strength, f"cloak unavailable: {error}"
+        return image, False, strength, f"cloak unavailable: {error}", b""
     except MemoryError:
-        return image, False, strength, "cloak failed: out of memory"
+        return image, False, strength, "cloak failed: out of memory", b""
     except Exception as error:  # a cloak bug must not lose the derivative's record
-        return image, False, strength, f"cloak error: {type(error).__name__}: {error}"
-    cloaked_image = result.image if result.image.mode == "RGB" else result.image.convert("RGB")
-    return cloaked_image, True, result.strength, ""
+        return image, False, strength, f"cloak error: {type(error).__name__}: {error}", b""
+    return cloaked_image, True, result.strength, "", preview

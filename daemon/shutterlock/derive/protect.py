@@ -4,7 +4,9 @@ Output is flat: ``DIR/NAME.jpg``, with ``NAME-2.jpg``, … when a name is taken 
 another input with the same stem, or any other file): nothing in ``DIR`` is ever overwritten.
 Directories among the inputs are expanded recursively (sorted). RAW+JPEG pairs are matched among
 the inputs only, so naming a RAW file explicitly derives it even if a JPEG sits next to it on disk.
-Each file runs in the same time-limited worker process as in the daemon.
+Each file runs in the same time-limited worker process as in the daemon. With ``preview``, the
+worker also renders the cloak preview (cloak/preview.py), written as ``NAME.preview.png`` beside
+the derivative ``NAME.jpg``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
+from shutterlock.fsutil import atomic_writer
 
 from .pipeline import SKIPPED, DeriveJob, DeriveResult, pair_partner, should_derive
 from .runner import DeriveRunner
@@ -35,7 +38,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
 
 def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermark: WatermarkConfig,
-            rights: RightsConfig, cloak: CloakConfig, strength: str | None = None,
+            rights: RightsConfig, cloak: CloakConfig, strength: str | None = None, preview: bool = False,
             on_result: Callable[[DeriveResult], None] | None = None) -> list[DeriveResult]:
     """Derive every input into ``out_dir``; one result per input file, in input order.
 
@@ -60,9 +63,21 @@ def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermar
                 result = DeriveResult(path, SKIPPED, reason=reason, cloak_strength=cloak.strength)
             else:
                 job = DeriveJob(source=path, derive=derive, watermark=watermark, rights=rights, cloak=cloak,
-                                layout="flat", check_pair=False)
+                                layout="flat", check_pair=False, preview=preview)
                 result = runner.run(job)
+                if result.preview and result.output is not None:
+                    write_preview(result.output, result.preview)
             results.append(result)
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def preview_path(output: Path) -> Path:
+    """Where the preview of the derivative at ``output`` goes."""
+    return output.with_name(output.stem + ".preview.png")
+
+
+def write_preview(output: Path, png: bytes) -> None:
+    with atomic_writer(preview_path(output), 0o644) as handle:
+        handle.write(png)
