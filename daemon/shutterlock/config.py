@@ -8,6 +8,7 @@ Errors name the file, the table, the key and the problem, e.g.
 
 from __future__ import annotations
 
+import enum
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -16,9 +17,13 @@ from typing import Any
 
 import platformdirs
 
+from shutterlock.errors import ConfigError
+
 APP = "shutterlock"
 
 WATCH_MODES = ("auto", "native", "polling")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+MODELS_DIR_ENV = "SHUTTERLOCK_MODELS_DIR"
 STRENGTHS = ("off", "light", "standard", "strong")
 ANCHORS = (
     "top-left", "top", "top-right",
@@ -40,8 +45,13 @@ DATA_MINING_VALUES = (
 PAIR_PREFERENCES = ("jpeg", "raw")
 
 
-class ConfigError(Exception):
-    """A configuration problem the user must fix; the CLI prints it and exits 2."""
+class Credential(enum.StrEnum):
+    """The names of the secrets systemd hands over in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``)."""
+
+    MASTER_KEY = "shutterlock.key"
+    PASSPHRASE = "shutterlock.passphrase"
+    S3_ACCESS_KEY = "s3.access_key_id"
+    S3_SECRET_KEY = "s3.secret_access_key"
 
 
 # --------------------------------------------------------------------------- paths
@@ -76,6 +86,13 @@ class Paths:
     @property
     def lock_file(self) -> Path:
         return self.runtime_dir / "daemon.lock"
+
+    def credential(self, name: Credential) -> Path | None:
+        """The credential file systemd provides, or None (not under systemd, or not given)."""
+        if self.credentials_dir is None:
+            return None
+        path = self.credentials_dir / name
+        return path if path.exists() else None
 
 
 def _first_env_dir(name: str) -> Path | None:
@@ -137,6 +154,9 @@ class S3Config:
     snapshot_minutes: float = 60.0
     scrub_days: float = 7.0
     scrub_percent: float = 5.0
+    # Transient errors (5xx, throttling) an upload survives before it fails for good; an unreachable
+    # endpoint is an outage, not an attempt, and never fails an upload.
+    max_attempts: int = 32
 
     @property
     def bucket(self) -> str:
@@ -305,11 +325,12 @@ def _sources(file: Path, raw: dict[str, Any]) -> tuple[SourceConfig, ...]:
         if path is None:
             raise reader.fail("path", "missing")
         path = _existing_dir_or_creatable(reader, "path", path)
-        name = reader.get("name", str, "") or path.name or f"source{index + 1}"
+        d = SourceConfig(path=path)
+        name = reader.get("name", str, d.name) or path.name or f"source{index + 1}"
         if name in names:
             raise reader.fail("name", f"duplicate source name {name!r}; give each source a distinct name")
         names.add(name)
-        sources.append(SourceConfig(path=path, watch_mode=reader.choice("watch_mode", WATCH_MODES, "auto"),
+        sources.append(SourceConfig(path=path, watch_mode=reader.choice("watch_mode", WATCH_MODES, d.watch_mode),
                                     name=name))
         reader.done()
     return tuple(sources)
@@ -325,110 +346,126 @@ def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
     endpoint = reader.get("endpoint", str, "")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise reader.fail("endpoint", f"must be an http:// or https:// URL; got {endpoint!r}")
+    d = S3Config(url=url)
     config = S3Config(
         url=url,
         endpoint=endpoint,
-        region=reader.get("region", str, ""),
-        addressing_style=reader.choice("addressing_style", ("auto", "path", "virtual"), "auto"),
-        storage_class=reader.get("storage_class", str, ""),
-        bandwidth_limit=reader.integer("bandwidth_limit", 0, low=0),
-        stale_upload_hours=reader.number("stale_upload_hours", 72.0, low=0.01),
-        snapshot_minutes=reader.number("snapshot_minutes", 60.0, low=0.01),
-        scrub_days=reader.number("scrub_days", 7.0, low=0.0001),
-        scrub_percent=reader.number("scrub_percent", 5.0, low=0.0, high=100.0),
+        region=reader.get("region", str, d.region),
+        addressing_style=reader.choice("addressing_style", ADDRESSING_STYLES, d.addressing_style),
+        storage_class=reader.get("storage_class", str, d.storage_class),
+        bandwidth_limit=reader.integer("bandwidth_limit", d.bandwidth_limit, low=0),
+        stale_upload_hours=reader.number("stale_upload_hours", d.stale_upload_hours, low=0.01),
+        snapshot_minutes=reader.number("snapshot_minutes", d.snapshot_minutes, low=0.01),
+        scrub_days=reader.number("scrub_days", d.scrub_days, low=0.0001),
+        scrub_percent=reader.number("scrub_percent", d.scrub_percent, low=0.0, high=100.0),
+        max_attempts=reader.integer("max_attempts", d.max_attempts, low=1, high=1000),
     )
     reader.done()
     return config
+
+
+def _derive(file: Path, raw: dict[str, Any]) -> DeriveConfig:
+    reader = _table(file, raw, "derive")
+    d = DeriveConfig()
+    derive = DeriveConfig(
+        enabled=reader.get("enabled", bool, d.enabled),
+        outbox=_existing_dir_or_creatable(reader, "outbox", reader.path("outbox", d.outbox) or d.outbox),
+        long_edge=reader.integer("long_edge", d.long_edge, low=64, high=65535),
+        jpeg_quality=reader.integer("jpeg_quality", d.jpeg_quality, low=1, high=100),
+        max_pixels=reader.integer("max_pixels", d.max_pixels, low=1),
+        time_limit=reader.number("time_limit", d.time_limit, low=1.0),
+        pair_preference=reader.choice("pair_preference", PAIR_PREFERENCES, d.pair_preference),
+        release_uncloaked=reader.get("release_uncloaked", bool, d.release_uncloaked),
+        draft_tolerance=reader.number("draft_tolerance", d.draft_tolerance, low=0.0, high=0.25),
+        workers=reader.integer("workers", d.workers, low=1, high=64),
+    )
+    reader.done()
+    return derive
+
+
+def _watermark(file: Path, raw: dict[str, Any]) -> WatermarkConfig:
+    reader = _table(file, raw, "watermark")
+    d = WatermarkConfig()
+    logo = reader.path("logo", d.logo)
+    if logo is not None and not logo.is_file():
+        raise reader.fail("logo", f"no such file: {logo}")
+    watermark = WatermarkConfig(
+        enabled=reader.get("enabled", bool, d.enabled),
+        text=reader.get("text", str, d.text),
+        logo=logo,
+        anchor=reader.choice("anchor", ANCHORS, d.anchor),
+        inset=reader.number("inset", d.inset, low=0.0, high=0.45),
+        size=reader.number("size", d.size, low=0.005, high=0.5),
+        opacity=reader.number("opacity", d.opacity, low=0.0, high=1.0),
+    )
+    reader.done()
+    return watermark
+
+
+def _rights(file: Path, raw: dict[str, Any]) -> RightsConfig:
+    reader = _table(file, raw, "rights")
+    d = RightsConfig()
+    rights = RightsConfig(
+        creator=reader.get("creator", str, d.creator),
+        copyright=reader.get("copyright", str, d.copyright),
+        data_mining=reader.choice("data_mining", DATA_MINING_VALUES, d.data_mining),
+        web_statement=reader.get("web_statement", str, d.web_statement),
+        other_constraints=reader.get("other_constraints", str, d.other_constraints),
+    )
+    reader.done()
+    return rights
+
+
+def _cloak(file: Path, raw: dict[str, Any]) -> CloakConfig:
+    """``$SHUTTERLOCK_MODELS_DIR`` overrides ``models_dir``; this is the only place that reads it."""
+    reader = _table(file, raw, "cloak")
+    d = CloakConfig()
+    models_dir = reader.path("models_dir", d.models_dir)
+    env_models = os.environ.get(MODELS_DIR_ENV)
+    if env_models:
+        models_dir = Path(env_models).expanduser()
+    cloak = CloakConfig(
+        strength=reader.choice("strength", STRENGTHS, d.strength),
+        models_dir=models_dir,
+        offline=reader.get("offline", bool, d.offline),
+        threads=reader.integer("threads", d.threads, low=0, high=1024),
+        seed=reader.integer("seed", d.seed, low=0),
+        time_budget=reader.number("time_budget", d.time_budget, low=0.1),
+    )
+    reader.done()
+    return cloak
+
+
+def _engine(file: Path, raw: dict[str, Any]) -> EngineConfig:
+    reader = _table(file, raw, "engine")
+    d = EngineConfig()
+    engine = EngineConfig(
+        settle_seconds=reader.number("settle_seconds", d.settle_seconds, low=0.0, high=3600.0),
+        rescan_minutes=reader.number("rescan_minutes", d.rescan_minutes, low=0.05),
+        seal_workers=reader.integer("seal_workers", d.seal_workers, low=0, high=256),
+        max_attempts=reader.integer("max_attempts", d.max_attempts, low=1, high=1000),
+        chunk_size=reader.integer("chunk_size", d.chunk_size, low=4096, high=64 << 20),
+        stall_seconds=reader.number("stall_seconds", d.stall_seconds, low=1.0),
+    )
+    reader.done()
+    return engine
 
 
 def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     """Validate a parsed TOML document; every key not understood is an error (typos matter)."""
     raw = dict(raw)
     sources = _sources(file, raw)
-
     reader = _table(file, raw, "vault")
-    vault_path = reader.path("path", paths.state_dir / "vault") or paths.state_dir / "vault"
-    vault = VaultConfig(path=_existing_dir_or_creatable(reader, "path", vault_path))
+    default_vault = paths.state_dir / "vault"
+    vault = VaultConfig(path=_existing_dir_or_creatable(
+        reader, "path", reader.path("path", default_vault) or default_vault))
     reader.done()
-
-    s3 = _s3(file, raw)
-
-    reader = _table(file, raw, "derive")
-    default = DeriveConfig()
-    derive = DeriveConfig(
-        enabled=reader.get("enabled", bool, True),
-        outbox=_existing_dir_or_creatable(reader, "outbox", reader.path("outbox", default.outbox) or default.outbox),
-        long_edge=reader.integer("long_edge", default.long_edge, low=64, high=65535),
-        jpeg_quality=reader.integer("jpeg_quality", default.jpeg_quality, low=1, high=100),
-        max_pixels=reader.integer("max_pixels", default.max_pixels, low=1),
-        time_limit=reader.number("time_limit", default.time_limit, low=1.0),
-        pair_preference=reader.choice("pair_preference", PAIR_PREFERENCES, default.pair_preference),
-        release_uncloaked=reader.get("release_uncloaked", bool, default.release_uncloaked),
-        draft_tolerance=reader.number("draft_tolerance", default.draft_tolerance, low=0.0, high=0.25),
-        workers=reader.integer("workers", default.workers, low=1, high=64),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "watermark")
-    default_wm = WatermarkConfig()
-    logo = reader.path("logo", None)
-    if logo is not None and not logo.is_file():
-        raise reader.fail("logo", f"no such file: {logo}")
-    watermark = WatermarkConfig(
-        enabled=reader.get("enabled", bool, True),
-        text=reader.get("text", str, default_wm.text),
-        logo=logo,
-        anchor=reader.choice("anchor", ANCHORS, default_wm.anchor),
-        inset=reader.number("inset", default_wm.inset, low=0.0, high=0.45),
-        size=reader.number("size", default_wm.size, low=0.005, high=0.5),
-        opacity=reader.number("opacity", default_wm.opacity, low=0.0, high=1.0),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "rights")
-    default_rights = RightsConfig()
-    rights = RightsConfig(
-        creator=reader.get("creator", str, ""),
-        copyright=reader.get("copyright", str, ""),
-        data_mining=reader.choice("data_mining", DATA_MINING_VALUES, default_rights.data_mining),
-        web_statement=reader.get("web_statement", str, ""),
-        other_constraints=reader.get("other_constraints", str, default_rights.other_constraints),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "cloak")
-    default_cloak = CloakConfig()
-    models_dir = reader.path("models_dir", None)
-    env_models = os.environ.get("SHUTTERLOCK_MODELS_DIR")
-    if env_models:
-        models_dir = Path(env_models).expanduser()
-    cloak = CloakConfig(
-        strength=reader.choice("strength", STRENGTHS, default_cloak.strength),
-        models_dir=models_dir,
-        offline=reader.get("offline", bool, False),
-        threads=reader.integer("threads", 0, low=0, high=1024),
-        seed=reader.integer("seed", 0, low=0),
-        time_budget=reader.number("time_budget", default_cloak.time_budget, low=0.1),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "engine")
-    default_engine = EngineConfig()
-    engine = EngineConfig(
-        settle_seconds=reader.number("settle_seconds", default_engine.settle_seconds, low=0.0, high=3600.0),
-        rescan_minutes=reader.number("rescan_minutes", default_engine.rescan_minutes, low=0.05),
-        seal_workers=reader.integer("seal_workers", 0, low=0, high=256),
-        max_attempts=reader.integer("max_attempts", default_engine.max_attempts, low=1, high=1000),
-        chunk_size=reader.integer("chunk_size", default_engine.chunk_size, low=4096, high=64 << 20),
-        stall_seconds=reader.number("stall_seconds", default_engine.stall_seconds, low=1.0),
-    )
-    reader.done()
-
+    config = Config(sources=sources, vault=vault, s3=_s3(file, raw), derive=_derive(file, raw),
+                    watermark=_watermark(file, raw), rights=_rights(file, raw), cloak=_cloak(file, raw),
+                    engine=_engine(file, raw), paths=paths)
     if raw:
-        unknown = sorted(raw)[0]
-        raise ConfigError(f"{file.name}: [{unknown}]: unknown table")
-    return Config(sources=sources, vault=vault, s3=s3, derive=derive, watermark=watermark, rights=rights,
-                  cloak=cloak, engine=engine, paths=paths)
+        raise ConfigError(f"{file.name}: [{sorted(raw)[0]}]: unknown table")
+    return config
 
 
 def load(config_file: Path | None = None) -> Config:
@@ -447,6 +484,15 @@ def load(config_file: Path | None = None) -> Config:
     elif config_file is not None:
         raise ConfigError(f"{file}: no such config file")
     return parse(raw, file, paths)
+
+
+def save(config: Config) -> None:
+    """Write the config file (owner-only: it may name buckets and paths the user keeps private)."""
+    import tomli_w
+
+    from shutterlock.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(config.paths.config_file, tomli_w.dumps(to_toml_dict(config)).encode(), mode=0o600)
 
 
 def to_toml_dict(config: Config) -> dict[str, Any]:
