@@ -95,16 +95,29 @@ class Home:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
-            if self.socket.exists() and self.cli("status", "--json").returncode == 0 and \
-                    '"running": true' in self.cli("status", "--json").stdout:
+            if self.socket.exists() and self.live_status() is not None:
                 return process
-            time.sleep(0.1)
+            time.sleep(0.05)
         process.kill()
         raise AssertionError(f"daemon did not come up:\n{log.read_text()}")
 
+    def live_status(self) -> dict[str, Any] | None:
+        """The running daemon's status over its socket, in this process (no CLI start-up per poll)."""
+        from shutterlock.control import ControlClient
+        from shutterlock.errors import DaemonNotRunning
+
+        try:
+            return ControlClient(self.socket).call("status")
+        except DaemonNotRunning:
+            return None
+
     def status(self) -> dict[str, Any]:
+        """``status --json``: the daemon's answer when one runs, else what the CLI reads from the catalog."""
         import json
 
+        live = self.live_status()
+        if live is not None:
+            return live
         result = self.cli("status", "--json", check=True)
         return json.loads(result.stdout)
 
