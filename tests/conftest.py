@@ -309,3 +309,13 @@ def loop_mount(tmp_path: Path) -> Iterator[LoopMount]:
         mount.thaw()
         if mount.mounted:
             subprocess.run(["umount", "-l", str(mount.mountpoint)], capture_output=True)
+
+
+def at_most_chance(blob: bytes, marker: bytes) -> bool:
+    """True when ``marker`` occurs in random-looking ``blob`` no more often than chance allows.
+
+    Short strings turn up in ciphertext by chance (3 bytes about once per 16 MiB, 4 bytes about once per
+    4 GiB); a literal "not in" check for them fails at random. Five bytes and more: never.
+    """
+    expected = len(blob) / 256 ** len(marker)
+    return blob.count(marker) <= expected + 6 * expected**0.5 + (1 if len(marker) < 5 else 0)
