@@ -205,6 +205,11 @@ def describe(info: Status) -> list[str]:
         lines.append(f"  derivatives  {', '.join(parts)} (cloak: {info.cloak.strength}); outbox {info.outbox}")
         if info.cloak.error:
             lines.append(f"  cloak        {info.cloak.error}")
+        isolation = info.derive.isolation
+        if isolation is not None:
+            lines.append(f"  worker       confined: {'; '.join(isolation.active)}")
+            for missing in isolation.missing:
+                lines.append(f"  worker       ! not available: {missing}")
     for source in info.sources:
         warn = f"  ! {source.warning}" if source.warning else ""
         lines.append(f"  source       {source.name}: {source.path} ({source.watch_mode}){warn}")

@@ -193,6 +193,10 @@ class DeriveConfig:
     draft_tolerance: float = field(default=0.03, metadata=rule(low=0.0, high=0.25))
     # Derive processes (niced); 2 on an otherwise idle 2-core box doubles throughput.
     workers: int = field(default=1, metadata=rule(low=1, high=64))
+    # Each derive process's address-space limit (RLIMIT_AS) in MB: a file that makes a decoder allocate
+    # without end fails there. The cloak of a 24 MP photo peaks at ~1.8 GB of address space
+    # (bench/worker_memory.py); HEIF and RAW files larger than a quarter of it are refused unread.
+    memory_limit: int = field(default=3072, metadata=rule(low=512, high=1 << 20))
 
 
 @dataclass(frozen=True)

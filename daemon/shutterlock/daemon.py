@@ -246,6 +246,7 @@ class Daemon:
             replica=replicate.status() if replicate is not None else None,  # type: ignore[attr-defined]
             cloak_problem=derive.cloak_problem if derive is not None else None,  # type: ignore[attr-defined]
             restart_needed=self.restart_needed,
+            isolation=derive.isolation if derive is not None else None,  # type: ignore[attr-defined]
         )
         return facade.read_status(self.config, self.catalog, live)
 

@@ -26,6 +26,7 @@ from shutterlock.status import (
     Backlog,
     CloakStatus,
     DeriveStatus,
+    IsolationStatus,
     LaneStatus,
     ProcessFacts,
     ReplicaStatus,
@@ -191,6 +192,7 @@ class LiveFacts:
     replica: ReplicaStatus | None
     cloak_problem: str | None  # None: the cloak has not been tried since the daemon started
     restart_needed: list[str] = field(default_factory=list)
+    isolation: IsolationStatus | None = None  # how the derive lane's worker is confined (None: not started)
 
 
 def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None) -> Status:
@@ -221,7 +223,8 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None)
         backlog=Backlog(items=items, bytes=size),
         replica=replica,
         derive=DeriveStatus(enabled=config.derive.enabled, waiting=derive_lane.waiting if derive_lane else 0,
-                            by_status=catalog.derivative_counts()),
+                            by_status=catalog.derivative_counts(),
+                            isolation=live.isolation if live is not None else None),
         cloak=CloakStatus(strength=config.cloak.strength, held=held, error=cloak_error),
         vault=VaultStatus(path=str(config.vault.path)),
         sources=sources,

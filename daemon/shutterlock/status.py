@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 from rich.filesize import decimal as human_bytes
 
-__all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "LaneStatus",
-           "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status", "VaultStatus",
-           "human_bytes"]
+__all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "IsolationStatus",
+           "LaneStatus", "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status",
+           "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -100,10 +100,20 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True)
+class IsolationStatus:
+    """How the derive worker, which parses untrusted files, is confined: the layers this system applied
+    (``active``) and those it refused (``missing``), as the latest worker reported them."""
+
+    active: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class DeriveStatus:
     enabled: bool = True
     waiting: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    isolation: IsolationStatus | None = None  # None: no worker has started since the daemon did
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from shutterlock.catalog import Catalog, FileRow, Job, JobQueue
 from shutterlock.config import Config
 from shutterlock.engine import Periodic, StageError, WorkerState
 from shutterlock.fsutil import ensure_dir
+from shutterlock.status import IsolationStatus
 from shutterlock.vault.format import FormatError, Keys, ObjectReader
 from shutterlock.vault.local import LocalStore
 
 from . import outbox
 from .pairs import skip_reason
 from .render import DeriveJob, Outcome, Rendered
-from .runner import DeriveRunner
+from .runner import DeriveRunner, Work
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class DeriveStage:
 
     name = "derive"
 
-    def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore):
+    def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore, *, work: Work | None = None):
+        """``work``: what the workers run per job (default: ``render``)."""
         self.catalog, self.keys, self.vault = catalog, keys, vault
+        self._work = work
         self.queue = JobQueue(catalog, self.name)
         self.workers = config.derive.workers
         self._local = threading.local()
@@ -75,9 +78,19 @@ class DeriveStage:
         """One long-lived worker process per lane thread, started on first use."""
         runner: DeriveRunner | None = getattr(self._local, "runner", None)
         if runner is None:
-            runner = self._local.runner = DeriveRunner(self.config.derive.time_limit)
+            config = self.config
+            guarded = [config.vault.path, config.derive.outbox, *(source.path for source in config.sources)]
+            runner = self._local.runner = DeriveRunner(config.derive.time_limit, work=self._work, guarded=guarded)
             self._runners.append(runner)
         return runner
+
+    @property
+    def isolation(self) -> IsolationStatus | None:
+        """How the lane's workers are confined, as the latest one reported (None before the first job)."""
+        reports = [runner.isolation for runner in self._runners if runner.isolation is not None]
+        if not reports:
+            return None
+        return IsolationStatus(active=list(reports[-1].active), missing=list(reports[-1].missing))
 
     def process(self, job: Job, worker: WorkerState) -> None:
         file = self.catalog.file_by_id(int(job.subject))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -74,8 +75,13 @@ class Rendered:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -> Rendered:
-    """Run the whole pipeline for one original; every outcome is a result, never an exception."""
+def render(job: DeriveJob, original: BinaryIO | None = None, *,
+           progress: Callable[[float], None] | None = None) -> Rendered:
+    """Run the whole pipeline for one original; every outcome is a result, never an exception.
+
+    ``original``: the file, already open (the runner's worker may open no path); else ``job.source`` is
+    opened here. ``job.source`` still names it (its extension picks the decoder).
+    """
     started = time.monotonic()
     cpu_started = time.process_time()
     timings: dict[str, float] = {}
@@ -87,8 +93,9 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
     try:
         mark = time.monotonic()
         decoded = decode(source, long_edge=job.derive.long_edge, max_pixels=job.derive.max_pixels,
-                         draft_tolerance=job.derive.draft_tolerance)
-        capture = decoded.capture_time or file_time(source)
+                         draft_tolerance=job.derive.draft_tolerance, handle=original,
+                         max_bytes=(job.derive.memory_limit << 20) // 4)
+        capture = decoded.capture_time or file_time(source, original)
         timings["decode"] = time.monotonic() - mark
 
         mark = time.monotonic()
