@@ -134,7 +134,8 @@ def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outb
                          vault=vault, outbox=outbox, s3_url=s3_url, s3_endpoint=s3_endpoint)
     config = load_config(ctx)
     click.echo(f"config: {result.config_file} ({'created' if result.created_config else 'kept'})")
-    click.echo(f"key:    {'created' if result.created_key else 'present'} ({config.paths.key_file})")
+    where = result.key_file or f"from {config.paths.credentials_dir}, no key file kept"
+    click.echo(f"key:    {'created' if result.created_key else 'present'} ({where})")
     for source in config.sources:
         click.echo(f"source: {source.name} = {source.path}")
     click.echo(f"vault:  {config.vault.path}")

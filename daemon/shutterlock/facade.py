@@ -16,7 +16,7 @@ from typing import Any
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog
-from shutterlock.config import Config, parse, save, to_toml_dict, with_overrides
+from shutterlock.config import Config, Credential, parse, save, to_toml_dict, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
 from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed
@@ -47,6 +47,7 @@ class InitResult:
     created_config: bool
     created_key: bool
     replica_problem: str | None  # None: no bucket configured or the envelope is there; else why not yet
+    key_file: Path | None = None  # None: a credential supplies the key at every start, so none is kept
 
 
 def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path] | None = None,
@@ -61,14 +62,21 @@ def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path]
     parse(to_toml_dict(config), paths.config_file, paths)  # the flags must make a valid config too
     ensure_dir(paths.state_dir)
     created_key = False
+    # A key or passphrase credential ($CREDENTIALS_DIRECTORY: systemd, Docker secrets) unlocks every start:
+    # then no master.key is written, so the key never lies on the disk beside the data.
+    given_key = paths.credential(Credential.MASTER_KEY)
+    given_passphrase = paths.credential(Credential.PASSPHRASE)
     if not paths.key_file.exists():
         if paths.envelope_file.exists():
-            master = keystore.unwrap(keystore.read_envelope(paths.envelope_file), passphrase())
+            master = keystore.load_master_key(paths) if given_key or given_passphrase else \
+                keystore.unwrap(keystore.read_envelope(paths.envelope_file), passphrase())
         else:
-            master = keystore.new_master_key()
-            keystore.write_envelope(paths.envelope_file, keystore.wrap(master, passphrase()))
+            master = keystore.load_master_key(paths) if given_key else keystore.new_master_key()
+            secret = keystore.read_passphrase_file(given_passphrase) if given_passphrase else passphrase()
+            keystore.write_envelope(paths.envelope_file, keystore.wrap(master, secret))
             created_key = True
-        keystore.write_key_file(paths.key_file, master)
+        if not (given_key or given_passphrase):
+            keystore.write_key_file(paths.key_file, master)
     try:
         open_vault(config)
     except StoreError as error:
@@ -77,7 +85,8 @@ def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path]
         save(config)
     for source in config.sources:
         ensure_dir(source.path, 0o755)
-    return InitResult(paths.config_file, not existed, created_key, publish_envelope(config))
+    return InitResult(paths.config_file, not existed, created_key, publish_envelope(config),
+                      key_file=paths.key_file if paths.key_file.exists() else None)
 
 
 def publish_envelope(config: Config) -> str | None:
