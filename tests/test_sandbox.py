@@ -173,3 +173,30 @@ def test_status_says_how_the_worker_is_confined(make_home) -> None:
         assert "worker       confined: fresh process, clean environment" in text
     finally:
         assert stop(daemon) == 0
+
+
+def test_files_read_whole_are_refused_by_size_before_they_cost_memory(tmp_path: Path, secrets: dict[str, Path]) -> None:
+    """Issue 16 item 7: a file that starts like a JPEG (or is a HEIF or RAW) used to be read whole into
+    memory whatever its size; now the size is checked first (sparse files: no disk is spent here)."""
+    derive = DeriveConfig(outbox=tmp_path / "out", memory_limit=512)
+    limit = (derive.memory_limit << 20) // 4
+    heads = {"huge.jpg": b"\xff\xd8\xff\xe0", "huge.heic": b"\0\0\0\x18ftypheic", "huge.dng": b"II*\0"}
+    with DeriveRunner(time_limit=30.0) as runner:
+        for name, head in heads.items():
+            path = tmp_path / name
+            with path.open("wb") as handle:
+                handle.write(head)
+                handle.truncate(limit + 1)
+            result = runner.run(DeriveJob(source=path, derive=derive, watermark=WatermarkConfig(),
+                                          rights=RightsConfig(), cloak=CloakConfig(strength="off")))
+            kind = {".jpg": "JPEG", ".heic": "HEIF", ".dng": "RAW"}[path.suffix]
+            assert result.outcome is Outcome.FAILED
+            assert result.reason == (f"file too large: {limit + 1:,} bytes; a {kind} file is read whole, and the "
+                                     f"limit is {limit:,} bytes (a quarter of [derive] memory_limit)")
+            assert result.seconds < 5
+        # Just under the limit, the JPEG is mapped, not read: the stream check finds it truncated.
+        with (tmp_path / "huge.jpg").open("r+b") as handle:
+            handle.truncate(limit)
+        result = runner.run(DeriveJob(source=tmp_path / "huge.jpg", derive=derive, watermark=WatermarkConfig(),
+                                      rights=RightsConfig(), cloak=CloakConfig(strength="off")))
+        assert (result.outcome, result.reason) == (Outcome.FAILED, "truncated image data")

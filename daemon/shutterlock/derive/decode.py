@@ -81,8 +81,9 @@ def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: floa
     ``draft_tolerance``: how far (as a fraction) a JPEG's reduced decode may fall short of
     ``long_edge``; the shortfall is then made up by a slight upscale of the reduced decode (the
     result is still far below the original's resolution). 0 means the reduced decode must cover it.
-    ``max_bytes``: the largest HEIF or RAW file, the formats whose libraries read the whole file into
-    memory; every other format is read as it decodes, so its size costs no memory.
+    ``max_bytes``: the largest JPEG (mapped whole for the stream check), HEIF or RAW file (their libraries
+    read the whole file into memory); every other format is read as it decodes, and every decode is
+    bounded by ``max_pixels`` and, in the worker, by its memory limit.
     """
     if handle is None:
         try:
@@ -100,14 +101,16 @@ def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: floa
     if size == 0:
         raise DeriveError("empty file")
     heif = path.suffix.lower() in HEIF_EXTENSIONS or head[4:12] in HEIF_BRANDS
-    if (classify(path) == "raw" or heif) and size > max_bytes:
-        raise DeriveError(f"file too large: {size:,} bytes; {'HEIF' if heif else 'RAW'} files are read whole, "
-                          f"and the limit is {max_bytes:,} bytes (a quarter of [derive] memory_limit)")
+    jpeg = head.startswith(b"\xff\xd8")
+    kind = "RAW" if classify(path) == "raw" else "HEIF" if heif else "JPEG" if jpeg else ""
+    if kind and size > max_bytes:
+        raise DeriveError(f"file too large: {size:,} bytes; a {kind} file is read whole, and the limit is "
+                          f"{max_bytes:,} bytes (a quarter of [derive] memory_limit)")
     if classify(path) == "raw":
         return _decode_raw(handle, long_edge=long_edge, max_pixels=max_pixels)
     if heif:
         _register_heif()
-    if head.startswith(b"\xff\xd8"):
+    if jpeg:
         # The stream check walks a read-only map of the file: the page cache holds it, not the heap.
         try:
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
