@@ -2,6 +2,10 @@
 
     python bench/derive.py [--count 50] [--workers 1 2] [--draft-tolerance 0 0.03] [--rounds 3] [--nice 0]
 
+Without ``--workers`` and ``--draft-tolerance`` it measures the default settings (``[derive] workers = 0``:
+one worker per core as memory allows; the default draft tolerance), which is the figure issue 18 asks for.
+Each worker is the daemon's real one: a confined process (``shutterlock.sandbox``).
+
 Inputs: sample JPEGs from ../shared/samples upscaled with Pillow to ~12 MP (4000x3000, EXIF kept),
 in a temp dir. A derive configuration with N workers runs N DeriveRunners (one long-lived worker
 process each, as the daemon's lane runs one) fed from N threads; workers are warmed up untimed,
@@ -29,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
 from shutterlock.derive import DeriveJob, DeriveRunner, Outcome
+from shutterlock.derive.lane import worker_count
 from shutterlock.derive.outbox import place
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "exif-samples" / "jpg"
@@ -122,10 +127,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=50)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    defaults = DeriveConfig()
+    parser.add_argument("--workers", type=int, nargs="+", default=[worker_count(defaults)],
+                        help="worker processes to compare (default: what [derive] workers = 0 gives here)")
     parser.add_argument("--long-edge", type=int, default=2048)
-    parser.add_argument("--draft-tolerance", type=float, nargs="+", default=[0.0, 0.03],
-                        help="[derive] draft_tolerance values to compare (0.03 is the default; 0 decodes in full)")
+    parser.add_argument("--draft-tolerance", type=float, nargs="+", default=[defaults.draft_tolerance],
+                        help=f"[derive] draft_tolerance values to compare (default {defaults.draft_tolerance:g}; "
+                             "0 decodes in full)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternate mat2 and derive runs this many times; the best of each is reported")
     parser.add_argument("--nice", type=int, default=0,
@@ -167,7 +175,9 @@ def main() -> None:
 
 
 def _name(workers: int, tolerance: float) -> str:
-    return f"derive x{workers} tolerance {tolerance:g}"
+    defaults = DeriveConfig()
+    default = workers == worker_count(defaults) and tolerance == defaults.draft_tolerance
+    return f"derive x{workers} tolerance {tolerance:g}" + (" (the default settings)" if default else "")
 
 
 def report(best: dict[str, float], cpu: dict[str, float], configurations: list[tuple[int, float]]) -> None:

@@ -191,8 +191,9 @@ class DeriveConfig:
     # A JPEG may be decoded at a reduced scale that falls this much short of the long edge and be topped
     # up (4000 px → 2000 px → 2048 px): ~3× faster, 43 dB from a full decode, below JPEG q90's own loss.
     draft_tolerance: float = field(default=0.03, metadata=rule(low=0.0, high=0.25))
-    # Derive processes (niced); 2 on an otherwise idle 2-core box doubles throughput.
-    workers: int = field(default=1, metadata=rule(low=1, high=64))
+    # Derive processes (niced, so sealing always goes first). 0: one per core, but no more than fit in the
+    # machine's memory at memory_limit each (derive/lane.py:worker_count).
+    workers: int = field(default=0, metadata=rule(low=0, high=64))
     # Each derive process's address-space limit (RLIMIT_AS) in MB: a file that makes a decoder allocate
     # without end fails there. The cloak of a 24 MP photo peaks at ~1.8 GB of address space
     # (bench/worker_memory.py); HEIF and RAW files larger than a quarter of it are refused unread.

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from shutterlock.catalog import Catalog, FileRow, Job, JobQueue
-from shutterlock.config import Config
+from shutterlock.config import Config, DeriveConfig
 from shutterlock.engine import Periodic, StageError, WorkerState
 from shutterlock.fsutil import ensure_dir
 from shutterlock.status import IsolationStatus
@@ -36,6 +36,15 @@ HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is trie
 KILL_GRACE = 60.0  # beyond the per-image limit, how long a derive worker may look stuck to the watchdog
 
 
+def worker_count(derive: DeriveConfig) -> int:
+    """``[derive] workers``; 0 means one per core, but no more than fit in memory at ``memory_limit`` each
+    (a 2-core box with 24 GB runs two; a 4 GB NAS one, so two cloaks cannot exhaust it)."""
+    if derive.workers:
+        return derive.workers
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(os.cpu_count() or 1, memory // (derive.memory_limit << 20)))
+
+
 class DeriveStage:
     """One job per sealed original (its file id); one long-lived worker process per lane thread."""
 
@@ -46,7 +55,7 @@ class DeriveStage:
         self.catalog, self.keys, self.vault = catalog, keys, vault
         self._work = work
         self.queue = JobQueue(catalog, self.name)
-        self.workers = config.derive.workers
+        self.workers = worker_count(config.derive)
         self._local = threading.local()
         self._runners: list[DeriveRunner] = []
         # Why the cloak could not run on the latest attempt: "" once it runs, None before the first attempt.
@@ -60,7 +69,7 @@ class DeriveStage:
         self.stall_limit = max(config.engine.stall_seconds, config.derive.time_limit + KILL_GRACE)
         for runner in self._runners:
             runner.time_limit = config.derive.time_limit
-        if config.derive.workers != self.workers:
+        if worker_count(config.derive) != self.workers:
             return "[derive] workers changes after a restart"
         return ""
 
