@@ -68,9 +68,7 @@ def orient(image: Image.Image, orientation: int) -> Image.Image:
 
 def resize_long_edge(image: Image.Image, long_edge: int) -> Image.Image:
     """Scale to ``long_edge`` exactly. Callers never ask for more than the original's resolution; an
-    upscale only happens for the last few percent after a tolerated JPEG draft. It uses bicubic: on a
-    12 MP photo topped up from 2000 to 2048 px that lands 43 dB from a full-decode Lanczos reference
-    (Lanczos: 45 dB) at 70% of Lanczos' cost, and the q90 JPEG that follows loses more than either."""
+    upscale only happens for the last few percent after a tolerated JPEG draft (:func:`_top_up`)."""
     width, height = image.size
     longest = max(width, height)
     if longest == long_edge:
@@ -78,8 +76,20 @@ def resize_long_edge(image: Image.Image, long_edge: int) -> Image.Image:
     scale = long_edge / longest
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if scale > 1:
-        return image.resize(size, Image.Resampling.BICUBIC)
+        return _top_up(image, size)
     return image.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP)
+
+
+def _top_up(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Bicubic, through OpenCV: a 12 MP photo's half-scale decode (2016 px) topped up to 2048 px costs
+    ~7 ms there and ~50 ms in Pillow's resampler, which has no SIMD: the largest single cost of a
+    derivative (bench/decode_paths.py). Same kernel family and pixel-centre convention as Pillow's."""
+    if image.mode not in ("RGB", "L"):
+        return image.resize(size, Image.Resampling.BICUBIC)
+    import cv2  # here, not at the top: the daemon imports this module's package for its types only
+
+    cv2.setNumThreads(1)  # one worker, one core: the lane runs one worker per core
+    return Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_CUBIC))
 
 
 def _to_working_mode(image: Image.Image) -> Image.Image:
