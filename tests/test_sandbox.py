@@ -8,6 +8,7 @@ the runner's ``work`` seam) in place of a decoder that a crafted file took over.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLES, stop, wait_for
 from hostile import misbehave
+from PIL import Image
 from shutterlock import config as config_module
 from shutterlock import facade
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
@@ -200,3 +202,19 @@ def test_files_read_whole_are_refused_by_size_before_they_cost_memory(tmp_path: 
         result = runner.run(DeriveJob(source=tmp_path / "huge.jpg", derive=derive, watermark=WatermarkConfig(),
                                       rights=RightsConfig(), cloak=CloakConfig(strength="off")))
         assert (result.outcome, result.reason) == (Outcome.FAILED, "truncated image data")
+
+
+def test_the_confined_worker_cloaks_with_weights_from_the_cache(tmp_path: Path, secrets: dict[str, Path]) -> None:
+    """Landlock leaves the weights readable: here they sit in the cache (where the daemon downloads them,
+    since the worker has no network), and the worker, confined, cloaks with them."""
+    shutil.copytree(SAMPLES.parent / "models", tmp_path / "cache" / "models")
+    small = tmp_path / "small.jpg"
+    with Image.open(GOOD) as photo:
+        photo.resize((256, 192)).save(small, quality=92)
+    job = DeriveJob(source=small, derive=DeriveConfig(outbox=tmp_path / "out"), watermark=WatermarkConfig(),
+                    rights=RightsConfig(), cloak=CloakConfig(strength="light", threads=1))
+    with DeriveRunner(time_limit=300.0) as runner:
+        result = runner.run(job)
+        isolation = runner.isolation
+    assert (result.outcome, result.cloaked, result.cloak_error) == (Outcome.WRITTEN, True, "")
+    assert isolation is not None and any(layer.startswith("Landlock ABI") for layer in isolation.active)

@@ -15,7 +15,9 @@ the JPEG bytes -- never unpickled; the daemon decides where the bytes go.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import math
 import os
 import pickle
@@ -41,6 +43,8 @@ from shutterlock.fsutil import ensure_dir
 from shutterlock.sandbox import Isolation, Policy, environment, read_only_paths
 
 from .render import DeriveJob, Outcome, Rendered
+
+log = logging.getLogger(__name__)
 
 NICE_INCREMENT = 10
 START_LIMIT = 60.0  # seconds a new worker has to confine itself and say so
@@ -118,6 +122,7 @@ class DeriveRunner:
         """Derive one original; a timeout, a worker crash or a bad answer becomes a failed result."""
         with self._lock:
             started = time.monotonic()
+            job = _fetch_weights(job)
             try:
                 fd = os.open(job.source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
             except OSError as error:
@@ -209,6 +214,23 @@ class DeriveRunner:
 def _failed(job: DeriveJob, reason: str, started: float) -> Rendered:
     return Rendered(job.source, Outcome.FAILED, reason=reason, cloak_strength=job.cloak.strength,
                     seconds=time.monotonic() - started)
+
+
+def _fetch_weights(job: DeriveJob) -> DeriveJob:
+    """The worker has no network: missing cloak weights are downloaded here, in the daemon (SHA-256-verified,
+    into the cache the worker reads), and the worker only looks them up. A failed download is logged; the
+    worker then finds no weights and the derivative is held back (or released uncloaked) as configured."""
+    if job.cloak.strength == "off" or job.cloak.offline:
+        return job
+    from shutterlock.cloak import SURROGATES, WeightsError
+    from shutterlock.cloak.models import resolve_weights
+
+    try:
+        for name in SURROGATES:
+            resolve_weights(name, job.cloak.models_dir)
+    except WeightsError as error:
+        log.warning("cloak weights: %s", error)
+    return dataclasses.replace(job, cloak=dataclasses.replace(job.cloak, offline=True))
 
 
 def _policy_key(job: DeriveJob) -> tuple[Any, ...]:
