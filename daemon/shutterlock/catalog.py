@@ -457,6 +457,18 @@ class Catalog:
         with self.transaction() as db:
             db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (FileState.DISCOVERED,))
 
+    def retry_everything(self) -> tuple[int, int]:
+        """``shutterlock retry``: originals that failed are queued afresh, jobs that failed for good or wait
+        out a back-off are due now (the cause may be fixed: a permission, a bucket, the cloak's weights)."""
+        with self.transaction() as db:
+            files = db.execute("UPDATE files SET state = ?, attempts = 0, not_before = 0 WHERE state = ? OR "
+                               "(state = ? AND not_before > 0)",
+                               (FileState.DISCOVERED, FileState.FAILED, FileState.DISCOVERED)).rowcount
+            jobs = db.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, permanent = 0 "
+                              "WHERE permanent = 1 OR (state = ? AND not_before > 0)",
+                              (JobState.PENDING, JobState.PENDING)).rowcount
+        return files, jobs
+
     def expedite(self, kind: str) -> None:
         """Make every waiting job of a kind due now (the bucket is back)."""
         with self.transaction() as db:

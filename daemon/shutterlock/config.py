@@ -440,6 +440,16 @@ def load(config_file: Path | None = None) -> Config:
     return parse(raw, file, paths)
 
 
+def warnings(config: Config) -> list[str]:
+    """Settings that work but will surprise the user (a watermark that renders empty, …)."""
+    found = []
+    mark = config.watermark
+    if config.derive.enabled and mark.enabled and "{creator}" in mark.text and not config.rights.creator.strip():
+        found.append("the watermark is empty because no creator is set: add `creator = \"Your Name\"` to "
+                     f"[rights] in {config.paths.config_file} (or run `shutterlock init` again)")
+    return found
+
+
 def save(config: Config) -> None:
     """Write the config file (owner-only: it may name buckets and paths the user keeps private)."""
     import tomli_w
@@ -477,10 +487,30 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
     return doc
 
 
-def with_overrides(config: Config, *, sources: list[Path] | None = None, vault: Path | None = None,
-                   outbox: Path | None = None, s3_url: str | None = None,
-                   s3_endpoint: str | None = None) -> Config:
-    """Apply ``init``'s flags on top of an existing or default config."""
+@dataclass(frozen=True)
+class Choices:
+    """What ``init`` was told (flags, or answers at its prompts); None leaves the config's value."""
+
+    sources: list[Path] | None = None
+    vault: Path | None = None
+    outbox: Path | None = None
+    s3_url: str | None = None
+    s3_endpoint: str | None = None
+    creator: str | None = None
+    copyright: str | None = None
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+def with_overrides(config: Config, choices: Choices) -> Config:
+    """Apply ``init``'s choices on top of an existing or default config."""
+    sources, vault, outbox = choices.sources, choices.vault, choices.outbox
+    s3_url, s3_endpoint = choices.s3_url, choices.s3_endpoint
+    if choices.creator is not None or choices.copyright is not None:
+        config = replace(config, rights=replace(
+            config.rights, creator=config.rights.creator if choices.creator is None else choices.creator.strip(),
+            copyright=config.rights.copyright if choices.copyright is None else choices.copyright.strip()))
     if sources:
         config = replace(config, sources=tuple(
             SourceConfig(path=p.expanduser().resolve(), name=_unique_name(p, i, sources))

@@ -16,7 +16,7 @@ from typing import Any
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog
-from shutterlock.config import Config, parse, save, to_toml_dict, with_overrides
+from shutterlock.config import Choices, Config, parse, save, to_toml_dict, warnings, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
 from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed
@@ -48,15 +48,12 @@ class InitResult:
     replica_problem: str | None  # None: no bucket configured or the envelope is there; else why not yet
 
 
-def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path] | None = None,
-         vault: Path | None = None, outbox: Path | None = None, s3_url: str | None = None,
-         s3_endpoint: str | None = None) -> InitResult:
+def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> InitResult:
     """Write the config (keeping an existing one), create the key envelope if there is none, and put the
     envelope in the vault and the bucket (with the passphrase, either is enough to recover)."""
     paths = config.paths
     existed = paths.config_file.exists()
-    config = with_overrides(config, sources=sources, vault=vault, outbox=outbox, s3_url=s3_url,
-                            s3_endpoint=s3_endpoint)
+    config = with_overrides(config, choices)
     parse(to_toml_dict(config), paths.config_file, paths)  # the flags must make a valid config too
     ensure_dir(paths.state_dir)
     created_key = False
@@ -72,7 +69,7 @@ def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path]
         open_vault(config)
     except StoreError as error:
         raise OperationFailed(str(error)) from None
-    if not existed or any(v is not None for v in (sources, vault, outbox, s3_url, s3_endpoint)):
+    if not existed or choices.any():
         save(config)
     for source in config.sources:
         ensure_dir(source.path, 0o755)
@@ -229,6 +226,7 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None)
         failed_files=catalog.failed_files(10),
         outbox=str(config.derive.outbox),
         config_file=str(config.paths.config_file),
+        warnings=warnings(config),
         lanes=lanes,
         pending=live.pending if live is not None else 0,
         restart_needed=live.restart_needed if live is not None else [],
@@ -284,6 +282,50 @@ def status(config: Config) -> Status:
 def control(config: Config, op: str, **args: Any) -> Status:
     """Send one control request to the running daemon (raises DaemonNotRunning when none answers)."""
     return Status.from_dict(ControlClient(config.paths.socket).call(op, **args))
+
+
+def retry(config: Config) -> str:
+    """Try again now whatever failed or waits out a back-off; through the daemon if one runs."""
+    try:
+        control(config, "retry")
+        return "the daemon is retrying"
+    except DaemonNotRunning:
+        with open_catalog(config) as catalog:
+            files, jobs = catalog.retry_everything()
+        return f"{files} original(s) and {jobs} job(s) queued again; they run when the daemon starts"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    file: str
+    found: Path | None
+    problem: str
+
+
+def weights(config: Config, *, fetch: bool = False, source: Path | None = None) -> list[WeightsFile]:
+    """Where each cloak weights file is (verified), after fetching or copying the missing ones if asked.
+
+    ``source``: a folder holding the files (an offline machine); else ``fetch`` downloads from upstream.
+    Every file is checked against its pinned SHA-256 wherever it came from.
+    """
+    from shutterlock.cloak import WeightsError
+    from shutterlock.cloak.models import REGISTRY, cache_dir, resolve_weights, sha256_file
+
+    found = []
+    for name, entry in REGISTRY.items():
+        try:
+            if source is not None:
+                candidate = source / entry.file
+                if not candidate.is_file():
+                    raise WeightsError(f"{candidate}: no such file")
+                if sha256_file(candidate) != entry.sha256:
+                    raise WeightsError(f"{candidate}: SHA-256 mismatch (not the pinned {entry.file})")
+                atomic_write_bytes(cache_dir() / entry.file, candidate.read_bytes(), mode=0o644)
+            path = resolve_weights(name, config.cloak.models_dir, offline=not fetch)
+            found.append(WeightsFile(entry.file, path, ""))
+        except WeightsError as error:
+            found.append(WeightsFile(entry.file, None, str(error)))
+    return found
 
 
 def set_paused_offline(config: Config, paused: bool) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog
-from shutterlock.config import Config, save, with_overrides
+from shutterlock.config import Choices, Config, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.replicate import CATALOG_LABEL
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Callable[[], bytes], dest: Path,
             progress: Callable[[int], None] | None = None) -> Report:
-    config = with_overrides(config, s3_url=s3_url, s3_endpoint=s3_endpoint)
+    config = with_overrides(config, Choices(s3_url=s3_url, s3_endpoint=s3_endpoint))
     paths = config.paths
     if paths.catalog.exists():
         with Catalog(paths.catalog) as existing:

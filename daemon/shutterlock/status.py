@@ -165,6 +165,7 @@ class Status:
     failed_files: list[FailedFile]
     outbox: str
     config_file: str
+    warnings: list[str] = field(default_factory=list)  # settings that work but surprise (an empty watermark)
     lanes: list[LaneStatus] = field(default_factory=list)
     pending: int = 0  # candidates still settling in the stability gate
     restart_needed: list[str] = field(default_factory=list)
@@ -208,7 +209,7 @@ def headline_state(status: Status) -> State:
         return State.OFFLINE
     if status.backlog.items or status.pending or any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
-    if status.cloak.error or any(source.warning for source in status.sources):
+    if status.cloak.error or status.warnings or any(source.warning for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -238,7 +239,7 @@ def summarise(status: Status, state: State) -> str:
     if state is State.DEGRADED:
         if status.cloak.error:
             return f"all {sealed:,} originals sealed; {status.cloak.error}"
-        warning = next(source.warning for source in status.sources if source.warning)
+        warning = next(iter(status.warnings), "") or next(s.warning for s in status.sources if s.warning)
         return f"all {sealed:,} originals sealed; {warning}"
     return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
 

@@ -31,8 +31,25 @@ from .runner import DeriveRunner
 
 log = logging.getLogger(__name__)
 
-HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again
+HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again anyway
+CLOAK_PROBE = 20.0  # while derivatives are held back, how often to look whether the cloak can run again
 KILL_GRACE = 60.0  # beyond the per-image limit, how long a derive worker may look stuck to the watchdog
+
+
+def weights_problem(config: Config) -> str:
+    """Why the cloak cannot run from the weights on this machine ("" when every file is there and verified).
+
+    Cheap and torch-free (a hash of a few MB), so the daemon can ask while derivatives are held back.
+    """
+    from shutterlock.cloak import WeightsError
+    from shutterlock.cloak.models import REGISTRY, resolve_weights
+
+    for name in REGISTRY:
+        try:
+            resolve_weights(name, config.cloak.models_dir, offline=True)
+        except WeightsError as error:
+            return str(error)
+    return ""
 
 
 class DeriveStage:
@@ -65,7 +82,16 @@ class DeriveStage:
         return str(file_id)
 
     def schedule(self) -> list[Periodic]:
-        return []
+        return [Periodic("cloak-probe", CLOAK_PROBE, self.probe_cloak)]
+
+    def probe_cloak(self) -> None:
+        """Held-back derivatives are made as soon as the cloak can run again (weights placed or fetched)."""
+        if self.config.cloak.strength == "off" or not self.catalog.derivative_counts().get(Outcome.HELD):
+            return
+        if weights_problem(self.config):
+            return
+        log.info("the cloak's weights are in place; retrying the derivatives held back")
+        self.queue.expedite()
 
     def describe(self, job: Job) -> str:
         file = self.catalog.file_by_id(int(job.subject))
