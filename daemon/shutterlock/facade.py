@@ -69,6 +69,8 @@ def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> I
         open_vault(config)
     except StoreError as error:
         raise OperationFailed(str(error)) from None
+    with open_catalog(config):
+        pass  # created now, so `status` works before the daemon first runs
     if not existed or choices.any():
         save(config)
     for source in config.sources:
