@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 mode="${1:-run}"
 shift || true
 
-RUNTIME_PACKAGES=()
+RUNTIME_PACKAGES=(fonts-dejavu-core)
 TEST_PACKAGES=(libimage-exiftool-perl xvfb trayer dbus-x11 x11-utils xdotool imagemagick
                gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config systemd restic mat2
                chromium chromium-driver zbar-tools e2fsprogs util-linux)

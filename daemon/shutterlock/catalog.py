@@ -136,6 +136,10 @@ MIGRATIONS: list[str] = [
         message TEXT NOT NULL
     );
     """,
+    # 2: which settings made each derivative, so `ls` can say which are stale after a settings change.
+    """
+    ALTER TABLE derivatives ADD COLUMN settings TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 
@@ -490,14 +494,31 @@ class Catalog:
     # ------------------------------------------------------------------ derivatives
 
     def record_derivative(self, file_id: int, content_id: str, *, status: str, output: str | None, reason: str,
-                          cloaked: bool, strength: str, watermark: str) -> None:
+                          cloaked: bool, strength: str, watermark: str, settings: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO derivatives (file_id, content_id, status, output, reason, cloaked, strength, "
-                       "watermark, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file_id) DO UPDATE SET "
+                       "watermark, settings, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (file_id) DO UPDATE SET "
                        "content_id = excluded.content_id, status = excluded.status, output = excluded.output, "
                        "reason = excluded.reason, cloaked = excluded.cloaked, strength = excluded.strength, "
-                       "watermark = excluded.watermark, made_at = excluded.made_at",
-                       (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, time.time()))
+                       "watermark = excluded.watermark, settings = excluded.settings, made_at = excluded.made_at",
+                       (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, settings,
+                        time.time()))
+
+    def file_ids(self, pairs: list[tuple[str, str]]) -> list[int]:
+        """The ids of these (source, relpath) originals."""
+        ids = []
+        for source, relpath in pairs:
+            rows = self._query("SELECT id FROM files WHERE source = ? AND relpath = ?", (source, relpath))
+            ids += [row["id"] for row in rows]
+        return ids
+
+    def files_named(self, source: str, folder: str, stem: str) -> list[FileRow]:
+        """Files in one folder of a source named ``stem`` or ``stem.EXT`` (the images an XMP sidecar speaks for)."""
+        prefix = f"{folder}/" if folder else ""
+        rows = self._query("SELECT * FROM files WHERE source = ? AND (relpath = ? OR relpath LIKE ? ESCAPE '\\')",
+                           (source, prefix + stem, _like_escape(prefix + stem) + ".%"))
+        return [_file_row(row) for row in rows if "/" not in row["relpath"][len(prefix):]]
 
     def derivative_of(self, file_id: int) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
@@ -582,6 +603,10 @@ def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: fl
                "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, attempts = 0, not_before = 0, "
                "error = NULL, permanent = 0, size = excluded.size, updated_at = excluded.updated_at",
                (kind, subject, JobState.PENDING, size, now, now))
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _file_row(row: sqlite3.Row) -> FileRow:

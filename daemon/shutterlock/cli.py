@@ -292,6 +292,16 @@ def resume(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.argument("patterns", nargs=-1)
+@click.option("--stale", "stale_only", is_flag=True, help="Only derivatives made under older settings.")
+@click.pass_context
+def rederive(ctx: click.Context, patterns: tuple[str, ...], stale_only: bool) -> None:
+    """Make derivatives again (all, or those matching PATTERN) after a settings change."""
+    count = facade.rederive(load_config(ctx), list(patterns), stale_only=stale_only)
+    click.echo(f"{count} derivative(s) queued; `shutterlock status --watch` shows the progress")
+
+
+@main.command()
 @click.pass_context
 def retry(ctx: click.Context) -> None:
     """Try again now whatever failed or is held back (after fixing a permission, a bucket, the weights)."""
@@ -351,7 +361,8 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         sealed = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["sealed_at"]))
         made = row["derivative"] or {}
-        shared = made.get("status", "-") + (" (cloaked)" if made.get("cloaked") else "")
+        shared = made.get("status", "-") + (" (cloaked)" if made.get("cloaked") else "") + \
+            (" STALE" if made.get("stale") else "")
         click.echo(f"{row['source']}/{row['path']}\t{row['size']}\t{sealed}\t{','.join(row['replicas'])}\t{shared}")
 
 

@@ -44,6 +44,29 @@ DATA_MINING_VALUES = (
     "DMI-PROHIBITED-SEELINKEDRIGHTSEXPR",
 )
 PAIR_PREFERENCES = ("jpeg", "raw")
+SHARPENING = ("off", "low", "standard", "high")
+
+
+@dataclass(frozen=True)
+class OutputSize:
+    """How big a derivative is: within ``long_edge``, or exactly ``width`` wide; an aspect ratio (width/height)
+    outside [min_aspect, max_aspect] is centre-cropped to the nearest bound first (what the platform allows)."""
+
+    long_edge: int = 0
+    width: int = 0
+    min_aspect: float = 0.0
+    max_aspect: float = float("inf")
+
+
+# Named like a Lightroom export preset; "custom" uses [derive] long_edge.
+OUTPUT_PRESETS = {
+    "web-2048": OutputSize(long_edge=2048),
+    "web-1200": OutputSize(long_edge=1200),
+    "instagram-1080": OutputSize(width=1080, min_aspect=4 / 5, max_aspect=1.91),  # 4:5 portrait to 1.91:1
+    "custom": OutputSize(),
+}
+# Never sealed: files operating systems leave in photo folders (hidden and temporary names are skipped anyway).
+DEFAULT_IGNORE = ("Thumbs.db", "ehthumbs.db", "desktop.ini")
 
 
 class Credential(enum.StrEnum):
@@ -144,6 +167,11 @@ class SourceConfig:
     path: Path
     watch_mode: str = field(default="auto", metadata=rule(choices=WATCH_MODES))
     name: str = ""
+    ignore: tuple[str, ...] = DEFAULT_IGNORE  # file-name patterns never sealed (fnmatch, any case)
+    # Which originals get derivatives: those rated at least this many stars (0: all) …
+    derive_min_rating: int = field(default=0, metadata=rule(low=0, high=5))
+    # … and, when given, only those below one of these subfolders (patterns relative to the source).
+    derive_folders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,10 +209,20 @@ class S3Config:
 class DeriveConfig:
     enabled: bool = True
     outbox: Path = field(default_factory=lambda: _pictures() / "Outbox")
-    long_edge: int = field(default=2048, metadata=rule(low=64, high=65535))
+    preset: str = field(default="web-2048", metadata=rule(choices=tuple(OUTPUT_PRESETS)))
+    long_edge: int = field(default=2048, metadata=rule(low=64, high=65535))  # with preset = "custom"
+    # Output sharpening for screens, after the resize and before the cloak (as Lightroom's export does).
+    sharpen: str = field(default="low", metadata=rule(choices=SHARPENING))
+    # The capture date in the derivative's EXIF: off by default — with a face or a place it says where
+    # someone was and when; the outbox folders still sort by it.
+    keep_capture_date: bool = False
     jpeg_quality: int = field(default=90, metadata=rule(low=1, high=100))
     max_pixels: int = field(default=200_000_000, metadata=rule(low=1))
     time_limit: float = field(default=300.0, metadata=rule(low=1.0))  # seconds per image, cloak included
+
+    @property
+    def size(self) -> OutputSize:
+        return OUTPUT_PRESETS[self.preset] if self.preset != "custom" else OutputSize(long_edge=self.long_edge)
     # Which half of a RAW+JPEG pair is derived.
     pair_preference: str = field(default="jpeg", metadata=rule(choices=PAIR_PREFERENCES))
     release_uncloaked: bool = False  # hold back derivatives whose cloak could not run
@@ -199,6 +237,7 @@ class DeriveConfig:
 class WatermarkConfig:
     enabled: bool = True
     text: str = "© {creator} {year}"
+    font: Path | None = None  # a TrueType/OpenType file; default: the first common font with every glyph
     logo: Path | None = None
     anchor: str = field(default="bottom-right", metadata=rule(choices=ANCHORS))
     inset: float = field(default=0.03, metadata=rule(low=0.0, high=0.45))  # fraction of the short side
@@ -291,6 +330,12 @@ class _Reader:
             raise self.fail(key, f"must be {bound}; got {value}")
         return value
 
+    def words(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, list(default))
+        if not all(isinstance(item, str) for item in value):
+            raise self.fail(key, f"expected a list of strings; got {value!r}")
+        return tuple(value)
+
     def path(self, key: str, default: Path | None) -> Path | None:
         value = self.get(key, str, None)
         if value is None:
@@ -358,6 +403,8 @@ def _read_table(reader: _Reader, kind: type[T], **given: Any) -> T:
             values[item.name] = reader.number(item.name, hint, current, check["low"], check["high"])
         elif hint in (Path, Path | None):
             values[item.name] = reader.path(item.name, current) or current
+        elif hint == tuple[str, ...]:
+            values[item.name] = reader.words(item.name, current)
         else:
             values[item.name] = reader.get(item.name, hint, current)
     reader.done()
@@ -470,7 +517,7 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
             value = getattr(obj, f.name)
             if value is None:
                 continue
-            out[f.name] = str(value) if isinstance(value, Path) else value
+            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         return out
 
     doc: dict[str, Any] = {

@@ -4,7 +4,7 @@ Newline-delimited JSON over a Unix domain socket in an owner-only runtime direct
 socket is 0600 and, where the OS tells us, the peer's uid must be ours. Where AF_UNIX is not
 available (Windows), a loopback TCP port plus a random token in an owner-only file stands in.
 
-Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "retry" | "reload" | "stop"}`` and
+Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "retry" | "wake" | "reload" | "stop"}`` and
 ``{"op": "watch", "version": N, "timeout": S}``, which long-polls until the status changes.
 Replies: ``{"ok": true, "status": {...}}`` (the status document of ``status.py``) or
 ``{"ok": false, "error": "..."}``.
@@ -41,6 +41,7 @@ class ControlTarget(Protocol):
     def resume(self) -> None: ...
     def rescan(self) -> None: ...
     def retry(self) -> None: ...
+    def wake(self) -> None: ...
     def request_reload(self) -> None: ...
     def request_stop(self) -> None: ...
     def wait_for_change(self, version: int, timeout: float) -> None: ...
@@ -94,6 +95,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 target.rescan()
             elif op == "retry":
                 target.retry()
+            elif op == "wake":  # new work was queued in the catalog by another process
+                target.wake()
             elif op == "reload":
                 target.request_reload()
             elif op == "stop":

@@ -145,7 +145,7 @@ class Daemon:
 
     def _new_folder(self, source: SourceConfig, folder: Path) -> None:
         """A folder appeared (or was moved in): its files may predate the watch on it."""
-        for relpath, _ in walk(folder):
+        for relpath, _ in walk(folder, source.ignore):
             self.gate.offer(source, (folder / relpath).relative_to(source.path).as_posix())
 
     def run(self) -> None:
@@ -264,6 +264,9 @@ class Daemon:
     def retry(self) -> None:
         files, jobs = self.catalog.retry_everything()
         log.info("retrying now: %d original(s), %d job(s)", files, jobs)
+        self.engine.wake()
+
+    def wake(self) -> None:
         self.engine.wake()
 
     def request_reload(self) -> None:

@@ -7,6 +7,7 @@ and where the one status document is produced, for a running daemon and for the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
 from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
-from shutterlock.restore import Report, matches, restore, verify
+from shutterlock.restore import Report, matches, matches_path, restore, verify
 from shutterlock.status import (
     Backlog,
     CloakStatus,
@@ -286,6 +287,20 @@ def control(config: Config, op: str, **args: Any) -> Status:
     return Status.from_dict(ControlClient(config.paths.socket).call(op, **args))
 
 
+def rederive(config: Config, patterns: list[str], *, stale_only: bool = False) -> int:
+    """Make the derivatives of the matching originals again (after a settings change); returns how many."""
+    chosen = [row for row in list_originals(config) if matches_path(row["source"], row["path"], patterns)
+              and (not stale_only or (row["derivative"] or {}).get("stale"))]
+    if patterns and not chosen:
+        raise OperationFailed(f"nothing in the catalog matches {' '.join(patterns)}")
+    with open_catalog(config) as catalog:
+        for file_id in catalog.file_ids([(row["source"], row["path"]) for row in chosen]):
+            catalog.enqueue("derive", str(file_id))
+    with contextlib.suppress(DaemonNotRunning):
+        control(config, "wake")
+    return len(chosen)
+
+
 def retry(config: Config) -> str:
     """Try again now whatever failed or waits out a back-off; through the daemon if one runs."""
     try:
@@ -339,6 +354,10 @@ def set_paused_offline(config: Config, paused: bool) -> None:
 
 
 def list_originals(config: Config) -> list[dict[str, Any]]:
+    """Every sealed original with its replicas and its derivative (``stale``: made under other settings)."""
+    from shutterlock.derive.lane import settings_fingerprint
+
+    current = settings_fingerprint(config)
     with open_catalog(config) as catalog:
         replicas = catalog.replicas_of()
         derivatives = {(d["source"], d["relpath"]): d for d in catalog.derivatives()}
@@ -348,7 +367,8 @@ def list_originals(config: Config) -> list[dict[str, Any]]:
             if made is None:
                 return None
             return {"status": made["status"], "output": made["output"], "reason": made["reason"],
-                    "cloaked": bool(made["cloaked"]), "strength": made["strength"]}
+                    "cloaked": bool(made["cloaked"]), "strength": made["strength"],
+                    "stale": made["status"] in ("written", "held") and made["settings"] != current}
 
         return [{"source": v.source, "path": v.relpath, "size": v.size, "sealed_at": v.sealed_at,
                  "content_id": v.content_id, "replicas": replicas.get(v.content_id, []),

@@ -10,6 +10,10 @@ decrypted into an owner-only temp folder and deleted right after.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fnmatch
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -18,13 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from shutterlock.catalog import Catalog, FileRow, Job, JobQueue
-from shutterlock.config import Config
+from shutterlock.config import Config, SourceConfig
 from shutterlock.engine import Periodic, StageError, WorkerState
 from shutterlock.fsutil import ensure_dir
 from shutterlock.vault.format import FormatError, Keys, ObjectReader
 from shutterlock.vault.local import LocalStore
 
 from . import outbox
+from .decode import classify
 from .pairs import skip_reason
 from .render import DeriveJob, Outcome, Rendered
 from .runner import DeriveRunner
@@ -34,6 +39,30 @@ log = logging.getLogger(__name__)
 HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again anyway
 CLOAK_PROBE = 20.0  # while derivatives are held back, how often to look whether the cloak can run again
 KILL_GRACE = 60.0  # beyond the per-image limit, how long a derive worker may look stuck to the watchdog
+
+
+def settings_fingerprint(config: Config) -> str:
+    """What the derivative's bytes depend on; a derivative made under another fingerprint is stale."""
+    derive = config.derive
+    relevant = {
+        "size": dataclasses.astuple(derive.size), "sharpen": derive.sharpen, "quality": derive.jpeg_quality,
+        "date": derive.keep_capture_date, "pair": derive.pair_preference,
+        "watermark": dataclasses.asdict(config.watermark), "rights": dataclasses.asdict(config.rights),
+        "cloak": (config.cloak.strength, config.cloak.seed),
+    }
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def sidecar_of(original: Path) -> Path | None:
+    """The XMP sidecar editors write beside an original: IMG_1.xmp (Lightroom, Capture One) or IMG_1.CR2.xmp
+    (darktable), in either case."""
+    for name in (original.stem, original.name):
+        for suffix in (".xmp", ".XMP"):
+            candidate = original.with_name(name + suffix)
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def weights_problem(config: Config) -> str:
@@ -111,16 +140,23 @@ class DeriveStage:
             return
         source = self.config.source_by_name(file.source)
         original = source.path / file.relpath if source else Path(PurePosixPath(file.relpath).name)
-        if source is not None and (reason := skip_reason(original, self.config.derive.pair_preference)):
-            self._record(file, Outcome.SKIPPED, reason)
-            return
         previous = self.catalog.derivative_of(file.id)
         previous_output = Path(previous["output"]) if previous and previous.get("output") else None
+        if classify(original) == "sidecar":
+            self._sidecar_changed(file)
+        if reason := self._not_chosen(source, file.relpath, original):
+            self._remove_own(previous_output)
+            self._record(file, Outcome.SKIPPED, reason)
+            return
         with self._input_for(file, original) as path:
             rendered = self._runner().run(DeriveJob(
                 source=path, derive=self.config.derive, watermark=self.config.watermark,
-                rights=self.config.rights, cloak=self.config.cloak, seed=int(file.content_id[:8], 16)))
+                rights=self.config.rights, cloak=self.config.cloak, seed=int(file.content_id[:8], 16),
+                min_rating=source.derive_min_rating if source else 0,
+                sidecar=sidecar_of(original) if source else None))
             worker.tick()
+        if rendered.outcome is Outcome.SKIPPED:
+            self._remove_own(previous_output)  # e.g. rated down after it was shared: it leaves the outbox
         self._note_cloak(rendered)
         output = previous_output if rendered.outcome is Outcome.HELD else None  # the earlier one stays
         if rendered.outcome is Outcome.WRITTEN:
@@ -132,6 +168,32 @@ class DeriveStage:
             # Not a lost cause: the cloak may work once its weights are there. Try again later.
             raise StageError(rendered.reason, transient=True, delay=HELD_RETRY, count=False)
         log.info("derivative of %s/%s: %s", file.source, file.relpath, output or rendered.reason)
+
+    def _not_chosen(self, source: SourceConfig | None, relpath: str, original: Path) -> str:
+        """Why this original gets no derivative ("" when it gets one), before any decoding."""
+        if source is None:
+            return ""
+        if reason := skip_reason(original, self.config.derive.pair_preference):
+            return reason
+        folders = source.derive_folders
+        if folders and not any(fnmatch.fnmatch(relpath, f"{f.rstrip('/')}/*") for f in folders):
+            return f"not below {', '.join(folders)} (this source's derive_folders)"
+        return ""
+
+    def _sidecar_changed(self, sidecar: FileRow) -> None:
+        """A rating may have changed in a sidecar: its image is looked at again (made, or taken back)."""
+        path = PurePosixPath(sidecar.relpath)
+        folder = "" if str(path.parent) == "." else str(path.parent)
+        for image in self.catalog.files_named(sidecar.source, folder, path.stem):
+            if image.id != sidecar.id and image.content_id and classify(Path(image.relpath)) in ("image", "raw"):
+                self.catalog.enqueue(self.name, str(image.id), image.size)
+
+    def _remove_own(self, previous: Path | None) -> None:
+        """Take back a derivative this original no longer gets — only ever a file inside our outbox."""
+        if previous is not None and previous.is_relative_to(self.config.derive.outbox):
+            with contextlib.suppress(FileNotFoundError):
+                previous.unlink()
+                log.info("removed %s: its original no longer gets a derivative", previous)
 
     def _note_cloak(self, rendered: Rendered) -> None:
         """Status shows the cloak's current state, not its first failure; a working cloak releases held items."""
@@ -161,7 +223,7 @@ class DeriveStage:
         self.catalog.record_derivative(
             file.id, file.content_id or "", status=outcome, output=str(output) if output else None, reason=reason,
             cloaked=bool(rendered and rendered.cloaked), strength=rendered.cloak_strength if rendered else "",
-            watermark=rendered.watermark if rendered else "")
+            watermark=rendered.watermark if rendered else "", settings=settings_fingerprint(self.config))
 
     @contextlib.contextmanager
     def _input_for(self, file: FileRow, original: Path) -> Iterator[Path]:
