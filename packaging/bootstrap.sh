@@ -65,6 +65,9 @@ install_python_packages
 case "$mode" in
   setup) ;;
   run)
+    # The cloak's weights (a few MB, pinned by SHA-256): fetched now when the network allows; otherwise the
+    # command says where to put them, and derivatives wait (held back, never shared uncloaked) until they are.
+    .venv/bin/shutterlock models fetch || echo "bootstrap: continuing without the cloak's weights for now" >&2
     key_file="$(.venv/bin/python -c 'from shutterlock.config import resolve_paths; print(resolve_paths().key_file)')"
     [ -f "$key_file" ] || [ -n "${CREDENTIALS_DIRECTORY:-}" ] || .venv/bin/shutterlock init
     exec .venv/bin/shutterlock run "$@" ;;

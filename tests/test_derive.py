@@ -428,7 +428,8 @@ def test_raw_preview_and_demosaic_paths(tmp_path: Path) -> None:
     pytest.importorskip("rawpy")
     synthetic_dng(tmp_path / "IMG_0001.dng")
     plain = WatermarkConfig(enabled=False)
-    preview = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "a", watermark=plain, preset="custom", long_edge=64))
+    preview = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "a", watermark=plain, preset="custom",
+                              long_edge=64))
     assert preview.outcome == WRITTEN, preview.reason
     with Image.open(preview.output) as out:  # type: ignore[arg-type]
         assert out.size == (64, 48)

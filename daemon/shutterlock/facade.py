@@ -367,7 +367,7 @@ def list_originals(config: Config) -> list[dict[str, Any]]:
             if made is None:
                 return None
             return {"status": made["status"], "output": made["output"], "reason": made["reason"],
-                    "cloaked": bool(made["cloaked"]), "strength": made["strength"],
+                    "cloaked": bool(made["cloaked"]), "strength": made["strength"], "watermark": made["watermark"],
                     "stale": made["status"] in ("written", "held") and made["settings"] != current}
 
         return [{"source": v.source, "path": v.relpath, "size": v.size, "sealed_at": v.sealed_at,

@@ -37,7 +37,7 @@ from .runner import DeriveRunner
 log = logging.getLogger(__name__)
 
 HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again anyway
-CLOAK_PROBE = 20.0  # while derivatives are held back, how often to look whether the cloak can run again
+CLOAK_PROBE = 10.0  # while derivatives are held back, how often to look whether the cloak can run again
 KILL_GRACE = 60.0  # beyond the per-image limit, how long a derive worker may look stuck to the watchdog
 
 
@@ -198,6 +198,8 @@ class DeriveStage:
     def _note_cloak(self, rendered: Rendered) -> None:
         """Status shows the cloak's current state, not its first failure; a working cloak releases held items."""
         if rendered.outcome is Outcome.HELD:
+            if self.cloak_problem != rendered.cloak_error:
+                log.warning("derivatives are held back, not shared uncloaked: %s", rendered.cloak_error)
             self.cloak_problem = rendered.cloak_error
         elif rendered.cloaked:
             if self.cloak_problem:
