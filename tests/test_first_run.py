@@ -75,7 +75,10 @@ def test_first_run_from_the_readme_in_a_fresh_clone(tmp_path: Path) -> None:
         imports = home / "Pictures" / "Shutterlock" / "Import"
         for photo in PHOTOS:
             shutil.copy2(photo, imports / photo.name)
-        control = ControlClient(home / ".local" / "state" / "shutterlock" / "run" / "control.sock")
+        where = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-c", "from shutterlock.config import "
+                                "resolve_paths; print(resolve_paths().socket)"], env=env, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        control = ControlClient(Path(where))
 
         def written() -> int:
             return control.call("status")["derive"]["by_status"].get("written", 0)

@@ -9,7 +9,9 @@ Errors name the file, the table, the key and the problem, e.g.
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
+import tempfile
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -133,11 +135,20 @@ def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
+# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux, 104 on macOS, with the final NUL).
+SOCKET_PATH_MAX = 100
+
+
 def resolve_paths(config_file: Path | None = None) -> Paths:
     runtime = _first_env_dir("RUNTIME_DIRECTORY")
     if runtime is None:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         runtime = Path(xdg) / APP if xdg else Path(platformdirs.user_state_dir(APP)) / "run"
+    if len(os.fsencode(runtime / "control.sock")) > SOCKET_PATH_MAX:
+        # A deep home folder: the socket moves to a short folder named after the long one (created 0700 and
+        # checked to be ours by the control server), so the CLI, the tray and the daemon still agree.
+        tag = hashlib.blake2b(os.fsencode(runtime), digest_size=6).hexdigest()
+        runtime = Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 0}-{tag}"
     return Paths(
         config_file=config_file or default_config_file(),
         state_dir=_first_env_dir("STATE_DIRECTORY") or Path(platformdirs.user_data_dir(APP)),

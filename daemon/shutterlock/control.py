@@ -134,7 +134,16 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        try:
+            self._listen()
+        except OSError as error:
+            raise ControlError(f"cannot listen on the control socket {self.path}: {error.strerror or error}") \
+                from None
+
+    def _listen(self) -> None:
         ensure_dir(self.path.parent, 0o700)
+        if hasattr(os, "getuid") and self.path.parent.stat().st_uid != os.getuid():
+            raise ControlError(f"{self.path.parent} belongs to another user; refusing to put the socket there")
         self.path.parent.chmod(0o700)
         if HAVE_UNIX:
             with contextlib.suppress(FileNotFoundError):
