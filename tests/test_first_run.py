@@ -37,7 +37,7 @@ def fresh_clone(base: Path) -> Path:
     if tracked:  # the working tree's uncommitted changes too: this test checks the code as it stands
         subprocess.run(["git", "apply", "--whitespace=nowarn"], cwd=clone, input=tracked, check=True)
     (base / "shared").symlink_to(SHARED)
-    subprocess.run(["cp", "-al", str(ROOT / ".venv"), str(clone / ".venv")], check=True)
+    subprocess.run(["cp", "-al", f"{(ROOT / '.venv').resolve()}/.", str(clone / ".venv")], check=True)
     for stamp in (clone / ".venv").glob(".shutterlock-installed*"):
         stamp.unlink()
     return clone
