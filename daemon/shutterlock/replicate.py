@@ -13,9 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from shutterlock.catalog import Catalog, Job, JobQueue
+from shutterlock.catalog import Catalog, Job
 from shutterlock.config import Config
-from shutterlock.engine import Periodic, StageError, WorkerState
+from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
 from shutterlock.restore import verify
 from shutterlock.status import ReplicaStatus, ScrubReport
 from shutterlock.vault.format import Keys, seal_blob

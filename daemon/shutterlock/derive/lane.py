@@ -21,9 +21,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from shutterlock.catalog import Catalog, FileRow, Job, JobQueue
+from shutterlock.catalog import Catalog, FileRow, Job
 from shutterlock.config import Config, SourceConfig
-from shutterlock.engine import Periodic, StageError, WorkerState
+from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
 from shutterlock.fsutil import ensure_dir
 from shutterlock.vault.format import FormatError, Keys, ObjectReader
 from shutterlock.vault.local import LocalStore
