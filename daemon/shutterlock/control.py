@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shutterlock.errors import ControlError, DaemonNotRunning, ShutterlockError
-from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.status import Status
 
 log = logging.getLogger(__name__)
@@ -128,6 +127,9 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        # Imported here: clients (the tray) load the socket client and the status types, nothing more.
+        from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+
         ensure_dir(self.path.parent, 0o700)
         self.path.parent.chmod(0o700)
         if HAVE_UNIX:
