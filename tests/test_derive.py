@@ -523,12 +523,13 @@ def test_protect_writes_flat_and_never_overwrites(tmp_path: Path) -> None:
                     on_result=seen.append)
     second = protect([folder / "one.jpg", tmp_path / "nope.jpg"], tmp_path / "out", derive=d, watermark=w,
                      rights=r, cloak=c, strength="off")
-    assert [(x.source.name, x.outcome) for x in first] == [("clip.mp4", SKIPPED), ("one.jpg", WRITTEN)]
+    assert [(x.rendered.source.name, x.rendered.outcome) for x in first] == [("clip.mp4", SKIPPED),
+                                                                             ("one.jpg", WRITTEN)]
     assert seen == first
     assert first[1].output == tmp_path / "out" / "one.jpg"
-    assert [(x.outcome, x.output) for x in second] == [(WRITTEN, tmp_path / "out" / "one-2.jpg"),
-                                                      (FAILED, None)]
-    assert second[1].reason == "no such file"
+    assert [(x.rendered.outcome, x.output) for x in second] == [(WRITTEN, tmp_path / "out" / "one-2.jpg"),
+                                                               (FAILED, None)]
+    assert second[1].rendered.reason == "no such file"
 
 
 def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
@@ -539,9 +540,10 @@ def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "IMG_7.JPG")
     d, w, r, c = configs(tmp_path / "unused")
     both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c)
-    assert [(x.source.name, x.outcome) for x in both] == [("IMG_7.JPG", WRITTEN), ("IMG_7.dng", SKIPPED)]
+    assert [(x.rendered.source.name, x.rendered.outcome) for x in both] == [("IMG_7.JPG", WRITTEN),
+                                                                            ("IMG_7.dng", SKIPPED)]
     only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c)
-    assert [x.outcome for x in only_raw] == [WRITTEN]
+    assert [x.rendered.outcome for x in only_raw] == [WRITTEN]
 
 
 # --------------------------------------------------------------------------- cloak slot and watermark

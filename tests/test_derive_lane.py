@@ -84,22 +84,24 @@ def test_missing_weights_hold_the_derivative_back(make_home):
         stop(daemon)
 
 
-def huge_png(path: Path, width: int = 9000, height: int = 6000) -> None:
-    """A legitimate but slow image: 54 MP of one colour (a few hundred kB) that takes seconds to decode."""
+def huge_png(path: Path, width: int = 20000, height: int = 19000) -> None:
+    """A legitimate but slow image: 380 MP of one colour (a megabyte) that takes seconds to decode."""
     row = b"\x00" + b"\x5a\x78\x96" * width
-    data = zlib.compress(row * height, 9)
+    packer = zlib.compressobj(1)
+    data = b"".join(packer.compress(row * 500) for _ in range(height // 500)) + packer.flush()
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height // 500 * 500, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
 def test_a_stuck_derivative_never_delays_sealing(make_home):
     """A real slow file (no test hook): its derivative runs into the 1-s limit while sealing goes on."""
     home = make_home(derive=True)
-    home.config_file.write_text(home.config_file.read_text().replace("[derive]", "[derive]\ntime_limit = 1")
+    home.config_file.write_text(home.config_file.read_text()
+                                .replace("[derive]", "[derive]\ntime_limit = 1\nmax_pixels = 400000000")
                                 + '\n[cloak]\nstrength = "off"\n')
     huge_png(home.base / "stuck.png")
     daemon = home.start_daemon()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import S3_ENV, SAMPLES, Home, S3Server, copy_tree, free_port, s3_config, stop, wait_for
+from conftest import S3_ENV, SAMPLES, Home, S3Server, at_most_chance, copy_tree, free_port, s3_config, stop, wait_for
 from PIL import Image
 
 
@@ -82,11 +82,8 @@ def test_bucket_learns_nothing(make_home, s3_server):
         assert original.stem.encode() not in keys_blob
     makes = camera_strings(originals)
     assert len(makes) > 20
-    # Short strings turn up in random ciphertext by chance (3 bytes about once per 16 MiB, 4 bytes
-    # about once per 4 GiB): those may appear no more often than chance allows, longer ones never.
     for marker in makes | {b"GPS", b"GPSLatitude", b"exif:GPS", b"Exif\x00", b"http://ns.adobe.com"}:
-        expected = len(everything) / 256 ** len(marker)
-        assert everything.count(marker) <= expected + 6 * expected**0.5 + (1 if len(marker) < 5 else 0), marker
+        assert at_most_chance(everything, marker), marker
         assert marker not in keys_blob
     assert leaked_words(originals, everything) == 0
     assert all("s3" in row["replicas"] for row in listing)

@@ -50,9 +50,6 @@ class JobState(enum.StrEnum):
     DONE = "done"
 
 
-DISCOVERED, SEALING, SEALED, FAILED = FileState
-PENDING, RUNNING, DONE = JobState
-
 BACKOFF_BASE = 2.0
 BACKOFF_MAX = 3600.0
 
@@ -273,13 +270,13 @@ class Catalog:
                              (source, relpath)).fetchone()
             if row is None:
                 db.execute("INSERT INTO files (source, relpath, size, mtime_ns, state, discovered_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (source, relpath, size, mtime_ns, DISCOVERED, now))
+                           "VALUES (?, ?, ?, ?, ?, ?)", (source, relpath, size, mtime_ns, FileState.DISCOVERED, now))
                 return True
-            if (row["size"], row["mtime_ns"]) == (size, mtime_ns) and row["state"] != FAILED:
-                return row["state"] in (DISCOVERED, SEALING)
+            if (row["size"], row["mtime_ns"]) == (size, mtime_ns) and row["state"] != FileState.FAILED:
+                return row["state"] in (FileState.DISCOVERED, FileState.SEALING)
             db.execute("UPDATE files SET size = ?, mtime_ns = ?, state = ?, attempts = 0, not_before = 0, "
                        "error = NULL, discovered_at = ? WHERE id = ?",
-                       (size, mtime_ns, DISCOVERED, now, row["id"]))
+                       (size, mtime_ns, FileState.DISCOVERED, now, row["id"]))
             return True
 
     def known_stat(self, source: str) -> dict[str, tuple[int, int, str]]:
@@ -290,21 +287,23 @@ class Catalog:
     def reset_interrupted(self) -> int:
         """After a crash, work that was in flight is due again."""
         with self.transaction() as db:
-            files = db.execute("UPDATE files SET state = ? WHERE state = ?", (DISCOVERED, SEALING)).rowcount
-            jobs = db.execute("UPDATE jobs SET state = ? WHERE state = ?", (PENDING, RUNNING)).rowcount
+            files = db.execute("UPDATE files SET state = ? WHERE state = ?",
+                               (FileState.DISCOVERED, FileState.SEALING)).rowcount
+            jobs = db.execute("UPDATE jobs SET state = ? WHERE state = ?",
+                              (JobState.PENDING, JobState.RUNNING)).rowcount
         return files + jobs
 
     def claim_files(self, limit: int, now: float | None = None) -> list[FileRow]:
         now = time.time() if now is None else now
         with self.transaction() as db:
             rows = db.execute("SELECT * FROM files WHERE state = ? AND not_before <= ? ORDER BY id LIMIT ?",
-                              (DISCOVERED, now, limit)).fetchall()
+                              (FileState.DISCOVERED, now, limit)).fetchall()
             for row in rows:
-                db.execute("UPDATE files SET state = ? WHERE id = ?", (SEALING, row["id"]))
+                db.execute("UPDATE files SET state = ? WHERE id = ?", (FileState.SEALING, row["id"]))
         return [_file_row(row) for row in rows]
 
     def next_file_due(self) -> float | None:
-        rows = self._query("SELECT MIN(not_before) AS due FROM files WHERE state = ?", (DISCOVERED,))
+        rows = self._query("SELECT MIN(not_before) AS due FROM files WHERE state = ?", (FileState.DISCOVERED,))
         return rows[0]["due"]
 
     def mark_sealed(self, file: FileRow, *, content_id: str, size: int, mtime_ns: int, stored_size: int,
@@ -314,7 +313,7 @@ class Catalog:
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, content_id = ?, size = ?, mtime_ns = ?, sealed_at = ?, "
                        "error = NULL, attempts = 0 WHERE id = ?",
-                       (SEALED, content_id, size, mtime_ns, now, file.id))
+                       (FileState.SEALED, content_id, size, mtime_ns, now, file.id))
             db.execute("INSERT INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at, capture_time) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET mtime_ns = excluded.mtime_ns, "
                        "sealed_at = excluded.sealed_at",
@@ -335,24 +334,25 @@ class Catalog:
         wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, attempts = ?, not_before = ?, error = ? WHERE id = ?",
-                       (DISCOVERED, attempts, time.time() + wait, error, file.id))
+                       (FileState.DISCOVERED, attempts, time.time() + wait, error, file.id))
         return True
 
     def requeue_file(self, file: FileRow) -> None:
         """The file changed while it was read; try again once it is stable, without counting a failure."""
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, not_before = ? WHERE id = ?",
-                       (DISCOVERED, time.time() + 1.0, file.id))
+                       (FileState.DISCOVERED, time.time() + 1.0, file.id))
 
     def fail_file(self, file: FileRow, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FAILED, error, file.id))
+            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FileState.FAILED, error, file.id))
 
     def forget_file(self, file: FileRow) -> None:
         """The file vanished before it could be sealed; nothing to keep."""
         with self.transaction() as db:
             db.execute("DELETE FROM files WHERE id = ? AND content_id IS NULL", (file.id,))
-            db.execute("UPDATE files SET state = ? WHERE id = ? AND content_id IS NOT NULL", (SEALED, file.id))
+            db.execute("UPDATE files SET state = ? WHERE id = ? AND content_id IS NOT NULL",
+                       (FileState.SEALED, file.id))
 
     def file_by_id(self, file_id: int) -> FileRow | None:
         rows = self._query("SELECT * FROM files WHERE id = ?", (file_id,))
@@ -400,7 +400,7 @@ class Catalog:
                                                      meta.sealed_at))
             db.execute("INSERT OR IGNORE INTO files (source, relpath, size, mtime_ns, state, content_id, "
                        "discovered_at, sealed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (meta.source, meta.path, meta.size, meta.mtime_ns, SEALED, content_id, meta.sealed_at,
+                       (meta.source, meta.path, meta.size, meta.mtime_ns, FileState.SEALED, content_id, meta.sealed_at,
                         meta.sealed_at))
 
     def enqueue_missing_replicas(self, kind: str, store: str) -> int:
@@ -412,7 +412,7 @@ class Catalog:
                 "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE content_id NOT IN "
                 "(SELECT content_id FROM replicas WHERE store = ?) "
                 "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, attempts = 0 "
-                "WHERE jobs.state = ?", (kind, PENDING, now, now, store, DONE)).rowcount
+                "WHERE jobs.state = ?", (kind, JobState.PENDING, now, now, store, JobState.DONE)).rowcount
 
     # ------------------------------------------------------------------ later-stage jobs
 
@@ -424,51 +424,55 @@ class Catalog:
         now = time.time() if now is None else now
         with self.transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE kind = ? AND state = ? AND not_before <= ? "
-                             "ORDER BY not_before, id LIMIT 1", (kind, PENDING, now)).fetchone()
+                             "ORDER BY not_before, id LIMIT 1", (kind, JobState.PENDING, now)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (RUNNING, now, row["id"]))
+            db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (JobState.RUNNING, now, row["id"]))
         return Job(id=row["id"], kind=row["kind"], subject=row["subject"], size=row["size"],
                    attempts=row["attempts"])
 
     def next_job_due(self, kind: str) -> float | None:
-        rows = self._query("SELECT MIN(not_before) AS due FROM jobs WHERE kind = ? AND state = ?", (kind, PENDING))
+        rows = self._query("SELECT MIN(not_before) AS due FROM jobs WHERE kind = ? AND state = ?",
+                           (kind, JobState.PENDING))
         return rows[0]["due"]
 
     def finish_job(self, job: Job) -> None:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = NULL, updated_at = ? WHERE id = ?",
-                       (DONE, time.time(), job.id))
+                       (JobState.DONE, time.time(), job.id))
 
     def retry_job(self, job: Job, error: str, *, delay: float | None = None, count: bool = True) -> None:
         attempts = job.attempts + (1 if count else 0)
         wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, attempts = ?, not_before = ?, error = ?, updated_at = ? "
-                       "WHERE id = ?", (PENDING, attempts, time.time() + wait, error, time.time(), job.id))
+                       "WHERE id = ?", (JobState.PENDING, attempts, time.time() + wait, error, time.time(), job.id))
 
     def fail_job(self, job: Job, error: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = ?, permanent = 1, updated_at = ? WHERE id = ?",
-                       (DONE, error, time.time(), job.id))
+                       (JobState.DONE, error, time.time(), job.id))
 
     def expedite_files(self) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (DISCOVERED,))
+            db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (FileState.DISCOVERED,))
 
     def expedite(self, kind: str) -> None:
         """Make every waiting job of a kind due now (the bucket is back)."""
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET not_before = 0 WHERE kind = ? AND state = ?", (kind, PENDING))
+            db.execute("UPDATE jobs SET not_before = 0 WHERE kind = ? AND state = ?", (kind, JobState.PENDING))
 
     def jobs_retrying(self) -> int:
         """Jobs that failed at least once and wait for another attempt."""
-        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE state = ? AND error IS NOT NULL", (PENDING,))
+        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE state = ? AND error IS NOT NULL", (JobState.PENDING,))
         return rows[0]["n"]
 
-    def job_backlog(self, kind: str) -> tuple[int, int]:
-        rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM jobs "
-                           "WHERE kind = ? AND state IN (?, ?)", (kind, PENDING, RUNNING))
+    def job_backlog(self, kind: str, *, due_only: bool = False) -> tuple[int, int]:
+        """Jobs of a kind not yet done, and their bytes; ``due_only`` leaves out those waiting out a delay
+        (a back-off, a held derivative) — the lane is not busy with those."""
+        rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM jobs WHERE kind = ? AND "
+                           "(state = ? OR (state = ? AND not_before <= ?))",
+                           (kind, JobState.RUNNING, JobState.PENDING, time.time() if due_only else float("inf")))
         return rows[0]["n"], rows[0]["bytes"]
 
     # ------------------------------------------------------------------ derivatives
@@ -527,7 +531,7 @@ class Catalog:
     def seal_backlog(self) -> tuple[int, int]:
         """Originals waiting to be sealed (or being sealed), and their bytes."""
         rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM files WHERE state IN (?, ?)",
-                           (DISCOVERED, SEALING))
+                           (FileState.DISCOVERED, FileState.SEALING))
         return rows[0]["n"], rows[0]["bytes"]
 
     def object_count(self) -> int:
@@ -536,12 +540,12 @@ class Catalog:
     def sealed_since(self, since: float) -> tuple[int, float | None]:
         """How many originals were sealed since ``since``, and when the last one was sealed (ever)."""
         rows = self._query("SELECT SUM(sealed_at >= ?) AS n, MAX(sealed_at) AS last FROM files WHERE state = ?",
-                           (since, SEALED))
+                           (since, FileState.SEALED))
         return rows[0]["n"] or 0, rows[0]["last"]
 
     def jobs_failed(self, kind: str) -> int:
         rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE kind = ? AND state = ? AND permanent = 1",
-                           (kind, DONE))
+                           (kind, JobState.DONE))
         return rows[0]["n"]
 
     def derivative_counts(self) -> dict[str, int]:
@@ -550,7 +554,7 @@ class Catalog:
 
     def failed_files(self, limit: int = 20) -> list[FailedFile]:
         rows = self._query("SELECT source, relpath, error FROM files WHERE state = ? ORDER BY id DESC LIMIT ?",
-                           (FAILED, limit))
+                           (FileState.FAILED, limit))
         return [FailedFile(source=row["source"], relpath=row["relpath"], error=row["error"] or "") for row in rows]
 
     # ------------------------------------------------------------------ snapshots
@@ -565,7 +569,7 @@ def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: fl
     db.execute("INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
                "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, attempts = 0, not_before = 0, "
                "error = NULL, permanent = 0, size = excluded.size, updated_at = excluded.updated_at",
-               (kind, subject, PENDING, size, now, now))
+               (kind, subject, JobState.PENDING, size, now, now))
 
 
 def _file_row(row: sqlite3.Row) -> FileRow:
@@ -635,7 +639,8 @@ class JobQueue:
         self.catalog.fail_job(item, reason)
 
     def backlog(self) -> tuple[int, int]:
-        return self.catalog.job_backlog(self.kind)
+        """What the lane has to do now (not what waits out a delay)."""
+        return self.catalog.job_backlog(self.kind, due_only=True)
 
     def expedite(self) -> None:
         self.catalog.expedite(self.kind)

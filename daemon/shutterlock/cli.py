@@ -330,12 +330,13 @@ def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strengt
                           rights=config.rights, cloak=config.cloak, strength=strength)
     failed = 0
     for result in results:
-        if result.outcome is Outcome.WRITTEN:
-            cloak = f"cloaked ({result.cloak_strength})" if result.cloaked else "NOT cloaked"
-            click.echo(f"{result.source} -> {result.output} [{cloak}]")
+        made = result.rendered
+        if made.outcome is Outcome.WRITTEN:
+            cloak = f"cloaked ({made.cloak_strength})" if made.cloaked else "NOT cloaked"
+            click.echo(f"{made.source} -> {result.output} [{cloak}]")
         else:
             failed += 1
-            click.echo(f"{result.source}: {result.outcome}: {result.reason}", err=True)
+            click.echo(f"{made.source}: {made.outcome}: {made.reason}", err=True)
     if failed:
         sys.exit(EXIT_FAILED)
 

@@ -245,7 +245,7 @@ def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:
     lanes = [LaneStatus(name="seal", waiting=items, waiting_bytes=size)]
     for name, wanted in (("replicate", config.s3 is not None), ("derive", config.derive.enabled)):
         if wanted:
-            waiting, waiting_bytes = catalog.job_backlog(name)
+            waiting, waiting_bytes = catalog.job_backlog(name, due_only=True)
             lanes.append(LaneStatus(name=name, waiting=waiting, waiting_bytes=waiting_bytes))
     return lanes
 

@@ -139,7 +139,7 @@ class ReplicateStage:
         return f"upload {job.subject[:12]}…"
 
     def status(self) -> ReplicaStatus:
-        waiting, waiting_bytes = self.queue.backlog()
+        waiting, waiting_bytes = self.catalog.job_backlog(self.name)
         return ReplicaStatus(configured=True, url=self.s3.url, online=self.online, error=self.error,
                              offline_since=self.offline_since, waiting=waiting, waiting_bytes=waiting_bytes,
                              failed=self.catalog.jobs_failed(self.name), last_snapshot=self.last_snapshot,

@@ -23,7 +23,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from shutterlock.catalog import SEALED, SEALING, Catalog
+from shutterlock.catalog import Catalog, FileState
 from shutterlock.config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def scan(sources: Iterable[SourceConfig], catalog: Catalog, found: Found) -> int
         for relpath, info in walk(source.path):
             previous = known.get(relpath)
             if previous is not None and previous[:2] == (info.st_size, info.st_mtime_ns) \
-                    and previous[2] in (SEALED, SEALING):
+                    and previous[2] in (FileState.SEALED, FileState.SEALING):
                 continue
             count += 1
             found(source, relpath, info)

@@ -13,13 +13,24 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from shutterlock.fsutil import commit, fsync_dir, remove_stale_temps, staged
 
+from .render import Rendered
+
 MAX_SUFFIX = 10_000
 STALE_TEMP_SECONDS = 3600.0  # a temp file this old belongs to a writer that was killed
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A rendered derivative (its bytes dropped once written) and where it landed (None: not written)."""
+
+    rendered: Rendered
+    output: Path | None = None
 
 
 def dated_dir(root: Path, when: datetime) -> Path:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
 
-from .outbox import place
+from .outbox import Placed, place
 from .pairs import skip_reason
-from .render import DeriveJob, Outcome
+from .render import DeriveJob, Outcome, Rendered
 from .runner import DeriveRunner
 
 
@@ -37,21 +36,9 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     return list(seen)
 
 
-@dataclass(frozen=True)
-class Protected:
-    """One input's outcome; ``output`` is where its derivative was written (None when it was not)."""
-
-    source: Path
-    outcome: Outcome
-    output: Path | None = None
-    reason: str = ""
-    cloaked: bool = False
-    cloak_strength: str = "off"
-
-
 def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermark: WatermarkConfig,
             rights: RightsConfig, cloak: CloakConfig, strength: str | None = None,
-            on_result: Callable[[Protected], None] | None = None) -> list[Protected]:
+            on_result: Callable[[Placed], None] | None = None) -> list[Placed]:
     """Derive every input into ``out_dir``; one result per input file, in input order.
 
     ``strength`` overrides ``cloak.strength``; ``on_result`` is called as each result arrives.
@@ -63,21 +50,20 @@ def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermar
     if strength is not None:
         cloak = dataclasses.replace(cloak, strength=strength)
     candidates = set(files)
-    results: list[Protected] = []
+    results: list[Placed] = []
     with DeriveRunner(derive.time_limit) as runner:
         for path in files:
             if not path.is_file():
-                result = Protected(path, Outcome.FAILED, reason="no such file", cloak_strength=cloak.strength)
+                result = Placed(Rendered(path, Outcome.FAILED, reason="no such file", cloak_strength=cloak.strength))
             elif reason := skip_reason(path, derive.pair_preference, candidates):
-                result = Protected(path, Outcome.SKIPPED, reason=reason, cloak_strength=cloak.strength)
+                result = Placed(Rendered(path, Outcome.SKIPPED, reason=reason, cloak_strength=cloak.strength))
             else:
                 rendered = runner.run(DeriveJob(source=path, derive=derive, watermark=watermark, rights=rights,
                                                 cloak=cloak))
                 output = None
                 if rendered.outcome is Outcome.WRITTEN and rendered.jpeg is not None:
                     output = place(rendered.jpeg, out_dir, path.stem)
-                result = Protected(path, rendered.outcome, output=output, reason=rendered.reason,
-                                   cloaked=rendered.cloaked, cloak_strength=rendered.cloak_strength)
+                result = Placed(dataclasses.replace(rendered, jpeg=None), output)
             results.append(result)
             if on_result is not None:
                 on_result(result)
