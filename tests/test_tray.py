@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -196,7 +197,7 @@ def test_menu_when_paused_with_a_backlog_and_problems(catalogued):
 
 
 def test_menu_without_a_daemon_offers_to_start_one(catalogued):
-    view = menu.View(None, problem="daemon not running", outbox="/o", vault="/v", config_file="/c")
+    view = menu.View(None, outbox="/o", vault="/v", config_file="/c")
     entries = menu.build(view)
     assert info_lines(entries) == ["Shutterlock: daemon not running"]
     items = by_key(entries)
@@ -208,6 +209,13 @@ def test_menu_without_a_daemon_offers_to_start_one(catalogued):
     starting = menu.build(menu.View(None, starting=True))
     assert info_lines(starting) == ["Shutterlock: starting the daemon…"]
     assert not by_key(starting)[menu.START_DAEMON].enabled
+    why = "the daemon stopped: no key file at /home/ann/.local/share/shutterlock/master.key: run `shutterlock init`"
+    failed = menu.View(None, problem=why)
+    title = menu.headline(failed)
+    assert title.startswith("Shutterlock: the daemon stopped: no key file") and len(title) == menu.LABEL_WIDTH
+    assert info_lines(menu.build(failed)) == menu.tooltip(failed).splitlines() == [
+        "Shutterlock: daemon not running", "the daemon stopped: no key file at",
+        "/home/ann/.local/share/shutterlock/master.key: run", "`shutterlock init`"]
 
 
 def test_what_a_reload_could_not_apply_is_in_the_menu(catalogued):
@@ -325,9 +333,10 @@ def test_disk_nearly_full_with_hysteresis_and_cloak_unavailable_once(catalogued)
     catalogued.seal(1)
     catalogued.make_derivatives(1, "held", "not cloaked (surrogate weights missing); held back")
     held = catalogued.status()
-    told = notices.observe(held, 3000)
-    assert [(n.kind, n.title) for n in told] == [("cloak", "Shutterlock: cloak unavailable")]
-    assert told[0].message == held.cloak.error and "1 derivative held back" in told[0].message
+    assert held.state == "degraded"  # a held derivative waits for the cloak; the lane itself is idle
+    told = {n.kind: n for n in notices.observe(held, 3000)}
+    assert [told["batch"].message, told["cloak"].title] == ["1 sealed", "Shutterlock: cloak unavailable"]
+    assert told["cloak"].message == held.cloak.error and "1 derivative held back" in held.cloak.error
     assert notices.observe(held, 3100) == []
 
 
@@ -482,7 +491,7 @@ def test_status_feed_follows_a_real_daemon_through_a_restart(make_home):
         assert len(seen) == calls_before  # idle: the long-poll does not wake anyone
         feed.command("resume")
         stop(daemon, signal.SIGKILL)
-        wait_seen(lambda s, r: s is None and r == "daemon not running")
+        wait_seen(lambda s, r: s is None and r == "")
         restarted = home.start_daemon()
         wait_seen(lambda s, _: s is not None and s.pid == restarted.pid and not s.paused)
         stop(restarted)
@@ -651,16 +660,21 @@ def _stop_processes(processes: list[subprocess.Popen[Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
-    """A virtual screen with a tray host, a session bus and a notification server on it."""
+def desktop() -> Iterator[Desktop]:
+    """A virtual screen with a tray host, a session bus and a notification server on it.
+
+    Its sockets live in a directory of its own, not in pytest's numbered temp dirs, which another
+    pytest session on the machine may rotate away while this one runs.
+    """
     for tool in ("Xvfb", "trayer", "dbus-daemon", "dbus-monitor", "dunst", "xdotool", "xwininfo", "import"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (packaging/bootstrap.sh test installs it)")
-    base = tmp_path_factory.mktemp("desktop")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     processes: list[subprocess.Popen[Any]] = []
+    scratch = tempfile.TemporaryDirectory(prefix="shutterlock-desktop-")
+    base = Path(scratch.name)
     try:
         read_fd, write_fd = os.pipe()
         processes.append(subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "800x600x24",
@@ -697,6 +711,7 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
         yield desktop
     finally:
         _stop_processes(processes)
+        scratch.cleanup()
 
 
 def start_tray(home: Home, desktop: Desktop, log: Path, opener_log: Path | None = None) -> subprocess.Popen[bytes]:
@@ -882,3 +897,21 @@ def test_without_a_tray_host_the_tray_exits_2(make_home):
     finally:
         xvfb.terminate()
         xvfb.wait(10)
+
+
+def test_the_tray_says_why_the_daemon_it_started_could_not_run(make_home, desktop):
+    home = make_home(name="no-key")
+    (home.state / "master.key").unlink()
+    log = home.base / "tray.log"
+    tray = start_tray(home, desktop, log)
+    try:
+        wait_for(lambda: desktop.icon_title().startswith("Shutterlock: the daemon stopped: "), 60,
+                 message=f"the reason in the title\n{log.read_text()}")
+        shown = menu.View(None, problem=f"the daemon stopped: {launch.last_line(home.state / launch.LOG_NAME)}")
+        assert "no key file" in shown.problem and desktop.icon_title() == menu.headline(shown)
+        desktop.wait_icon_state("40-daemon-could-not-run", menu.DISCONNECTED)
+        desktop.open_menu("41-daemon-could-not-run")
+        desktop.close_menu()
+    finally:
+        tray.kill()
+        tray.wait(10)

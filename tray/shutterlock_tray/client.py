@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 120.0
 RETRY_FIRST, RETRY_MAX = 0.25, 5.0
 
-#: Called with the new status, or with None and a reason when the daemon went away.
+#: Called with the new status, or with None when the daemon went away and why ("" when simply none answers).
 Listener = Callable[[Status | None, str], None]
 #: Called with the unchanged status when a long-poll times out: a cheap, rare heartbeat for time-based checks.
 Tick = Callable[[Status], None]
@@ -133,5 +133,5 @@ class StatusFeed:
             if announce:
                 # A daemon killed mid-poll resets the connection: as good as "not running".
                 gone = isinstance(error, DaemonNotRunning | ConnectionError)
-                reason = "daemon not running" if gone else f"daemon unreachable: {error}"
+                reason = "" if gone else f"daemon unreachable: {error}"
                 self._listener(None, reason)

@@ -439,19 +439,23 @@ class Tray:
         try:
             how = launch.start_daemon(self.config_path, self.paths, self._daemon_failed)
         except ShutterlockError as error:
-            self._daemon_failed(str(error))
+            self._daemon_failed(None, str(error))
             return
         log.info("started the daemon: %s", how)
         self.feed.wake()
         if not self._answered.wait(START_WAIT):
-            self._daemon_failed(f"it does not answer on {self.paths.socket} after {START_WAIT:.0f} s")
+            self._daemon_failed(None, f"it does not answer on {self.paths.socket} after {START_WAIT:.0f} s")
 
-    def _daemon_failed(self, reason: str) -> None:
+    def _daemon_failed(self, pid: int | None, reason: str) -> None:
+        """A daemon started here could not start or stopped with an error: say why while none answers."""
         with self._lock:
-            if not self._view.starting and self._view.status is not None:
-                return  # an answer came after all (another daemon took over)
+            status = self._view.status
+            if status is not None and status.pid != pid:
+                log.info("a daemon started here stopped (%s); pid %s answers", reason, status.pid)
+                return
             self._daemon_problem = f"the daemon stopped: {reason}"
-            self._view = replace(self._view, starting=False, problem=self._problem())
+            if status is None:  # else the feed is about to see it gone and shows this reason then
+                self._view = replace(self._view, starting=False, problem=self._problem())
         log.warning("%s", self._daemon_problem)
         self._refresh()
         self.feed.wake()

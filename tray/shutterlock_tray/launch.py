@@ -27,11 +27,15 @@ LOG_NAME = "daemon.log"
 SYSTEMCTL_TIMEOUT = 150.0  # the unit's TimeoutStartSec is 120 s; a start waits for READY=1
 
 
-def start_daemon(config_path: Path | None, paths: Paths, on_failure: Callable[[str], None]) -> str:
+#: Called with the pid and the reason when a daemon started here exits with an error.
+OnFailure = Callable[[int, str], None]
+
+
+def start_daemon(config_path: Path | None, paths: Paths, on_failure: OnFailure) -> str:
     """Start a daemon for this config and return how, for the log; raises OperationFailed if it cannot.
 
-    ``on_failure(reason)`` is called from a helper thread if a daemon started here exits with an error
-    (the service manager reports its own failures through ``systemctl``).
+    ``on_failure`` is called from a helper thread if a daemon started here exits with an error (the
+    service manager reports its own failures through ``systemctl``).
     """
     if user_unit_runs(paths.config_file):
         result = subprocess.run(["systemctl", "--user", "start", UNIT], capture_output=True, text=True,
@@ -82,11 +86,11 @@ def user_unit_runs(config_file: Path) -> bool:
     return index < len(words) and Path(words[index]) == config_file.absolute()
 
 
-def _reap(process: subprocess.Popen[bytes], log_file: Path, on_failure: Callable[[str], None]) -> None:
+def _reap(process: subprocess.Popen[bytes], log_file: Path, on_failure: OnFailure) -> None:
     """Wait for the daemon (no zombie while the tray lives) and say why, if it stopped with an error."""
     code = process.wait()
     if code != 0:
-        on_failure(last_line(log_file) or f"exit code {code}")
+        on_failure(process.pid, last_line(log_file) or f"exit code {code}")
 
 
 def last_line(log_file: Path) -> str:

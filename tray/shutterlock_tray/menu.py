@@ -7,6 +7,7 @@ unit-tested without a display; ``icon`` only maps entries onto pystray items and
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass
 
@@ -101,12 +102,25 @@ def progress(status: Status) -> float | None:
     return sum(lane.done for lane in busy) / total if total else None
 
 
-def tooltip(view: View, now: float | None = None) -> str:
-    """What hovering shows: the headline, then progress per lane and the last seal."""
+def status_lines(view: View, now: float | None = None) -> list[str]:
+    """The greyed lines atop the menu, and the tooltip: the headline, progress per lane, the last seal,
+    the last error and what waits for a restart; with no daemon, the whole reason, wrapped."""
     status = view.status
     if status is None:
-        return headline(view)
-    return "\n".join([headline(view), *progress_lines(status), sealed_line(status, now)])
+        if view.starting or not view.problem:
+            return [headline(view)]
+        return ["Shutterlock: daemon not running",
+                *textwrap.wrap(view.problem, LABEL_WIDTH, max_lines=4, placeholder=" …")]
+    lines = [headline(view), *progress_lines(status), sealed_line(status, now)]
+    error = last_error(status)
+    if error is not None:
+        lines.append(f"Last error: {_event_line(error, short=True)}")
+    lines += status.restart_needed
+    return [_shorten(line) for line in lines]
+
+
+def tooltip(view: View, now: float | None = None) -> str:
+    return "\n".join(status_lines(view, now))
 
 
 def last_error(status: Status) -> Event | None:
@@ -124,14 +138,7 @@ def has_problems(status: Status | None) -> bool:
 def build(view: View, now: float | None = None) -> list[Entry]:
     """The whole menu, top to bottom; invisible entries stay in the list so positions are stable."""
     status = view.status
-    entries = [Entry("", headline(view), enabled=False)]
-    if status is not None:
-        error = last_error(status)
-        entries += [Entry("", _shorten(line), enabled=False) for line in progress_lines(status)]
-        entries.append(Entry("", sealed_line(status, now), enabled=False))
-        if error is not None:
-            entries.append(Entry("", _shorten(f"Last error: {_event_line(error, short=True)}"), enabled=False))
-        entries += [Entry("", _shorten(why), enabled=False) for why in status.restart_needed]
+    entries = [Entry("", line, enabled=False) for line in status_lines(view, now)]
     running = status is not None
     outbox = status.outbox if status is not None else view.outbox
     vault = status.vault.path if status is not None else view.vault
