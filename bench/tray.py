@@ -88,7 +88,8 @@ def main() -> int:
             wait(lambda: status().get("running"), 60, "the daemon")
             read_fd, write_fd = os.pipe()
             processes.append(subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "800x600x24",
-                                               "-nolisten", "tcp"], pass_fds=(write_fd,), stderr=subprocess.DEVNULL))
+                                               "-nolisten", "tcp", "-noreset"], pass_fds=(write_fd,),
+                                              stderr=subprocess.DEVNULL))
             os.close(write_fd)
             with os.fdopen(read_fd) as reader:
                 env["DISPLAY"] = ":" + reader.readline().strip()

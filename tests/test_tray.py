@@ -677,9 +677,11 @@ def desktop() -> Iterator[Desktop]:
     base = Path(scratch.name)
     try:
         read_fd, write_fd = os.pipe()
+        # -noreset: an X server with no client left resets, refusing whoever connects meanwhile (trayer,
+        # while xwininfo polls); a desktop's X server always has clients.
         processes.append(subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "800x600x24",
-                                           "-nolisten", "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
+                                           "-nolisten", "tcp", "-noreset"], pass_fds=(write_fd,),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         os.close(write_fd)
         with os.fdopen(read_fd) as reader:
             number = reader.readline().strip()  # Xvfb picks a free display itself: no races with other tests
@@ -884,8 +886,8 @@ def test_without_a_tray_host_the_tray_exits_2(make_home):
         pytest.skip("Xvfb is not installed")
     home = make_home()
     read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "320x240x24", "-nolisten", "tcp"],
-                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "320x240x24", "-nolisten", "tcp",
+                             "-noreset"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write_fd)
     try:
         with os.fdopen(read_fd) as reader:
