@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shutterlock.errors import ControlError, DaemonNotRunning, ShutterlockError
-from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.status import Status
 
 log = logging.getLogger(__name__)
@@ -141,6 +140,9 @@ class ControlServer:
                 from None
 
     def _listen(self) -> None:
+        # Imported here: clients (the tray) load the socket client and the status types, nothing more.
+        from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+
         ensure_dir(self.path.parent, 0o700)
         if hasattr(os, "getuid") and self.path.parent.stat().st_uid != os.getuid():
             raise ControlError(f"{self.path.parent} belongs to another user; refusing to put the socket there")

@@ -68,6 +68,11 @@ class LaneStatus:
     def total(self) -> int:
         return self.done + self.waiting
 
+    @property
+    def position(self) -> int:
+        """The item being worked on, counted from 1 (the "40" of "40 of 214"); ``done`` between items."""
+        return self.done + 1 if self.current else self.done
+
 
 @dataclass(frozen=True)
 class SourceStatus:
@@ -249,7 +254,7 @@ _LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making de
 
 def _lane_phrase(lane: LaneStatus) -> str:
     verb = _LANE_VERBS.get(lane.name, lane.name)
-    phrase = f"{verb} {lane.done + 1 if lane.current else lane.done} of {lane.total}"
+    phrase = f"{verb} {lane.position} of {lane.total}"
     if lane.waiting_bytes and lane.name != "derive":
         phrase += f" ({human_bytes(lane.waiting_bytes)} left)"
     if lane.eta_seconds is not None and lane.waiting > 1:
