@@ -8,6 +8,7 @@ generative training, data mining and inference are not allowed.
 
 from __future__ import annotations
 
+from . import identity
 from .identity import IdentityError, SigningIdentity
 from .manifest import FORBIDDEN_USES, Credit, ProvenanceError, Treatment, sign_jpeg
 from .verify import INVALID, MISSING, TRUSTED, VALID, Verdict, verify_bytes, verify_file
@@ -24,6 +25,7 @@ __all__ = [
     "SigningIdentity",
     "Treatment",
     "Verdict",
+    "identity",
     "sign_jpeg",
     "verify_bytes",
     "verify_file",

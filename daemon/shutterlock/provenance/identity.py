@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -187,8 +188,7 @@ def check(identity: SigningIdentity, origin: str) -> None:
     if not certificates:
         raise IdentityError(f"{origin}: the certificate file holds no certificate")
     leaf = certificates[0]
-    if leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
-            != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+    if _spki(leaf.public_key()) != _spki(key.public_key()):
         raise IdentityError(f"{origin}: the private key does not belong to the first certificate of the chain")
     if len(certificates) > 1 and not _issued_by(leaf, certificates[1]):
         raise IdentityError(f"{origin}: the second certificate did not issue the first; put the chain in order")
@@ -197,6 +197,10 @@ def check(identity: SigningIdentity, origin: str) -> None:
         raise IdentityError(f"{origin}: the signing certificate is not valid now "
                             f"({leaf.not_valid_before_utc:%Y-%m-%d} to {leaf.not_valid_after_utc:%Y-%m-%d})")
     identity.algorithm()  # raises for a key type C2PA cannot sign with
+
+
+def _spki(public_key: Any) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
