@@ -121,7 +121,9 @@ def build(candidates: Iterable[Candidate], out: Path, *, site: SiteConfig, right
         for photo in album.photos:
             for rendition in photo.renditions:
                 files[rendition.path] = _sha256(out / rendition.path)
-    for stale in sorted(set(previous) - set(files)):
+    leftovers = {str(p.relative_to(out)) for p in (out / "img").glob("*") if p.is_file()} if (out / "img").is_dir() \
+        else set()
+    for stale in sorted((set(previous) | leftovers) - set(files)):
         with contextlib.suppress(FileNotFoundError):
             (out / stale).unlink()
         report.removed.append(stale)
@@ -214,11 +216,11 @@ def _pages(albums: list[Album], site: SiteConfig, rights: RightsConfig) -> dict[
     for album in albums:
         out[f"albums/{album.slug}/index.html"] = page("album.html", "../../", album=album)
         for index, photo in enumerate(album.photos):
+            # No position or count on a photo page: adding a photo must not change every page of its album.
             previous = album.photos[index - 1] if index else None
             following = album.photos[index + 1] if index + 1 < len(album.photos) else None
             out[f"albums/{album.slug}/{photo.id}.html"] = page(
-                "photo.html", "../../", album=album, photo=photo, number=index + 1, previous=previous,
-                following=following)
+                "photo.html", "../../", album=album, photo=photo, previous=previous, following=following)
     return out
 
 

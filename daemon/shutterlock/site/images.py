@@ -84,7 +84,8 @@ def _make(image: Image.Image, rendition: Rendition, out: Path, protection: Prote
     small = image.convert("RGB").resize((rendition.width, rendition.height), Image.Resampling.LANCZOS,
                                         reducing_gap=3.0)
     buffer = io.BytesIO()
-    write_jpeg(small, buffer, quality=WEB_QUALITY, xmp=build_xmp(rights, creator=creator, copyright_text=copyright_text))
+    xmp = build_xmp(rights, creator=creator, copyright_text=copyright_text)
+    write_jpeg(small, buffer, quality=WEB_QUALITY, xmp=xmp)
     treatment = Treatment(resized_to=max(rendition.width, rendition.height),
                           cloak_strength=protection.cloak_strength if protection.cloaked else "",
                           watermark=protection.watermark)

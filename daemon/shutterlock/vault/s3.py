@@ -119,28 +119,7 @@ class S3Store:
 
     @classmethod
     def from_config(cls, config: S3Config, credentials_dir: Path | None) -> S3Store:
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        settings: dict[str, Any] = {}
-        if credentials_dir is not None and (credentials_dir / CREDENTIAL_ACCESS_KEY).exists():
-            settings["aws_access_key_id"] = (credentials_dir / CREDENTIAL_ACCESS_KEY).read_text().strip()
-            settings["aws_secret_access_key"] = (credentials_dir / CREDENTIAL_SECRET_KEY).read_text().strip()
-        boto_config = BotoConfig(
-            signature_version="s3v4",
-            s3={"addressing_style": config.addressing_style},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=16,
-        )
-        session = boto3.session.Session()
-        client = session.client("s3", endpoint_url=config.endpoint or None,
-                                region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                                config=boto_config, **settings)
-        return cls(config, client)
+        return cls(config, client_for(config, credentials_dir))
 
     # ------------------------------------------------------------------ keys
 
@@ -343,6 +322,31 @@ class S3Store:
                 self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted.append(upload["UploadId"])
         return aborted
+
+
+def client_for(config: S3Config, credentials_dir: Path | None) -> Any:
+    """A boto3 S3 client for any S3-compatible service; credentials from boto3's chain or systemd's."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    settings: dict[str, Any] = {}
+    if credentials_dir is not None and (credentials_dir / CREDENTIAL_ACCESS_KEY).exists():
+        settings["aws_access_key_id"] = (credentials_dir / CREDENTIAL_ACCESS_KEY).read_text().strip()
+        settings["aws_secret_access_key"] = (credentials_dir / CREDENTIAL_SECRET_KEY).read_text().strip()
+    boto_config = BotoConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": config.addressing_style},
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=16,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=config.endpoint or None,
+        region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", config=boto_config,
+        **settings)
 
 
 def _is_boto_error(error: Exception) -> bool:
