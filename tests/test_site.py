@@ -227,7 +227,10 @@ def _tour(driver: Any, root: str, source: str, width: int) -> None:
         assert metas["tdm-reservation"] == "1" and metas["tdm-policy"] == f"{BASE_URL}/rights.html", path
         overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, (source, width, path, overflow)
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "format": "png"})
+        size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {  # the whole page, not just the viewport
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1}})
         (ARTIFACTS / f"{source}-{name}-{width}.png").write_bytes(base64.b64decode(shot["data"]))
         if name == "index":
             columns = driver.execute_script(
