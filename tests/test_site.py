@@ -290,3 +290,27 @@ def test_republish_after_one_new_photo_sends_only_its_files_and_changed_pages(
         server.stop()
     with Image.open(out / new_images[-1]) as image:
         assert image.size[0] == max(int(p.rsplit("-", 1)[1].split(".")[0]) for p in new_images)
+
+
+def test_candidates_come_from_the_catalog_records(tmp_path: Path) -> None:
+    from shutterlock.catalog import Catalog
+    from shutterlock.site.select import candidates
+
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    rows = [("Lisbon/tram.jpg", "written", True, "standard"), ("Lisbon/bare.jpg", "written", False, "off"),
+            ("top.jpg", "written", True, "light"), ("Lisbon/held.jpg", "held", False, "standard"),
+            ("Lisbon/pair.CR3", "skipped", False, "standard")]
+    for number, (relpath, status, cloaked, strength) in enumerate(rows, start=1):
+        catalog.discover("trips", relpath, 1, 1)
+        catalog.record_derivative(number, "0" * 64, status=status, output=str(tmp_path / f"{number}.jpg")
+                                  if status == "written" else None, reason="cloak weights missing" if
+                                  status == "held" else "", cloaked=cloaked, strength=strength, watermark="© Ada")
+    offered, missing = candidates(catalog.derivatives(), captions=[("*/tram.jpg", "The 28 at dusk")])
+    assert [(c.key, c.album, c.caption) for c in offered] == [
+        ("trips/Lisbon/bare.jpg", "Lisbon", ""), ("trips/Lisbon/tram.jpg", "Lisbon", "The 28 at dusk"),
+        ("trips/top.jpg", "trips", "")]
+    assert not offered[0].protection.cloak_off  # made with the cloak off, but the cloak is on now
+    assert missing == [("trips/Lisbon/held.jpg", "no derivative (held: cloak weights missing)")]
+    off, _ = candidates(catalog.derivatives(), patterns=["Lisbon/"], cloak_strength="off")
+    assert [c.key for c in off] == ["trips/Lisbon/bare.jpg", "trips/Lisbon/tram.jpg"] and off[0].protection.cloak_off
+    catalog.close()
