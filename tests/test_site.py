@@ -227,11 +227,13 @@ def _tour(driver: Any, root: str, source: str, width: int) -> None:
         assert metas["tdm-reservation"] == "1" and metas["tdm-policy"] == f"{BASE_URL}/rights.html", path
         overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, (source, width, path, overflow)
-        size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {  # the whole page, not just the viewport
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1}})
-        (ARTIFACTS / f"{source}-{name}-{width}.png").write_bytes(base64.b64decode(shot["data"]))
+        for scheme in ("light", "dark"):
+            driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                                   {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+            red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
+            assert (red + green + blue > 600) == (scheme == "light"), (scheme, background)
+            _screenshot(driver, ARTIFACTS / f"{source}-{name}-{width}{'-dark' if scheme == 'dark' else ''}.png")
         if name == "index":
             columns = driver.execute_script(
                 "return new Set([...document.querySelectorAll('.album-card')].map(e => e.offsetTop)).size")
@@ -241,6 +243,15 @@ def _tour(driver: Any, root: str, source: str, width: int) -> None:
             box = driver.execute_script("const r = document.querySelector('.photo img').getBoundingClientRect();"
                                         "return [r.width, r.height, window.innerWidth, window.innerHeight]")
             assert box[0] <= box[2] and box[1] <= box[3] and box[0] > box[2] * 0.5, box
+
+
+def _screenshot(driver: Any, path: Path) -> None:
+    """The whole page, not just the viewport."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1}})
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 def _load_every_image(driver: Any) -> None:
