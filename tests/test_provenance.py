@@ -362,3 +362,17 @@ def _walk(data: bytes, label: str, out: list[tuple[str, str]]) -> None:
         else:
             out.append((label, name))
         pos += size
+
+
+def test_ensure_creates_once_and_restore_brings_the_same_identity_back(tmp_path: Path) -> None:
+    keys = Keys.from_master(b"\x03" * 32)
+    state, vault = tmp_path / "state", tmp_path / "vault"
+    vault.mkdir()
+    first, created = identity.ensure(state, CREATOR, keys.catalog, vault)
+    again, created_again = identity.ensure(state, CREATOR, keys.catalog, vault)
+    assert created and not created_again and again.key_pem == first.key_pem
+    blob = (vault / identity.SEALED_NAME).read_bytes()
+    assert (vault / identity.SEALED_NAME).stat().st_mode & 0o777 == 0o600
+    restored = identity.restore(tmp_path / "new-machine", keys.catalog, blob, "s3://b/p/signing-identity")
+    assert (restored.key_pem, restored.chain_pem) == (first.key_pem, first.chain_pem)
+    assert identity.folder(tmp_path / "new-machine").stat().st_mode & 0o777 == 0o700

@@ -229,3 +229,33 @@ def open_sealed(key: bytes, blob: bytes, origin: str) -> SigningIdentity:
         raise IdentityError(f"{origin}: the sealed signing identity is malformed") from None
     return identity
 
+
+
+def folder(state_dir: Path) -> Path:
+    """Where the identity lives: beside the master key, in its own owner-only folder."""
+    return state_dir / "provenance"
+
+
+def ensure(state_dir: Path, creator: str, seal_key: bytes, vault_root: Path) -> tuple[SigningIdentity, bool]:
+    """The installation's identity, created on first use; its sealed copy is (re)written into the vault.
+
+    Returns (identity, created). ``seal_key`` is the master key's catalog subkey (docs/FORMAT.md 5).
+    """
+    home = folder(state_dir)
+    created = not exists(home)
+    identity = create(creator) if created else load(home)
+    if created:
+        write(home, identity)
+    sealed = vault_root / SEALED_NAME
+    if created or not sealed.exists():
+        atomic_write_bytes(sealed, seal(seal_key, identity), mode=0o600)
+    return identity, created
+
+
+def restore(state_dir: Path, seal_key: bytes, blob: bytes, origin: str) -> SigningIdentity:
+    """Recovery: put the sealed identity from the bucket back in place (an existing one is kept)."""
+    identity = open_sealed(seal_key, blob, origin)
+    home = folder(state_dir)
+    if not exists(home):
+        write(home, identity)
+    return load(home)
