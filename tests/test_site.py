@@ -25,6 +25,8 @@ from shutterlock.derive.metadata import data_mining_uri
 from shutterlock.provenance import TRUSTED, Credit, SigningIdentity, Treatment, identity, sign_jpeg, verify_bytes
 from shutterlock.site import Candidate, Protection, SiteConfig, SiteError, build, publish
 from shutterlock.site.signals import crawlers
+from test_derive import ALLOWED_GROUPS, ALLOWED_TAGS, exif_json
+from test_provenance import C2PA_TAGS
 
 SAMPLES = ROOT.parent / "shared" / "samples" / "exif-samples"
 MODELS = ROOT.parent / "shared" / "models"
@@ -177,6 +179,10 @@ def test_portfolio_from_a_folder_and_from_s3_in_a_real_browser(portfolio: Portfo
         _assert_nothing_unprotected(portfolio, published)
         _assert_nothing_unprotected(portfolio, {str(p.relative_to(folder)): p.read_bytes()
                                                 for p in folder.rglob("*") if p.is_file()})
+        for record in exif_json(sorted(folder.rglob("*.jpg"))):  # renditions carry only the allow-list too
+            unexpected = {tag for tag in record if tag not in ALLOWED_TAGS | C2PA_TAGS
+                          and tag.split(":", 1)[0] not in ALLOWED_GROUPS}
+            assert not unexpected, (record["SourceFile"], sorted(unexpected))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         with static_server(folder) as base:
             sources = {"folder": base, "s3": f"{server.endpoint}/web/portfolio/"}
