@@ -6,19 +6,22 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
+import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import S3_ENV, s3_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
-from shutterlock.derive import WRITTEN, DeriveJob, derive_file
-from shutterlock.derive.metadata import data_mining_uri
+from shutterlock.derive import DeriveJob, Outcome, render
 from shutterlock.provenance import (
     FORBIDDEN_USES,
     INVALID,
@@ -34,6 +37,7 @@ from shutterlock.provenance import (
     verify_bytes,
     verify_file,
 )
+from shutterlock.provenance.signing import sign_rendered
 from shutterlock.vault.format import Keys
 from test_derive import ALLOWED_GROUPS, ALLOWED_TAGS, EXIF_SAMPLES, FORBIDDEN_WORDS, exif_json
 
@@ -90,20 +94,16 @@ def signer() -> SigningIdentity:
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory, signer: SigningIdentity) -> dict[Path, Path]:
-    """original → signed derivative, made the way the daemon does: worker renders, daemon signs and writes."""
+    """original → signed derivative, made as the daemon makes it: rendered (here in-process), then signed."""
     outbox = tmp_path_factory.mktemp("outbox")
     out = {}
     for source in PRIVATE_SAMPLES:
-        result = derive_file(DeriveJob(source=source, derive=DeriveConfig(outbox=outbox), watermark=WatermarkConfig(),
-                                       rights=RIGHTS, cloak=CloakConfig(strength="off")))
-        assert result.status == WRITTEN, (source.name, result.reason)
-        assert result.output is not None and result.capture_time is not None
-        credit = Credit(creator=CREATOR, copyright=f"© {result.capture_time.year} {CREATOR}",
-                        web_statement=RIGHTS.web_statement, data_mining=data_mining_uri(RIGHTS.data_mining))
-        data = sign_jpeg(result.output.read_bytes(), signer,
-                         Treatment(resized_to=max(result.width, result.height), watermark=result.watermark), credit)
-        result.output.write_bytes(data)
-        out[source] = result.output
+        rendered = render(DeriveJob(source=source, derive=DeriveConfig(outbox=outbox), watermark=WatermarkConfig(),
+                                    rights=RIGHTS, cloak=CloakConfig(strength="off")))
+        assert rendered.outcome is Outcome.WRITTEN, (source.name, rendered.reason)
+        assert rendered.resized_to == 0 or rendered.resized_to == max(rendered.width, rendered.height)
+        out[source] = outbox / f"{source.stem}.jpg"
+        out[source].write_bytes(sign_rendered(rendered, signer, RIGHTS))
     return out
 
 
@@ -121,7 +121,8 @@ def test_a_separate_reader_finds_a_valid_manifest_forbidding_all_four_uses(signe
         actions = assertions["c2pa.actions.v2"]["actions"]
         assert actions[0] == {"action": "c2pa.created",
                               "digitalSourceType": "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"}
-        assert [a["action"] for a in actions[1:]] == ["c2pa.resized", "c2pa.watermarked.unbound"]
+        assert [a["action"] for a in actions[1:]] in (["c2pa.resized", "c2pa.watermarked.unbound"],
+                                                      ["c2pa.watermarked.unbound"])  # small originals: not resized
         assert assertions["cawg.metadata"]["dc:creator"] == [CREATOR]
         assert manifest["signature_info"]["common_name"] == CREATOR
         assert "ingredients" not in manifest or manifest["ingredients"] == []
@@ -202,6 +203,9 @@ def test_verdict_missing_and_trusted_with_the_own_anchor(signed: dict[Path, Path
     assert verdict.thumbnails == verdict.ingredients == 0
     assert verify_file(path, anchor=signer.anchor_pem).state == TRUSTED
     assert verify_file(path, anchor=identity.create("Someone Else").anchor_pem).state == VALID
+    by_name = {original.name: verify_file(out) for original, out in signed.items()}
+    assert "c2pa.resized" in by_name["HMD_Nokia_8.3_5G.jpg"].actions  # 4608 px, scaled down to 2048
+    assert "c2pa.resized" not in by_name["DSCN0010.jpg"].actions  # 640 px: kept at its own size
     unsigned = next(iter(signed))  # an original: no manifest at all
     assert verify_bytes(unsigned.read_bytes()).state == MISSING
 
@@ -376,3 +380,82 @@ def test_ensure_creates_once_and_restore_brings_the_same_identity_back(tmp_path:
     restored = identity.restore(tmp_path / "new-machine", keys.catalog, blob, "s3://b/p/signing-identity")
     assert (restored.key_pem, restored.chain_pem) == (first.key_pem, first.chain_pem)
     assert identity.folder(tmp_path / "new-machine").stat().st_mode & 0o777 == 0o700
+
+
+# --------------------------------------------------------------------------- the real CLI and daemon
+
+
+def test_protect_signs_and_provenance_verify_reports(make_home: Any, tmp_path: Path) -> None:
+    home = make_home()
+    home.write_config(f'\n[rights]\ncreator = "{CREATOR}"\n[cloak]\nstrength = "off"\n')
+    sample = EXIF_SAMPLES / "jpg" / "gps" / "DSCN0010.jpg"
+    out = tmp_path / "out"
+    home.cli("protect", str(sample), "--out", str(out), check=True)
+    derivative = out / "DSCN0010.jpg"
+    result = home.cli("provenance", "verify", str(derivative), check=True)
+    assert f"valid, signed by {CREATOR}" in result.stdout and "your own signing key" in result.stdout
+    assert "forbids: AI generative training, AI training, data mining, AI inference" in result.stdout
+    data = bytearray(derivative.read_bytes())
+    data[scan_data_offset(bytes(data)) + 300] ^= 0x04
+    tampered = tmp_path / "tampered.jpg"
+    tampered.write_bytes(bytes(data))
+    result = home.cli("provenance", "verify", str(tampered))
+    assert result.returncode == 1 and "INVALID manifest" in result.stderr and "dataHash.mismatch" in result.stderr
+    result = home.cli("provenance", "verify", str(sample))
+    assert result.returncode == 1 and "no C2PA manifest" in result.stderr
+    key_file = identity.folder(home.state) / identity.KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert (home.vault / identity.SEALED_NAME).exists()
+
+
+def test_the_outbox_holds_the_bytes_a_reader_validates_and_recovery_restores_the_signer(
+        make_home: Any, s3_server: Any) -> None:
+    home = make_home()
+    home.env.update(S3_ENV)
+    home.write_config(s3_config(s3_server) + f'\n[rights]\ncreator = "{CREATOR}"\n[cloak]\nstrength = "off"\n',
+                      derive=True)
+    for sample in ("gps/DSCN0010.jpg", "mobile/jolla.jpg"):
+        shutil.copy2(EXIF_SAMPLES / "jpg" / sample, home.sources[0])
+    log = home.cli("--verbose", "run", "--once", check=True).stderr  # debug logging: the key must not be in it
+    outputs = sorted(home.outbox.rglob("*.jpg"))
+    assert len(outputs) == 2
+    for path in outputs:  # the file in the outbox, read by another process: nothing between the two
+        store = read_in_other_process(path)
+        assert store["validation_state"] == "Valid", path
+        assert [item["code"] for item in store["validation_results"]["activeManifest"]["failure"]] == [
+            "signingCredential.untrusted"]
+    key = (identity.folder(home.state) / identity.KEY_FILE).read_bytes()
+    assert "signing identity" in log and "PRIVATE KEY" not in log and key.decode() not in log
+    bucket = s3_server.all_objects("photos")
+    assert "vault/signing-identity" in bucket and key not in bucket["vault/signing-identity"]
+
+    passphrase = home.base / "kept-passphrase"
+    shutil.copy2(home.passphrase_file, passphrase)
+    shutil.rmtree(home.vault)
+    shutil.rmtree(home.state)
+    home.config_file.unlink()
+    result = home.cli("recover", "--s3-url", "s3://photos/vault", "--s3-endpoint", s3_server.endpoint,
+                      "--passphrase-file", str(passphrase), "--to", str(home.base / "recovered"))
+    assert result.returncode == 0, result.stderr
+    assert (identity.folder(home.state) / identity.KEY_FILE).read_bytes() == key
+    result = home.cli("provenance", "verify", str(outputs[0]), check=True)
+    assert "your own signing key" in result.stdout
+
+
+def test_the_derive_worker_never_imports_provenance_or_a_key_library() -> None:
+    """What the worker process loads (render and everything it imports, transitively) holds no signing code."""
+    from test_house import imports_of, project_modules
+
+    modules = project_modules()
+    seen, todo = set(), ["shutterlock.derive.runner", "shutterlock.derive.render"]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        todo += [m if m in modules else m.rsplit(".", 1)[0] for m in imports_of(modules[name], name)]
+    assert "shutterlock.derive.render" in seen and "shutterlock.cloak" in seen
+    assert not [name for name in seen if name.startswith(("shutterlock.provenance", "shutterlock.site"))], seen
+    for name in seen:
+        source = modules[name].read_text()
+        assert not re.search(r"^\s*(import|from) (c2pa|cryptography)\b", source, re.M), name

@@ -3,7 +3,8 @@ generative training, data mining and inference are not allowed.
 
 - :mod:`.identity`: the signing key and certificate chain (self-issued, or the user's own from a CA);
 - :mod:`.manifest`: what the manifest says, and signing JPEG bytes with it (daemon side only);
-- :mod:`.verify`: reading a manifest back the way any C2PA reader does.
+- :mod:`.verify`: reading a manifest back the way any C2PA reader does;
+- :mod:`.signing`: the daemon's side: which identity signs, and signing a rendered derivative.
 """
 
 from __future__ import annotations

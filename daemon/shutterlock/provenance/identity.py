@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shutterlock.errors import UsageError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.vault.format import FormatError, open_blob, seal_blob
 
@@ -38,8 +39,8 @@ LEAF_YEARS = 25  # no timestamp authority offline: the leaf must outlive the ima
 BACKDATE = datetime.timedelta(hours=1)  # tolerate a reader whose clock is a little behind
 
 
-class IdentityError(Exception):
-    """The signing identity is missing, unreadable or unusable; the message names the file."""
+class IdentityError(UsageError):
+    """The signing identity is missing, unreadable or unusable; the message names the file (exit 2)."""
 
 
 @dataclass(frozen=True, repr=False)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shutterlock import __version__
+from shutterlock.errors import OperationFailed
 
 from .identity import SigningIdentity
 
@@ -37,7 +38,7 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-class ProvenanceError(Exception):
+class ProvenanceError(OperationFailed):
     """Signing or reading a manifest failed; the message says which file and why."""
 
 

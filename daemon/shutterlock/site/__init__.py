@@ -11,6 +11,5 @@ from __future__ import annotations
 from .build import BuildReport, Candidate, SiteError, build
 from .images import Protection
 from .publish import PublishReport, publish
-from .settings import SiteConfig
 
-__all__ = ["BuildReport", "Candidate", "Protection", "PublishReport", "SiteConfig", "SiteError", "build", "publish"]
+__all__ = ["BuildReport", "Candidate", "Protection", "PublishReport", "SiteError", "build", "publish"]

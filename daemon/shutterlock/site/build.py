@@ -21,19 +21,19 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from shutterlock.config import RightsConfig
+from shutterlock.config import RightsConfig, SiteConfig
+from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.provenance import ProvenanceError, SigningIdentity
 
 from . import signals
 from .images import LeftOut, Protection, Rendition, renditions
-from .settings import SiteConfig
 
 INDEX_FILE = ".shutterlock-site.json"
 FIRST_EAGER = 6  # images above the fold load at once; the rest lazily
 
 
-class SiteError(Exception):
+class SiteError(OperationFailed):
     """The site cannot be built or published; the message names the folder or bucket and why."""
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shutterlock.config import S3Config
+from shutterlock.config import Paths, S3Config
 from shutterlock.fsutil import atomic_write_bytes, fsync_dir
 
 from .build import INDEX_FILE, SiteError
@@ -42,7 +42,7 @@ def plan(built: dict[str, str], published: dict[str, str]) -> tuple[list[str], l
     return send, sorted(set(published) - set(built))
 
 
-def publish(site_dir: Path, url: str, *, endpoint: str = "", credentials_dir: Path | None = None) -> PublishReport:
+def publish(site_dir: Path, url: str, *, paths: Paths, endpoint: str = "") -> PublishReport:
     """Bring ``url`` (``s3://BUCKET/PREFIX`` or a folder) up to date with the site built in ``site_dir``."""
     try:
         built = json.loads((site_dir / INDEX_FILE).read_text())
@@ -50,7 +50,7 @@ def publish(site_dir: Path, url: str, *, endpoint: str = "", credentials_dir: Pa
         raise SiteError(f"{site_dir}: no built site to publish (its {INDEX_FILE} is missing)") from None
     if url.startswith("s3://"):
         return _S3Target(S3Config(url=url, endpoint=endpoint, addressing_style="path" if endpoint else "auto"),
-                         credentials_dir).sync(site_dir, built)
+                         paths).sync(site_dir, built)
     return _publish_folder(site_dir, built, Path(url).expanduser())
 
 
@@ -90,11 +90,11 @@ def _index(data: bytes, origin: str) -> dict[str, str]:
 
 
 class _S3Target:
-    def __init__(self, config: S3Config, credentials_dir: Path | None):
+    def __init__(self, config: S3Config, paths: Paths):
         from shutterlock.vault.s3 import client_for
 
         self.config, self.bucket, self.prefix = config, config.bucket, config.prefix
-        self.client = client_for(config, credentials_dir)
+        self.client = client_for(config, paths)
 
     def key(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
