@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
-from shutterlock.derive import WRITTEN, DeriveJob, derive_file
-from shutterlock.derive.metadata import data_mining_uri
-from shutterlock.provenance import Credit, Treatment, identity, sign_jpeg, verify_bytes
-from shutterlock.site import Candidate, Protection, SiteConfig, build, publish
+from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, SiteConfig, WatermarkConfig, resolve_paths
+from shutterlock.derive import DeriveJob, Outcome, render
+from shutterlock.provenance import Treatment, identity, sign_jpeg, verify_bytes
+from shutterlock.provenance.signing import credit
+from shutterlock.site import Candidate, Protection, build, publish
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "exif-samples"
 RIGHTS = RightsConfig(creator="Bench Photographer")
@@ -52,23 +52,24 @@ def main() -> None:
     signer = identity.create(RIGHTS.creator)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        credit = Credit(creator=RIGHTS.creator, copyright="© Bench", data_mining=data_mining_uri(RIGHTS.data_mining))
         candidates = []
         sign_times, verify_times, sizes = [], [], []
         for index, source in enumerate(photos(args.count + 1)):
-            result = derive_file(DeriveJob(source=source, derive=DeriveConfig(outbox=work / "outbox" / str(index)),
-                                           watermark=WatermarkConfig(), rights=RIGHTS,
-                                           cloak=CloakConfig(strength="off")))
-            assert result.status == WRITTEN and result.output is not None, result.reason
-            data = result.output.read_bytes()
-            treatment = Treatment(resized_to=max(result.width, result.height), watermark=result.watermark)
-            sign_times.append(median_ms(lambda d=data, t=treatment: sign_jpeg(d, signer, t, credit), args.rounds))
-            signed = sign_jpeg(data, signer, treatment, credit)
+            rendered = render(DeriveJob(source=source, derive=DeriveConfig(), watermark=WatermarkConfig(),
+                                        rights=RIGHTS, cloak=CloakConfig(strength="off")))
+            assert rendered.outcome is Outcome.WRITTEN and rendered.jpeg and rendered.capture_time, rendered.reason
+            data = rendered.jpeg
+            treatment = Treatment(resized_to=rendered.resized_to, watermark=rendered.watermark)
+            rights = credit(RIGHTS, rendered.capture_time.year)
+            sign_times.append(median_ms(lambda d=data, t=treatment, r=rights: sign_jpeg(d, signer, t, r), args.rounds))
+            signed = sign_jpeg(data, signer, treatment, rights)
             verify_times.append(median_ms(lambda s=signed: verify_bytes(s), args.rounds))
             sizes.append(len(signed) - len(data))
-            result.output.write_bytes(signed)
-            candidates.append(Candidate(key=f"{index:03d}", derivative=result.output, album=source.parent.name,
-                                        protection=Protection(False, "off", True, result.watermark)))
+            output = work / "outbox" / f"{index:03d}.jpg"
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_bytes(signed)
+            candidates.append(Candidate(key=f"{index:03d}", derivative=output, album=source.parent.name,
+                                        protection=Protection(False, "off", True, rendered.watermark)))
         print(f"sign one derivative: median {statistics.median(sign_times):.1f} ms "
               f"(max {max(sign_times):.1f}); manifest adds {statistics.median(sizes) / 1024:.1f} KiB")
         print(f"verify one derivative: median {statistics.median(verify_times):.1f} ms")
@@ -82,9 +83,9 @@ def main() -> None:
         warm = time.perf_counter() - started
         print(f"site build, {first.photos} photos, {len(first.files)} files: {cold:.2f} s cold, {warm:.2f} s unchanged")
         published = work / "public"
-        publish(out, str(published))
+        publish(out, str(published), paths=resolve_paths())
         build(candidates, out, site=site, rights=RIGHTS, identity=signer)
-        again = publish(out, str(published))
+        again = publish(out, str(published), paths=resolve_paths())
         print(f"re-publish after adding one photo: {len(again.uploaded)} files sent, {again.unchanged} unchanged, "
               f"{len(again.deleted)} deleted")
         shutil.rmtree(work / "outbox")

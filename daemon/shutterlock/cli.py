@@ -368,6 +368,8 @@ def provenance_verify(ctx: click.Context, file: Path) -> None:
     if verdict.creator or verdict.copyright:
         click.echo(f"rights:  {' / '.join(part for part in (verdict.creator, verdict.copyright) if part)}")
     click.echo(f"actions: {', '.join(verdict.actions)}")
+    if verdict.ingredients or verdict.thumbnails:
+        click.echo(f"embeds:  {verdict.ingredients} ingredient(s), {verdict.thumbnails} thumbnail(s)")
 
 
 @main.group()
