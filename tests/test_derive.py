@@ -25,6 +25,7 @@ from shutterlock.derive.pairs import pair_partner, skip_reason
 from shutterlock.derive.protect import protect
 from shutterlock.derive.watermark import render_text
 from shutterlock.fsutil import TEMP_PREFIX
+from shutterlock.provenance import identity
 from stalling import stall_on_name
 
 WRITTEN, HELD, FAILED, SKIPPED = Outcome
@@ -33,6 +34,7 @@ SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 EXIF_SAMPLES = SAMPLES / "exif-samples"
 HOSTILE = SAMPLES / "hostile"
 DAEMON_DIR = Path(__file__).resolve().parents[1] / "daemon"
+SIGNER = identity.create("Ada Lovelace")  # protect signs what it writes, as the daemon does
 PROHIBITION = "http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED-AIMLTRAINING"
 
 # Decodes, but its entropy-coded data is corrupt (libjpeg would silently paint grey garbage).
@@ -525,10 +527,10 @@ def test_protect_writes_flat_and_never_overwrites(tmp_path: Path) -> None:
     (folder / "clip.mp4").write_bytes(b"\0")
     d, w, r, c = configs(tmp_path / "unused")
     seen: list[object] = []
-    first = protect([folder], tmp_path / "out", derive=d, watermark=w, rights=r, cloak=c, strength="off",
-                    on_result=seen.append)
+    first = protect([folder], tmp_path / "out", derive=d, watermark=w, rights=r, cloak=c, signer=SIGNER,
+                    strength="off", on_result=seen.append)
     second = protect([folder / "one.jpg", tmp_path / "nope.jpg"], tmp_path / "out", derive=d, watermark=w,
-                     rights=r, cloak=c, strength="off")
+                     rights=r, cloak=c, signer=SIGNER, strength="off")
     assert [(x.rendered.source.name, x.rendered.outcome) for x in first] == [("clip.mp4", SKIPPED),
                                                                              ("one.jpg", WRITTEN)]
     assert seen == first
@@ -545,10 +547,11 @@ def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
     synthetic_dng(folder / "IMG_7.dng")
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "IMG_7.JPG")
     d, w, r, c = configs(tmp_path / "unused")
-    both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c)
+    both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c, signer=SIGNER)
     assert [(x.rendered.source.name, x.rendered.outcome) for x in both] == [("IMG_7.JPG", WRITTEN),
                                                                             ("IMG_7.dng", SKIPPED)]
-    only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c)
+    only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c,
+                       signer=SIGNER)
     assert [x.rendered.outcome for x in only_raw] == [WRITTEN]
 
 

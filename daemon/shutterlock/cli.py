@@ -155,6 +155,8 @@ def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outb
         click.echo(f"import  {source.path}\n        copy or import your photos here: each is sealed within seconds")
     click.echo(f"vault   {config.vault.path}\n        your originals, encrypted; with the passphrase, enough to "
                "recover everything")
+    click.echo(f"signer  {result.signer} ({'created' if result.created_signer else 'present'})\n        signs the "
+               "C2PA manifest of every derivative: who made it, and that AI training is not allowed")
     if config.s3 is not None:
         problem = result.replica_problem
         click.echo(f"bucket  {config.s3.url}\n        an encrypted copy of the vault"
@@ -420,12 +422,9 @@ def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase
 @click.pass_context
 def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strength: str | None) -> None:
     """One-shot share-ready derivatives of the given files, same pipeline as the daemon."""
-    from shutterlock.derive.protect import protect as run_protect
     from shutterlock.derive.render import Outcome
 
-    config = load_config(ctx)
-    results = run_protect(list(inputs), out_dir, derive=config.derive, watermark=config.watermark,
-                          rights=config.rights, cloak=config.cloak, strength=strength)
+    results = facade.protect(load_config(ctx), list(inputs), out_dir, strength=strength)
     failed = 0
     for result in results:
         made = result.rendered
@@ -437,6 +436,70 @@ def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strengt
             click.echo(f"{made.source}: {made.outcome}: {made.reason}", err=True)
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+USES = {"cawg.ai_generative_training": "AI generative training", "cawg.ai_training": "AI training",
+        "cawg.data_mining": "data mining", "cawg.ai_inference": "AI inference"}
+
+
+@main.group()
+def provenance() -> None:
+    """The signed C2PA manifest on every derivative."""
+
+
+@provenance.command(name="verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def provenance_verify(ctx: click.Context, file: Path) -> None:
+    """Who signed FILE's manifest and what it forbids; exit 1 if it is missing or invalid."""
+    verdict = facade.verify_provenance(load_config(ctx), file)
+    if verdict.state == "missing":
+        fail(f"{file}: no C2PA manifest", EXIT_FAILED)
+    if not verdict.ok:
+        fail(f"{file}: INVALID manifest (signed as {verdict.signer or 'unknown'}): {'; '.join(verdict.problems)}",
+             EXIT_FAILED)
+    trust = "your own signing key" if verdict.state == "trusted" else \
+        "certificate not on a trust list (self-issued or an unknown CA)"
+    click.echo(f"{file}: valid, signed by {verdict.signer} (issuer {verdict.issuer}; {trust})")
+    forbidden = [USES.get(use, use) for use in verdict.forbidden]
+    click.echo(f"forbids: {', '.join(forbidden) if forbidden else 'nothing'}")
+    if verdict.creator or verdict.copyright:
+        click.echo(f"rights:  {' / '.join(part for part in (verdict.creator, verdict.copyright) if part)}")
+    click.echo(f"actions: {', '.join(verdict.actions)}")
+    if verdict.ingredients or verdict.thumbnails:
+        click.echo(f"embeds:  {verdict.ingredients} ingredient(s), {verdict.thumbnails} thumbnail(s)")
+
+
+@main.group()
+def site() -> None:
+    """The public portfolio: protected derivatives only, with every no-AI signal."""
+
+
+def _report_left_out(left_out: list[tuple[str, str]]) -> None:
+    for key_, reason in left_out:
+        click.echo(f"left out {key_}: {reason}", err=True)
+
+
+@site.command(name="build")
+@click.argument("patterns", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder to build into.")
+@click.pass_context
+def site_build(ctx: click.Context, patterns: tuple[str, ...], out: Path | None) -> None:
+    """Build the portfolio from the derivatives of the matching originals (default: all)."""
+    report = facade.site_build(load_config(ctx), list(patterns), out)
+    click.echo(f"{report.out}: {report.photos} photographs in {report.albums} albums "
+               f"({len(report.written)} pages rewritten, {len(report.removed)} files removed)")
+    _report_left_out(report.left_out)
+
+
+@site.command(name="publish")
+@click.pass_context
+def site_publish(ctx: click.Context) -> None:
+    """Build the portfolio and send what changed to [site] url."""
+    built, sent = facade.site_publish(load_config(ctx))
+    click.echo(f"{sent.target}: {built.photos} photographs; {len(sent.uploaded)} files sent, {sent.unchanged} "
+               f"unchanged, {len(sent.deleted)} deleted")
+    _report_left_out(built.left_out)
 
 
 @main.group()

@@ -69,6 +69,7 @@ OUTPUT_PRESETS = {
 }
 # Never sealed: files operating systems leave in photo folders (hidden and temporary names are skipped anyway).
 DEFAULT_IGNORE = ("Thumbs.db", "ehthumbs.db", "desktop.ini")
+THEMES = ("auto", "dark", "light")
 
 
 class Credential(enum.StrEnum):
@@ -287,6 +288,37 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ProvenanceConfig:
+    """The key that signs every derivative's C2PA manifest. Both empty: the self-issued identity ``init``
+    creates in the state directory. Both set: a chain from a real CA (PEM, the signing certificate first)
+    and its unencrypted private key (owner-only)."""
+
+    certificate: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The public portfolio. ``url``: ``s3://BUCKET/PREFIX`` or a folder (for rsync or any static host);
+    empty: ``site publish`` refuses. ``base_url``: the address it is served from, which makes the TDMRep
+    policy links absolute. ``include``: patterns choosing originals (empty: all with a derivative).
+    ``captions``: pattern → caption, first match wins. ``widths``: renditions made below the derivative."""
+
+    url: str = ""
+    endpoint: str = ""
+    base_url: str = ""
+    title: str = ""
+    tagline: str = ""
+    about: str = ""
+    email: str = ""
+    links: tuple[str, ...] = ()
+    theme: str = field(default="auto", metadata=rule(choices=THEMES))
+    include: tuple[str, ...] = ()
+    captions: tuple[tuple[str, str], ...] = ()
+    widths: tuple[int, ...] = (480, 960, 1600)
+
+
+@dataclass(frozen=True)
 class Config:
     sources: tuple[SourceConfig, ...]
     vault: VaultConfig
@@ -297,6 +329,8 @@ class Config:
     cloak: CloakConfig
     engine: EngineConfig
     paths: Paths
+    provenance: ProvenanceConfig = ProvenanceConfig()
+    site: SiteConfig = SiteConfig()
 
     def source_by_name(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -462,6 +496,46 @@ def _cloak(file: Path, raw: dict[str, Any]) -> CloakConfig:
     return _read_table(reader, CloakConfig, models_dir=models_dir)
 
 
+def _provenance(file: Path, raw: dict[str, Any]) -> ProvenanceConfig:
+    reader = _table(file, raw, "provenance")
+    config = _read_table(reader, ProvenanceConfig)
+    if (config.certificate is None) != (config.key is None):
+        missing = "key" if config.key is None else "certificate"
+        raise reader.fail(missing, "missing: a certificate from a CA needs both certificate and key")
+    for name in ("certificate", "key"):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            raise reader.fail(name, f"no such file: {path}")
+    return config
+
+
+def _strings(reader: _Reader, key: str) -> tuple[str, ...]:
+    values = reader.get(key, list, [])
+    if not all(isinstance(value, str) and value.strip() for value in values):
+        raise reader.fail(key, "expected a list of non-empty strings")
+    return tuple(values)
+
+
+def _site(file: Path, raw: dict[str, Any]) -> SiteConfig:
+    reader = _table(file, raw, "site")
+    captions = reader.get("captions", dict, {})
+    if not all(isinstance(text, str) for text in captions.values()):
+        raise reader.fail("captions", "expected a table of pattern = \"caption\"")
+    widths = reader.get("widths", list, list(SiteConfig().widths))
+    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and 64 <= w <= 8192 for w in widths):
+        raise reader.fail("widths", f"expected a list of pixel widths between 64 and 8192; got {widths!r}")
+    config = _read_table(reader, SiteConfig, links=_strings(reader, "links"), include=_strings(reader, "include"),
+                         captions=tuple(captions.items()), widths=tuple(sorted(set(widths))))
+    if config.url.startswith("s3://") and not config.url[5:].split("/")[0]:
+        raise ConfigError(f"{file.name}: [site] url: must look like s3://BUCKET/PREFIX or be a folder; "
+                          f"got {config.url!r}")
+    for key in ("endpoint", "base_url"):
+        value = getattr(config, key)
+        if value and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{file.name}: [site] {key}: must be an http:// or https:// URL; got {value!r}")
+    return config
+
+
 def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     """Validate a parsed TOML document; every key not understood is an error (typos matter)."""
     raw = dict(raw)
@@ -474,7 +548,7 @@ def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     config = Config(sources=sources, vault=vault, s3=_s3(file, raw), derive=_derive(file, raw),
                     watermark=_watermark(file, raw), rights=_read_table(_table(file, raw, "rights"), RightsConfig),
                     cloak=_cloak(file, raw), engine=_read_table(_table(file, raw, "engine"), EngineConfig),
-                    paths=paths)
+                    paths=paths, provenance=_provenance(file, raw), site=_site(file, raw))
     if raw:
         raise ConfigError(f"{file.name}: [{sorted(raw)[0]}]: unknown table")
     return config
@@ -539,6 +613,8 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
         "rights": table(config.rights),
         "cloak": table(config.cloak),
         "engine": table(config.engine),
+        "provenance": table(config.provenance),
+        "site": {**table(config.site), "captions": dict(config.site.captions)},
     }
     if config.s3 is not None:
         doc["s3"] = table(config.s3)

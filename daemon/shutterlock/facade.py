@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog
@@ -38,6 +38,11 @@ from shutterlock.vault.format import Keys
 from shutterlock.vault.local import LocalStore, open_local_vault
 from shutterlock.vault.store import Store, StoreError
 
+if TYPE_CHECKING:
+    from shutterlock.derive.outbox import Placed
+    from shutterlock.provenance import Verdict
+    from shutterlock.site import BuildReport, PublishReport
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +52,8 @@ class InitResult:
     created_config: bool
     created_key: bool
     replica_problem: str | None  # None: no bucket configured or the envelope is there; else why not yet
+    signer: str  # who the C2PA manifests name as signer
+    created_signer: bool
 
 
 def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> InitResult:
@@ -67,16 +74,20 @@ def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> I
             created_key = True
         keystore.write_key_file(paths.key_file, master)
     try:
-        open_vault(config)
+        local = open_vault(config)
     except StoreError as error:
         raise OperationFailed(str(error)) from None
     with open_catalog(config):
         pass  # created now, so `status` works before the daemon first runs
+    from shutterlock.provenance.signing import identity_for
+
+    signer, created_signer = identity_for(config, lambda: load_keys(config), local.root)
     if not existed or choices.any():
         save(config)
     for source in config.sources:
         ensure_dir(source.path, 0o755)
-    return InitResult(paths.config_file, not existed, created_key, publish_envelope(config))
+    return InitResult(paths.config_file, not existed, created_key, publish_envelope(config), signer.subject,
+                      created_signer)
 
 
 def publish_envelope(config: Config) -> str | None:
@@ -87,7 +98,7 @@ def publish_envelope(config: Config) -> str | None:
     from shutterlock.replicate import publish_envelope as put_envelope
 
     try:
-        put_envelope(open_replica(config), config.paths.envelope_file)
+        put_envelope(open_replica(config), config.paths.envelope_file, config.vault.path)
     except StoreError as error:
         return str(error)
     return None
@@ -430,3 +441,68 @@ def verify_objects(config: Config, *, remote: bool = False, sample: float | None
         on_total(len(ids) if sample is None else max(1, round(len(ids) * sample / 100)) if ids else 0)
     store = select_store(config, "s3" if remote else "local", "--remote" if remote else "verify")
     return verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
+
+
+# --------------------------------------------------------------------------- derivatives and publishing
+
+
+def protect(config: Config, inputs: list[Path], out_dir: Path, *, strength: str | None = None,
+            on_result: Callable[[Placed], None] | None = None) -> list[Placed]:
+    """One-shot derivatives of ``inputs`` into ``out_dir``, signed like the daemon's."""
+    from shutterlock.derive.protect import protect as run_protect
+    from shutterlock.provenance.signing import identity_for
+
+    signer, _ = identity_for(config, lambda: load_keys(config), config.vault.path)
+    return run_protect(inputs, out_dir, derive=config.derive, watermark=config.watermark, rights=config.rights,
+                       cloak=config.cloak, signer=signer, strength=strength, on_result=on_result)
+
+
+def verify_provenance(config: Config, path: Path) -> Verdict:
+    """Read ``path``'s C2PA manifest the way any reader does; your own signing key is recognised (trusted)."""
+    from shutterlock.provenance import IdentityError, identity, verify_file
+
+    anchor = None
+    try:
+        if config.provenance.certificate is not None and config.provenance.key is not None:
+            anchor = identity.load_user(config.provenance.certificate, config.provenance.key).anchor_pem
+        elif identity.exists(identity.folder(config.paths.state_dir)):
+            anchor = identity.load(identity.folder(config.paths.state_dir)).anchor_pem
+    except IdentityError as error:
+        log.warning("cannot recognise your own signing key: %s", error)
+    return verify_file(path, anchor=anchor)
+
+
+def site_build(config: Config, patterns: list[str], out: Path | None = None) -> BuildReport:
+    """Build the portfolio from the catalog's protected derivatives (default folder: the cache)."""
+    from shutterlock.provenance.signing import identity_for
+    from shutterlock.site import build
+    from shutterlock.site.select import candidates
+
+    if not config.paths.catalog.exists():
+        raise OperationFailed(f"no catalog at {config.paths.catalog}: run `shutterlock init` and the daemon first")
+    with open_catalog(config) as catalog:
+        rows = catalog.derivatives()
+    offered, missing = candidates(rows, patterns=patterns or config.site.include, captions=config.site.captions,
+                                  cloak_strength=config.cloak.strength)
+    if patterns and not offered and not missing:
+        raise OperationFailed(f"no derivative matches {' '.join(patterns)}")
+    signer, _ = identity_for(config, lambda: load_keys(config), config.vault.path)
+    report = build(offered, out or site_folder(config), site=config.site, rights=config.rights, identity=signer)
+    report.left_out[:0] = missing
+    return report
+
+
+def site_folder(config: Config) -> Path:
+    """Where ``site publish`` builds before sending: kept, so images made once are reused."""
+    return config.paths.cache_dir / "site"
+
+
+def site_publish(config: Config) -> tuple[BuildReport, PublishReport]:
+    """Build the portfolio and send what changed to ``[site] url``."""
+    from shutterlock.site import publish
+
+    if not config.site.url:
+        raise ConfigError(f"{config.paths.config_file.name}: [site] url: not set; give it s3://BUCKET/PREFIX or "
+                          "a folder to publish to")
+    built = site_build(config, [])
+    return built, publish(built.out, config.site.url, paths=config.paths, endpoint=config.site.endpoint)

@@ -2,7 +2,8 @@
 
 The heavy work (decoding, the cloak) runs in a separate, low-priority child process with a per-image
 time limit, so neither a pathological file nor torch can stall or bloat the daemon; the child returns the
-encoded bytes and this lane, in the daemon, places them in the outbox. If the original has changed or
+encoded bytes and this lane, in the daemon, signs them (C2PA, with a key the child never sees) and places
+them in the outbox. If the original has changed or
 gone from the source since it was sealed, the derivative is made from the sealed object instead,
 decrypted into an owner-only temp folder and deleted right after.
 """
@@ -24,7 +25,10 @@ from pathlib import Path, PurePosixPath
 from shutterlock.catalog import Catalog, FileRow, Job
 from shutterlock.config import Config, SourceConfig
 from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
+from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import ensure_dir
+from shutterlock.provenance import SigningIdentity
+from shutterlock.provenance.signing import identity_for, sign_rendered
 from shutterlock.vault.format import FormatError, Keys, ObjectReader
 from shutterlock.vault.local import LocalStore
 
@@ -94,11 +98,15 @@ class DeriveStage:
         self._runners: list[DeriveRunner] = []
         # Why the cloak could not run on the latest attempt: "" once it runs, None before the first attempt.
         self.cloak_problem: str | None = None
+        self._signer: SigningIdentity | None = None
+        self._signer_lock = threading.Lock()
         self.reload(config)
 
     def reload(self, config: Config) -> str:
         """Settings are read per job, and each runner follows the time limit; only the worker count waits."""
         self.config = config
+        with self._signer_lock:
+            self._signer = None  # [provenance] may name another certificate now
         self.attempts = config.engine.max_attempts
         self.stall_limit = max(config.engine.stall_seconds, config.derive.time_limit + KILL_GRACE)
         for runner in self._runners:
@@ -207,15 +215,28 @@ class DeriveStage:
                 self.queue.expedite()
             self.cloak_problem = ""
 
+    def _sign(self, rendered: Rendered) -> bytes:
+        """The rendered bytes with their signed manifest; an unsigned derivative never reaches the outbox."""
+        try:
+            with self._signer_lock:
+                if self._signer is None:
+                    self._signer, created = identity_for(self.config, lambda: self.keys, self.vault.root)
+                    if created:
+                        log.info("created the signing identity for C2PA manifests (%s)", self._signer.subject)
+            return sign_rendered(rendered, self._signer, self.config.rights)
+        except ShutterlockError as error:
+            raise StageError(f"cannot sign the derivative: {error}", transient=False) from None
+
     def _place(self, rendered: Rendered, stem: str, previous: Path | None) -> Path:
-        """Write the rendered bytes into the outbox; the previous derivative is replaced only inside it."""
+        """Sign the rendered bytes and write them into the outbox; the previous derivative is replaced only
+        inside it."""
         root = self.config.derive.outbox
-        assert rendered.jpeg is not None and rendered.capture_time is not None
+        signed = self._sign(rendered)
+        assert rendered.capture_time is not None
         if previous is not None and not previous.is_relative_to(root):
             previous = None
         try:
-            return outbox.place(rendered.jpeg, outbox.dated_dir(root, rendered.capture_time), stem,
-                                previous=previous)
+            return outbox.place(signed, outbox.dated_dir(root, rendered.capture_time), stem, previous=previous)
         except OSError as error:
             raise StageError(f"cannot write the derivative into {root}: {error.strerror or error}",
                              transient=True) from None

@@ -39,6 +39,13 @@ def _lang_alt(tag: str, value: str) -> str:
             f"    </rdf:Alt>\n   </{tag}>\n")
 
 
+def copyright_notice(rights: RightsConfig, year: int) -> str:
+    """``[rights] copyright``, or "© YEAR CREATOR" when only a creator is set (the XMP and the manifest agree)."""
+    if rights.copyright.strip() or not rights.creator.strip():
+        return rights.copyright.strip()
+    return f"© {year} {rights.creator.strip()}"
+
+
 def build_xmp(rights: RightsConfig, *, creator: str | None = None,
               copyright_text: str | None = None) -> bytes:
     """One rights packet: dc:creator, dc:rights, xmpRights:Marked and WebStatement, plus:DataMining and

@@ -72,6 +72,7 @@ class Rendered:
     cloak_strength: str = "off"
     cloak_error: str = ""
     watermark: str = ""
+    resized_to: int = 0  # the long edge when the original was scaled down, else 0
     width: int = 0
     height: int = 0
     capture_time: datetime | None = None
@@ -105,6 +106,7 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
 
         mark = time.monotonic()
         image = look.sharpen(look.fit(look.prepare(decoded), size), job.derive.sharpen)
+        resized_to = max(image.size) if max(image.size) < decoded.full_edge else 0
         del decoded
         timings["look"] = time.monotonic() - mark
 
@@ -127,9 +129,7 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
 
         mark = time.monotonic()
         creator = creator.strip()
-        copyright_text = job.rights.copyright.strip()
-        if not copyright_text and creator:
-            copyright_text = f"© {capture.year} {creator}"
+        copyright_text = metadata.copyright_notice(job.rights, capture.year)
         encoded = io.BytesIO()
         metadata.write_jpeg(
             image, encoded, quality=job.derive.jpeg_quality,
@@ -153,7 +153,7 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
         reason = f"not cloaked ({cloak_error}); released (release_uncloaked)"
     return Rendered(source, Outcome.WRITTEN, jpeg=encoded.getvalue(), reason=reason, cloaked=cloaked,
                     cloak_strength=strength, cloak_error=cloak_error, watermark=mark_description,
-                    width=image.width, height=image.height, capture_time=capture,
+                    resized_to=resized_to, width=image.width, height=image.height, capture_time=capture,
                     seconds=time.monotonic() - started, timings=timings)
 
 
