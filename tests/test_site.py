@@ -351,7 +351,8 @@ def test_candidates_come_from_the_catalog_records(tmp_path: Path) -> None:
         catalog.discover("trips", relpath, 1, 1)
         catalog.record_derivative(number, "0" * 64, status=status, output=str(tmp_path / f"{number}.jpg")
                                   if status == "written" else None, reason="cloak weights missing" if
-                                  status == "held" else "", cloaked=cloaked, strength=strength, watermark="© Ada")
+                                  status == "held" else "", cloaked=cloaked, strength=strength, watermark="© Ada",
+                                  settings="", rating=4 if relpath == "Lisbon/tram.jpg" else None)
     offered, missing = candidates(catalog.derivatives(), captions=[("*/tram.jpg", "The 28 at dusk")])
     assert [(c.key, c.album, c.caption) for c in offered] == [
         ("trips/Lisbon/bare.jpg", "Lisbon", ""), ("trips/Lisbon/tram.jpg", "Lisbon", "The 28 at dusk"),
@@ -360,4 +361,6 @@ def test_candidates_come_from_the_catalog_records(tmp_path: Path) -> None:
     assert missing == [("trips/Lisbon/held.jpg", "no derivative (held: cloak weights missing)")]
     off, _ = candidates(catalog.derivatives(), patterns=["Lisbon/"], cloak_strength="off")
     assert [c.key for c in off] == ["trips/Lisbon/bare.jpg", "trips/Lisbon/tram.jpg"] and off[0].protection.cloak_off
+    starred, _ = candidates(catalog.derivatives(), min_rating=3)  # the rating the derive worker read
+    assert [c.key for c in starred] == ["trips/Lisbon/tram.jpg"]
     catalog.close()

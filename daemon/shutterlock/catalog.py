@@ -137,6 +137,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE derivatives ADD COLUMN settings TEXT NOT NULL DEFAULT ''
     """,
+    # 3: the original's star rating as the worker read it (None: unrated), for the site's rating threshold.
+    """
+    ALTER TABLE derivatives ADD COLUMN rating INTEGER
+    """,
 ]
 
 
@@ -491,16 +495,18 @@ class Catalog:
     # ------------------------------------------------------------------ derivatives
 
     def record_derivative(self, file_id: int, content_id: str, *, status: str, output: str | None, reason: str,
-                          cloaked: bool, strength: str, watermark: str, settings: str) -> None:
+                          cloaked: bool, strength: str, watermark: str, settings: str,
+                          rating: int | None = None) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO derivatives (file_id, content_id, status, output, reason, cloaked, strength, "
-                       "watermark, settings, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "watermark, settings, rating, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT (file_id) DO UPDATE SET "
                        "content_id = excluded.content_id, status = excluded.status, output = excluded.output, "
                        "reason = excluded.reason, cloaked = excluded.cloaked, strength = excluded.strength, "
-                       "watermark = excluded.watermark, settings = excluded.settings, made_at = excluded.made_at",
+                       "watermark = excluded.watermark, settings = excluded.settings, rating = excluded.rating, "
+                       "made_at = excluded.made_at",
                        (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, settings,
-                        time.time()))
+                        rating, time.time()))
 
     def file_ids(self, pairs: list[tuple[str, str]]) -> list[int]:
         """The ids of these (source, relpath) originals."""

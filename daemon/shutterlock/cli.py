@@ -483,10 +483,11 @@ def _report_left_out(left_out: list[tuple[str, str]]) -> None:
 @site.command(name="build")
 @click.argument("patterns", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder to build into.")
+@click.option("--min-rating", type=click.IntRange(0, 5), help="Only originals with at least this many stars.")
 @click.pass_context
-def site_build(ctx: click.Context, patterns: tuple[str, ...], out: Path | None) -> None:
+def site_build(ctx: click.Context, patterns: tuple[str, ...], out: Path | None, min_rating: int | None) -> None:
     """Build the portfolio from the derivatives of the matching originals (default: all)."""
-    report = facade.site_build(load_config(ctx), list(patterns), out)
+    report = facade.site_build(load_config(ctx), list(patterns), out, min_rating)
     click.echo(f"{report.out}: {report.photos} photographs in {report.albums} albums "
                f"({len(report.written)} pages rewritten, {len(report.removed)} files removed)")
     _report_left_out(report.left_out)

@@ -302,7 +302,8 @@ class SiteConfig:
     """The public portfolio. ``url``: ``s3://BUCKET/PREFIX`` or a folder (for rsync or any static host);
     empty: ``site publish`` refuses. ``base_url``: the address it is served from, which makes the TDMRep
     policy links absolute. ``include``: patterns choosing originals (empty: all with a derivative).
-    ``captions``: pattern → caption, first match wins. ``widths``: renditions made below the derivative."""
+    ``min_rating``: only originals rated at least this many stars (0: all). ``captions``: pattern → caption,
+    first match wins. ``widths``: renditions made below the derivative."""
 
     url: str = ""
     endpoint: str = ""
@@ -314,6 +315,7 @@ class SiteConfig:
     links: tuple[str, ...] = ()
     theme: str = field(default="auto", metadata=rule(choices=THEMES))
     include: tuple[str, ...] = ()
+    min_rating: int = field(default=0, metadata=rule(low=0, high=5))  # only originals with this many stars
     captions: tuple[tuple[str, str], ...] = ()
     widths: tuple[int, ...] = (480, 960, 1600)
 

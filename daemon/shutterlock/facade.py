@@ -472,8 +472,10 @@ def verify_provenance(config: Config, path: Path) -> Verdict:
     return verify_file(path, anchor=anchor)
 
 
-def site_build(config: Config, patterns: list[str], out: Path | None = None) -> BuildReport:
-    """Build the portfolio from the catalog's protected derivatives (default folder: the cache)."""
+def site_build(config: Config, patterns: list[str], out: Path | None = None,
+               min_rating: int | None = None) -> BuildReport:
+    """Build the portfolio from the catalog's protected derivatives (default folder: the cache);
+    ``min_rating`` (default: ``[site] min_rating``) keeps only originals with that many stars."""
     from shutterlock.provenance.signing import identity_for
     from shutterlock.site import build
     from shutterlock.site.select import candidates
@@ -483,7 +485,8 @@ def site_build(config: Config, patterns: list[str], out: Path | None = None) -> 
     with open_catalog(config) as catalog:
         rows = catalog.derivatives()
     offered, missing = candidates(rows, patterns=patterns or config.site.include, captions=config.site.captions,
-                                  cloak_strength=config.cloak.strength)
+                                  cloak_strength=config.cloak.strength,
+                                  min_rating=config.site.min_rating if min_rating is None else min_rating)
     if patterns and not offered and not missing:
         raise OperationFailed(f"no derivative matches {' '.join(patterns)}")
     signer, _ = identity_for(config, lambda: load_keys(config), config.vault.path)

@@ -246,7 +246,8 @@ class DeriveStage:
         self.catalog.record_derivative(
             file.id, file.content_id or "", status=outcome, output=str(output) if output else None, reason=reason,
             cloaked=bool(rendered and rendered.cloaked), strength=rendered.cloak_strength if rendered else "",
-            watermark=rendered.watermark if rendered else "", settings=settings_fingerprint(self.config))
+            watermark=rendered.watermark if rendered else "", settings=settings_fingerprint(self.config),
+            rating=rendered.rating if rendered else None)
 
     @contextlib.contextmanager
     def _input_for(self, file: FileRow, original: Path) -> Iterator[Path]:

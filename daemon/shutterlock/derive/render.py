@@ -73,6 +73,7 @@ class Rendered:
     cloak_error: str = ""
     watermark: str = ""
     resized_to: int = 0  # the long edge when the original was scaled down, else 0
+    rating: int | None = None  # the original's stars (-1 rejected … 5), None when nothing says
     width: int = 0
     height: int = 0
     capture_time: datetime | None = None
@@ -89,12 +90,11 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
     kind = classify(source)
     if kind in ("video", "sidecar"):
         return Rendered(source, Outcome.SKIPPED, reason=f"not an image ({kind})", cloak_strength=job.cloak.strength)
-    if job.min_rating:
-        stars = rating(source, job.sidecar)
-        if (stars or 0) < job.min_rating:
-            rated = f"rated {stars}" if stars is not None else "not rated"
-            return Rendered(source, Outcome.SKIPPED, cloak_strength=job.cloak.strength,
-                            reason=f"{rated}; this source makes derivatives of {job.min_rating}+ stars")
+    stars = rating(source, job.sidecar)  # cheap (headers only); the catalog keeps it for the site too
+    if job.min_rating and (stars or 0) < job.min_rating:
+        rated = f"rated {stars}" if stars is not None else "not rated"
+        return Rendered(source, Outcome.SKIPPED, cloak_strength=job.cloak.strength, rating=stars,
+                        reason=f"{rated}; this source makes derivatives of {job.min_rating}+ stars")
     capture: datetime | None = None
     size = job.derive.size
     try:
@@ -120,7 +120,7 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
                 source, Outcome.HELD, reason=why,
                 cloaked=False, cloak_strength=strength, cloak_error=cloak_error, width=image.width,
                 height=image.height, capture_time=capture, seconds=time.monotonic() - started,
-                timings=timings)
+                timings=timings, rating=stars)
 
         mark = time.monotonic()
         creator = job.rights.creator
@@ -154,7 +154,7 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
     return Rendered(source, Outcome.WRITTEN, jpeg=encoded.getvalue(), reason=reason, cloaked=cloaked,
                     cloak_strength=strength, cloak_error=cloak_error, watermark=mark_description,
                     resized_to=resized_to, width=image.width, height=image.height, capture_time=capture,
-                    seconds=time.monotonic() - started, timings=timings)
+                    seconds=time.monotonic() - started, timings=timings, rating=stars)
 
 
 def _failed(job: DeriveJob, outcome: Outcome, reason: str, capture: datetime | None, started: float) -> Rendered:

@@ -27,17 +27,18 @@ def matches(key: str, patterns: Sequence[str]) -> bool:
 
 
 def candidates(derivatives: Iterable[dict[str, Any]], *, patterns: Sequence[str] = (),
-               captions: Sequence[tuple[str, str]] = (), cloak_strength: str = "standard",
+               captions: Sequence[tuple[str, str]] = (), cloak_strength: str = "standard", min_rating: int = 0,
                ) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """(what can go on the site, (key, why not) for matching originals that have no publishable derivative).
 
     ``derivatives``: :meth:`Catalog.derivatives` rows. ``cloak_strength``: the configured strength; an
     uncloaked derivative is acceptable only when it was made with the cloak off *and* it is still off.
+    ``min_rating``: only originals rated at least this many stars (as the derive worker read them).
     """
     offered, missing = [], []
     for row in derivatives:
         key = f"{row['source']}/{row['relpath']}"
-        if not matches(key, patterns) or row["status"] == "skipped":
+        if not matches(key, patterns) or row["status"] == "skipped" or (row.get("rating") or 0) < min_rating:
             continue
         if row["status"] != "written" or not row.get("output"):
             missing.append((key, f"no derivative ({row['status']}: {row.get('reason') or 'no reason recorded'})"))
