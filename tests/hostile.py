@@ -67,11 +67,11 @@ ACTIONS: dict[str, Callable[[str], bytes]] = {
 }
 
 
-def misbehave(job: DeriveJob, original: BinaryIO) -> Rendered:
+def misbehave(job: DeriveJob, original: BinaryIO, sidecar: BinaryIO | None) -> Rendered:
     """Try what the file's name says on the target its content names; render files named otherwise."""
     action = ACTIONS.get(job.source.stem)
     if action is None:
-        return render(job, original)
+        return render(job, original, sidecar)
     loot = action(original.read().decode().strip())
     return Rendered(job.source, Outcome.WRITTEN, jpeg=b"\xff\xd8" + loot, capture_time=datetime.now(),
                     reason="the sandbox let it through")

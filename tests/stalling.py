@@ -15,7 +15,7 @@ from shutterlock.derive.render import DeriveJob, Rendered, render
 STALL_NAME = "stall.jpg"
 
 
-def stall_on_name(job: DeriveJob, original: BinaryIO) -> Rendered:
+def stall_on_name(job: DeriveJob, original: BinaryIO, sidecar: BinaryIO | None) -> Rendered:
     if job.source.name == STALL_NAME:
         time.sleep(10**6)
-    return render(job, original)
+    return render(job, original, sidecar)

@@ -36,10 +36,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Read-only beyond the Python installation: the dynamic loader's cache and the system libraries the
-# wheels link against, time zone data (capture dates fall back to the file's local mtime), and what
-# numpy and torch read to size their thread pools.
+# wheels link against, time zone data (capture dates fall back to the file's local mtime), the system's
+# fonts (the watermark's), and what numpy and torch read to size their thread pools.
 SYSTEM_READ = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/etc/ld.so.cache",
-               "/etc/localtime", "/usr/share/zoneinfo", "/proc/cpuinfo", "/proc/meminfo",
+               "/etc/localtime", "/usr/share/zoneinfo", "/usr/share/fonts", "/proc/cpuinfo", "/proc/meminfo",
                "/sys/devices/system/cpu", "/dev/urandom")
 SYSTEM_WRITE = ("/dev/null",)
 # The variables a worker keeps: locale and time zone (dated outbox folders), and OpenBLAS's CPU-type

@@ -56,7 +56,7 @@ DEFAULT_WORK = "shutterlock.derive.render:render"
 _BOOT = "import json, sys; sys.path[:] = json.loads(sys.argv[1])['path']; from shutterlock.sandbox import main; main()"
 _PREFIX = struct.Struct("!II")  # header length, body length
 
-Work = Callable[[DeriveJob, BinaryIO], Rendered]
+Work = Callable[[DeriveJob, BinaryIO, BinaryIO | None], Rendered]  # the job, the original, its XMP sidecar
 
 # PR_SET_PDEATHSIG fires when the *thread* that started a process ends, not the process: workers are
 # started from this one long-lived thread, so a worker lives exactly as long as the daemon.
@@ -124,23 +124,27 @@ class DeriveRunner:
             started = time.monotonic()
             job = _fetch_weights(job)
             try:
-                fd = os.open(job.source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+                fds = [_open(job.source)]
             except OSError as error:
                 return _failed(job, f"cannot read file: {error.strerror or error}", started)
+            if job.sidecar is not None:
+                with contextlib.suppress(OSError):  # a sidecar that vanished just says nothing
+                    fds.append(_open(job.sidecar))
             try:
-                return self._exchange(job, fd)
+                return self._exchange(job, fds)
             except _Failure as failure:
                 reason = str(failure)
             finally:
-                os.close(fd)
+                for fd in fds:
+                    os.close(fd)
             self._stop(kill=True)
             self.restarts += 1
             return _failed(job, reason, started)
 
-    def _exchange(self, job: DeriveJob, fd: int) -> Rendered:
+    def _exchange(self, job: DeriveJob, fds: list[int]) -> Rendered:
         worker = self._ensure_worker(job)  # the limit starts once a worker is ready: starting is not the image's fault
         try:
-            _send(worker.channel, {}, pickle.dumps(job), fd)
+            _send(worker.channel, {}, pickle.dumps(job), fds)
             header, body = _receive(worker.channel, time.monotonic() + self.time_limit, _jpeg_limit(job))
         except TimeoutError:
             raise _Failure(f"time limit exceeded ({self.time_limit:g} s); worker stopped") from None
@@ -206,9 +210,21 @@ class DeriveRunner:
             worker.stop(kill=kill)
 
     def close(self) -> None:
-        """Let the worker exit (killing it if it does not within a few seconds)."""
-        with self._lock:
-            self._stop(kill=False)
+        """Let the worker exit, killing it if it does not within a few seconds. A job still running (a
+        long cloak at shutdown) is not waited for: its worker is killed, and the job is redone next time."""
+        if self._lock.acquire(timeout=1.0):
+            try:
+                self._stop(kill=False)
+            finally:
+                self._lock.release()
+            return
+        worker = self._worker
+        if worker is not None:
+            worker.process.kill()
+
+
+def _open(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
 
 
 def _failed(job: DeriveJob, reason: str, started: float) -> Rendered:
@@ -234,7 +250,8 @@ def _fetch_weights(job: DeriveJob) -> DeriveJob:
 
 
 def _policy_key(job: DeriveJob) -> tuple[Any, ...]:
-    return (job.derive.memory_limit, _cpu_per_job(job), job.cloak.models_dir, job.watermark.logo)
+    return (job.derive.memory_limit, _cpu_per_job(job), job.cloak.models_dir, job.watermark.font,
+            job.watermark.logo)
 
 
 def _cpu_per_job(job: DeriveJob) -> int:
@@ -244,12 +261,12 @@ def _cpu_per_job(job: DeriveJob) -> int:
 
 
 def _weights_and_logo(job: DeriveJob, cache_dir: Path) -> list[Path]:
-    """What the worker reads besides Python: the cloak's weights (configured or downloaded) and the logo."""
+    """What the worker reads besides Python: the cloak's weights (configured or downloaded), the
+    watermark's font and logo."""
     extra = [cache_dir / "models"]
     if job.cloak.models_dir is not None:
         extra.append(job.cloak.models_dir)
-    if job.watermark.logo is not None:
-        extra.append(job.watermark.logo)
+    extra += [path for path in (job.watermark.font, job.watermark.logo) if path is not None]
     return extra
 
 
@@ -272,13 +289,13 @@ def _death(worker: _Worker, job: DeriveJob) -> str:
 # --------------------------------------------------------------------------- the channel
 
 
-def _send(channel: socket.socket, header: dict[str, Any], body: bytes = b"", fd: int | None = None) -> None:
+def _send(channel: socket.socket, header: dict[str, Any], body: bytes = b"", fds: list[int] | None = None) -> None:
     data = json.dumps(header).encode()
     prefix = _PREFIX.pack(len(data), len(body))
-    if fd is None:
-        channel.sendall(prefix)
+    if fds:
+        socket.send_fds(channel, [prefix], fds)
     else:
-        socket.send_fds(channel, [prefix], [fd])
+        channel.sendall(prefix)
     channel.sendall(data + body)
 
 
@@ -303,7 +320,7 @@ def _exact(channel: socket.socket, size: int, deadline: float | None, fds: list[
     while len(chunks) < size:
         channel.settimeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if fds is not None and not chunks:
-            data, received, _, _ = socket.recv_fds(channel, size, 1)
+            data, received, _, _ = socket.recv_fds(channel, size, 2)
             fds.extend(received)
         else:
             data = channel.recv(min(size - len(chunks), 1 << 20))
@@ -338,6 +355,9 @@ def _decode_result(job: DeriveJob, header: dict[str, Any], body: bytes) -> Rende
     timings = header.get("timings", {})
     if not isinstance(timings, dict):
         raise _Failure("derive worker sent a malformed result (timings)")
+    stars = header.get("rating")
+    if stars is not None and (isinstance(stars, bool) or not isinstance(stars, int) or not -1 <= stars <= 5):
+        raise _Failure("derive worker sent a malformed result (rating)")
     if outcome is Outcome.WRITTEN and (capture_time is None or not body.startswith(b"\xff\xd8")):
         raise _Failure("derive worker sent a derivative that is not a JPEG")
     return Rendered(
@@ -345,6 +365,7 @@ def _decode_result(job: DeriveJob, header: dict[str, Any], body: bytes) -> Rende
         cloaked=header.get("cloaked") is True, cloak_strength=_text(header, "cloak_strength"),
         cloak_error=_text(header, "cloak_error"), watermark=_text(header, "watermark"),
         width=int(_number(header, "width")), height=int(_number(header, "height")), capture_time=capture_time,
+        resized_to=int(_number(header, "resized_to")), rating=stars,
         seconds=_number(header, "seconds"), timings={str(k)[:40]: _number(timings, k) for k in list(timings)[:20]})
 
 
@@ -371,8 +392,9 @@ def serve(isolation: Isolation, fd: int, work_name: str, cpu_per_job: int) -> No
         used = _cpu_used()
         _, lifetime = resource.getrlimit(resource.RLIMIT_CPU)
         resource.setrlimit(resource.RLIMIT_CPU, (min(lifetime, math.ceil(used) + cpu_per_job), lifetime))
-        with os.fdopen(received[0], "rb") as original:
-            rendered = _render_guarded(work, job, original)
+        with os.fdopen(received[0], "rb") as original, \
+                (os.fdopen(received[1], "rb") if len(received) > 1 else contextlib.nullcontext()) as sidecar:
+            rendered = _render_guarded(work, job, original, sidecar)
         header, data = _encode_result(rendered)
         _send(channel, {**header, "cpu_total": _cpu_used()}, data)
 
@@ -382,10 +404,10 @@ def _cpu_used() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _render_guarded(work: Work, job: DeriveJob, original: BinaryIO) -> Rendered:
+def _render_guarded(work: Work, job: DeriveJob, original: BinaryIO, sidecar: BinaryIO | None) -> Rendered:
     """``render`` never raises; anything else that does (a bug, a denied access) costs one record."""
     try:
-        return work(job, original)
+        return work(job, original, sidecar)
     except MemoryError:
         limit = resource.getrlimit(resource.RLIMIT_AS)[0] >> 20
         reason = f"out of memory (the worker's limit is {limit} MB)"
@@ -399,6 +421,7 @@ def _encode_result(rendered: Rendered) -> tuple[dict[str, Any], bytes]:
         "outcome": rendered.outcome.value, "reason": rendered.reason, "cloaked": rendered.cloaked,
         "cloak_strength": rendered.cloak_strength, "cloak_error": rendered.cloak_error,
         "watermark": rendered.watermark, "width": rendered.width, "height": rendered.height,
+        "resized_to": rendered.resized_to, "rating": rendered.rating,
         "capture_time": rendered.capture_time.isoformat() if rendered.capture_time else None,
         "seconds": rendered.seconds, "timings": rendered.timings,
     }
