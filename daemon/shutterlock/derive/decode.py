@@ -82,9 +82,7 @@ def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: floa
     ``draft_tolerance``: how far (as a fraction) a JPEG's reduced decode may fall short of
     ``long_edge``; the shortfall is then made up by a slight upscale of the reduced decode (the
     result is still far below the original's resolution). 0 means the reduced decode must cover it.
-    ``max_bytes``: the largest JPEG (mapped whole for the stream check), HEIF or RAW file (their libraries
-    read the whole file into memory); every other format is read as it decodes, and every decode is
-    bounded by ``max_pixels`` and, in the worker, by its memory limit.
+    ``max_bytes``: see :func:`inspect`.
     """
     if handle is None:
         try:
@@ -93,6 +91,16 @@ def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: floa
                               handle=opened, max_bytes=max_bytes)
         except OSError as error:
             raise DeriveError(f"cannot read file: {error.strerror or error}") from None
+    inspect(path, handle, max_bytes)
+    return decode_inspected(path, handle, long_edge=long_edge, max_pixels=max_pixels,
+                            draft_tolerance=draft_tolerance)
+
+
+def inspect(path: Path, handle: BinaryIO, max_bytes: int) -> None:
+    """Refuse what can be refused before any library parses the file: an empty file, one too large to be
+    read whole (``max_bytes``: JPEG, mapped whole for the stream check; HEIF and RAW, whose libraries read
+    the whole file into memory; every other format is read as it decodes, within ``max_pixels`` and the
+    worker's memory limit), and a JPEG whose entropy-coded data is corrupt."""
     try:
         size = os.fstat(handle.fileno()).st_size
         head = handle.read(16)
@@ -101,17 +109,12 @@ def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: floa
         raise DeriveError(f"cannot read file: {error.strerror or error}") from None
     if size == 0:
         raise DeriveError("empty file")
-    heif = path.suffix.lower() in HEIF_EXTENSIONS or head[4:12] in HEIF_BRANDS
     jpeg = head.startswith(b"\xff\xd8")
-    kind = "RAW" if classify(path) == "raw" else "HEIF" if heif else "JPEG" if jpeg else ""
+    kind = "RAW" if classify(path) == "raw" else "HEIF" if _is_heif(path, head) else "JPEG" if jpeg else ""
     if kind and size > max_bytes:
         raise DeriveError(f"file too large: {size:,} bytes; a {kind} file is read whole, and the limit is "
                           f"{max_bytes:,} bytes (a quarter of [derive] memory_limit)")
-    if classify(path) == "raw":
-        return _decode_raw(handle, long_edge=long_edge, max_pixels=max_pixels)
-    if heif:
-        _register_heif()
-    if jpeg:
+    if jpeg and kind == "JPEG":
         # The stream check walks a read-only map of the file: the page cache holds it, not the heap.
         try:
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -120,7 +123,22 @@ def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: floa
             raise DeriveError(f"cannot read file: {error}") from None
         if problem:
             raise DeriveError(problem)
+
+
+def decode_inspected(path: Path, handle: BinaryIO, *, long_edge: int, max_pixels: int,
+                     draft_tolerance: float = 0.0) -> Decoded:
+    """:func:`decode`, for a file :func:`inspect` has passed."""
+    if classify(path) == "raw":
+        return _decode_raw(handle, long_edge=long_edge, max_pixels=max_pixels)
+    head = handle.read(16)
+    handle.seek(0)
+    if _is_heif(path, head):
+        _register_heif()
     return _decode_pillow(handle, long_edge=long_edge, max_pixels=max_pixels, draft_tolerance=draft_tolerance)
+
+
+def _is_heif(path: Path, head: bytes) -> bool:
+    return path.suffix.lower() in HEIF_EXTENSIONS or head[4:12] in HEIF_BRANDS
 
 
 def _register_heif() -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
 
 from . import look, metadata, watermark
-from .decode import DeriveError, classify, decode, file_time
+from .decode import DeriveError, classify, decode_inspected, file_time, inspect
 from .rating import rating
 
 
@@ -104,6 +104,11 @@ def render(job: DeriveJob, original: BinaryIO | None = None, sidecar: BinaryIO |
                 return render(job, opened, side, progress=progress)
         except OSError as error:
             return _failed(job, Outcome.FAILED, f"cannot read file: {error.strerror or error}", None, started)
+    max_bytes = (job.derive.memory_limit << 20) // 4
+    try:
+        inspect(source, original, max_bytes)  # before the rating's header parse sees a hostile file
+    except DeriveError as error:
+        return _failed(job, Outcome.FAILED, str(error), None, started)
     stars = rating(original, sidecar)  # cheap (headers only); the catalog keeps it for the site too
     if job.min_rating and (stars or 0) < job.min_rating:
         rated = f"rated {stars}" if stars is not None else "not rated"
@@ -113,9 +118,8 @@ def render(job: DeriveJob, original: BinaryIO | None = None, sidecar: BinaryIO |
     size = job.derive.size
     try:
         mark = time.monotonic()
-        decoded = decode(source, long_edge=look.decode_edge(size), max_pixels=job.derive.max_pixels,
-                         draft_tolerance=job.derive.draft_tolerance, handle=original,
-                         max_bytes=(job.derive.memory_limit << 20) // 4)
+        decoded = decode_inspected(source, original, long_edge=look.decode_edge(size),
+                                   max_pixels=job.derive.max_pixels, draft_tolerance=job.derive.draft_tolerance)
         capture = decoded.capture_time or file_time(source, original)
         timings["decode"] = time.monotonic() - mark
 

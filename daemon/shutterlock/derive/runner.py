@@ -271,8 +271,11 @@ def _weights_and_logo(job: DeriveJob, cache_dir: Path) -> list[Path]:
 
 
 def _jpeg_limit(job: DeriveJob) -> int:
-    """The largest derivative a worker may send: six bytes per pixel of the longest-edge square."""
-    return min(max(16 << 20, 6 * job.derive.long_edge ** 2), 1 << 30)
+    """The largest derivative a worker may send: six bytes per pixel of a square of its longest side (a
+    width-bound preset's height is at most 1.25 times its width)."""
+    size = job.derive.size
+    edge = size.long_edge or 2 * size.width
+    return min(max(16 << 20, 6 * edge**2), 1 << 30)
 
 
 def _death(worker: _Worker, job: DeriveJob) -> str:
