@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFilter
@@ -128,10 +129,18 @@ def _top_up(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     derivative (bench/decode_paths.py). Same kernel family and pixel-centre convention as Pillow's."""
     if image.mode not in ("RGB", "L"):
         return image.resize(size, Image.Resampling.BICUBIC)
-    import cv2  # here, not at the top: the daemon imports this module's package for its types only
+    cv2 = resampler()
+    return Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_CUBIC))
+
+
+def resampler() -> ModuleType:
+    """OpenCV, imported here rather than at the top: the daemon imports this package for its types only, and
+    OpenCV would cost it tens of MB. The worker calls this before its first job, whose time limit the import
+    (over a second on a busy machine) would otherwise eat into."""
+    import cv2
 
     cv2.setNumThreads(1)  # one worker, one core: the lane runs one worker per core
-    return Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_CUBIC))
+    return cv2
 
 
 def _to_working_mode(image: Image.Image) -> Image.Image:

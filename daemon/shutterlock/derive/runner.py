@@ -42,6 +42,7 @@ from shutterlock.config import resolve_paths
 from shutterlock.fsutil import ensure_dir
 from shutterlock.sandbox import Isolation, Policy, environment, read_only_paths
 
+from .look import resampler
 from .render import DeriveJob, Outcome, Rendered
 
 log = logging.getLogger(__name__)
@@ -384,6 +385,7 @@ def serve(isolation: Isolation, fd: int, work_name: str, cpu_per_job: int) -> No
     except Exception as error:  # report any import failure (e.g. a path the sandbox hides), then exit
         _send(channel, {"error": f"cannot load {work_name}: {type(error).__name__}: {error}"})
         return
+    resampler()  # heavy imports before the first job's time limit starts
     _send(channel, {"active": list(isolation.active), "missing": list(isolation.missing)})
     while True:
         received: list[int] = []
