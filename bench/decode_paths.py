@@ -11,10 +11,10 @@ difference (below ~1 invisible). The first row, the reference itself through the
 no path can beat. Paths:
 
 - the product's own ``decode`` + ``look.prepare`` with ``draft_tolerance`` 0.03 (the default: libjpeg-turbo
-  decodes at 1/2 scale through Pillow's ``draft``, OpenCV tops it up to the long edge) and 0 (full decode,
-  Pillow's Hamming downscale);
+  decodes at 1/2 scale through Pillow's ``draft``, OpenCV tops it up to the long edge, or Pillow's
+  Lanczos brings a larger draft down) and 0 (full decode, Lanczos downscale);
 - Pillow's draft with Pillow's own bicubic top-up (the previous default);
-- simplejpeg (TurboJPEG's scaled decode: 5/8 for a 12 MP photo) + Pillow Hamming, and pyvips' thumbnail
+- simplejpeg (TurboJPEG's scaled decode: 5/8 for a 12 MP photo) + Pillow Lanczos, and pyvips' thumbnail
   (shrink-on-load where it can, lanczos3 reduce), when those packages are installed.
 """
 
@@ -84,9 +84,9 @@ def paths(long_edge: int) -> dict[str, Callable[[Path], Image.Image]]:
             data = path.read_bytes()
             size = target(Image.open(io.BytesIO(data)).size, long_edge)
             pixels = simplejpeg.decode_jpeg(data, min_width=size[0], min_height=size[1])
-            return Image.fromarray(pixels).resize(size, Image.Resampling.HAMMING)
+            return Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)
 
-        found["simplejpeg scaled decode + Hamming"] = turbo_scaled
+        found["simplejpeg scaled decode + Lanczos"] = turbo_scaled
     if importlib.util.find_spec("pyvips"):
         import pyvips
 

@@ -20,10 +20,11 @@ from shutterlock.config import OutputSize
 
 from .decode import Decoded
 
-# Hamming-windowed sinc: on 12 MP -> 2048 px it lands 46 dB PSNR from Lanczos (far below the q90 JPEG
-# error that follows, i.e. invisible) at about half the cost, which is what the lane's throughput
-# target needs (bench/derive.py). reducing_gap box-reduces first when the ratio is large (24+ MP).
-RESAMPLE = Image.Resampling.HAMMING
+# Lanczos for every downscale. After the JPEG draft the ratio left is below 2, where Hamming's short
+# window visibly softens: a 4608-px phone photo decoded at 2304 px and brought to 2048 scores SSIMULACRA2
+# 69 with Hamming and 83 with Lanczos (a full-quality reference through the same q90 encode: 86) for 6 ms
+# more (bench/decode_paths.py). reducing_gap box-reduces first when the ratio is large (non-JPEG sources).
+RESAMPLE = Image.Resampling.LANCZOS
 REDUCING_GAP = 2.0
 
 _TRANSPOSE = {
