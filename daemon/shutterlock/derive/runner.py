@@ -245,7 +245,7 @@ def _fetch_weights(job: DeriveJob) -> DeriveJob:
     try:
         for name in SURROGATES:
             resolve_weights(name, job.cloak.models_dir)
-    except WeightsError as error:
+    except (WeightsError, OSError) as error:
         log.warning("cloak weights: %s", error)
     return dataclasses.replace(job, cloak=dataclasses.replace(job.cloak, offline=True))
 
