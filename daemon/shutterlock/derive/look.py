@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from types import ModuleType
 
 import numpy as np
@@ -110,7 +111,8 @@ def sharpen(image: Image.Image, level: str) -> Image.Image:
         return image.filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=SHARPEN_THRESHOLD))
     cv2 = resampler()
     pixels = np.array(image)
-    blurred = cv2.GaussianBlur(pixels, (0, 0), sigmaX=radius)
+    side = 2 * math.ceil(2.5 * radius) + 1  # OpenCV's default, 3 sigma, adds taps that round to nothing in 8 bits
+    blurred = cv2.GaussianBlur(pixels, (side, side), sigmaX=radius)
     gain = percent / 100
     sharpened = cv2.addWeighted(pixels, 1 + gain, blurred, -gain, 0)  # pixels + gain * (pixels - blurred)
     _, edges = cv2.threshold(cv2.absdiff(pixels, blurred), SHARPEN_THRESHOLD, 255, cv2.THRESH_BINARY)
