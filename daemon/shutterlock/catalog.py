@@ -495,7 +495,7 @@ class Catalog:
     # ------------------------------------------------------------------ derivatives
 
     def record_derivative(self, file_id: int, content_id: str, *, status: str, output: str | None, reason: str,
-                          cloaked: bool, strength: str, watermark: str, settings: str,
+                          cloaked: bool, strength: str, watermark: str, settings: str = "",
                           rating: int | None = None) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO derivatives (file_id, content_id, status, output, reason, cloaked, strength, "

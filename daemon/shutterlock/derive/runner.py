@@ -21,6 +21,8 @@ from typing import Self
 from .render import DeriveJob, Outcome, Rendered
 
 NICE_INCREMENT = 10
+READY = "ready"
+STARTUP_LIMIT = 120.0  # seconds a new worker may take to import its libraries on a loaded machine
 
 
 Work = Callable[[DeriveJob], Rendered]
@@ -33,6 +35,7 @@ def _worker_main(connection: Connection, nice: int, work: Work | None) -> None:
             os.nice(nice)
     if work is None:
         from .render import render as work  # the decoders load here, in the child, not in the daemon
+    connection.send(READY)  # start-up is not part of any image's time limit
     while True:
         try:
             job = connection.recv()
@@ -79,6 +82,8 @@ class DeriveRunner:
         process.start()
         child.close()
         self._process, self._connection = process, parent
+        if not parent.poll(STARTUP_LIMIT) or parent.recv() != READY:
+            raise OSError(f"the derive worker did not start within {STARTUP_LIMIT:g} s")
         return parent
 
     def run(self, job: DeriveJob) -> Rendered:
