@@ -58,7 +58,8 @@ class Catalogued:
         (base / "src").mkdir(parents=True)
         file = base / "config.toml"
         file.write_text(f'[[source]]\npath = "{base / "src"}"\n\n[vault]\npath = "{base / "vault"}"\n\n'
-                        f'[derive]\nenabled = {str(derive).lower()}\noutbox = "{base / "outbox"}"\n')
+                        f'[derive]\nenabled = {str(derive).lower()}\noutbox = "{base / "outbox"}"\n\n'
+                        '[rights]\ncreator = "Ada Lovelace"\n')
         self.config = config_module.load(file)
         self.catalog = Catalog(base / "catalog.sqlite3")
         self.derive = derive
@@ -852,7 +853,8 @@ def test_cloak_unavailable_notice_and_the_problems_window(make_home, desktop):
     empty = home.base / "no-weights"
     empty.mkdir()
     home.config_file.write_text(home.config_file.read_text()
-                                + f'\n[cloak]\nstrength = "standard"\nmodels_dir = "{empty}"\noffline = true\n')
+                                + f'\n[cloak]\nstrength = "standard"\nmodels_dir = "{empty}"\noffline = true\n'
+                                + '\n[rights]\ncreator = "Ada Lovelace"\n')
     home.env.pop("SHUTTERLOCK_MODELS_DIR")
     daemon = home.start_daemon()
     log = home.base / "tray.log"

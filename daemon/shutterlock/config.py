@@ -108,7 +108,7 @@ class Paths:
 
     @property
     def socket(self) -> Path:
-        return self.runtime_dir / "control.sock"
+        return self.runtime_dir / SOCKET_NAME
 
     @property
     def lock_file(self) -> Path:
@@ -136,8 +136,18 @@ def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
-# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux, 104 on macOS, with the final NUL).
-SOCKET_PATH_MAX = 100
+# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux, 104 on macOS, each with the final NUL).
+SOCKET_PATH_MAX = 103
+SOCKET_NAME = "control.sock"
+
+
+def runtime_for_socket(runtime: Path) -> Path:
+    """``runtime``, or — for a deep home folder whose socket path would not fit — a short folder named after
+    it (created 0700 and checked to be ours by the control server), so the CLI, tray and daemon still agree."""
+    if len(os.fsencode(runtime / SOCKET_NAME)) <= SOCKET_PATH_MAX:
+        return runtime
+    tag = hashlib.blake2b(os.fsencode(runtime), digest_size=6).hexdigest()
+    return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 0}-{tag}"
 
 
 def resolve_paths(config_file: Path | None = None) -> Paths:
@@ -145,11 +155,7 @@ def resolve_paths(config_file: Path | None = None) -> Paths:
     if runtime is None:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         runtime = Path(xdg) / APP if xdg else Path(platformdirs.user_state_dir(APP)) / "run"
-    if len(os.fsencode(runtime / "control.sock")) > SOCKET_PATH_MAX:
-        # A deep home folder: the socket moves to a short folder named after the long one (created 0700 and
-        # checked to be ours by the control server), so the CLI, the tray and the daemon still agree.
-        tag = hashlib.blake2b(os.fsencode(runtime), digest_size=6).hexdigest()
-        runtime = Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 0}-{tag}"
+    runtime = runtime_for_socket(runtime)
     return Paths(
         config_file=config_file or default_config_file(),
         state_dir=_first_env_dir("STATE_DIRECTORY") or Path(platformdirs.user_data_dir(APP)),
