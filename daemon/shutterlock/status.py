@@ -243,10 +243,16 @@ def summarise(status: Status, state: State) -> str:
         return "; ".join(parts) or f"sealing {_count(waiting, 'original')}"
     if state is State.DEGRADED:
         if status.cloak.error:
-            return f"all {sealed:,} originals sealed; {status.cloak.error}"
+            return f"{_all_sealed(sealed)}; {status.cloak.error}"
         warning = next(iter(status.warnings), "") or next(s.warning for s in status.sources if s.warning)
-        return f"all {sealed:,} originals sealed; {warning}"
-    return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
+        return f"{_all_sealed(sealed)}; {warning}"
+    return _all_sealed(sealed)
+
+
+def _all_sealed(sealed: int) -> str:
+    if sealed == 0:
+        return "watching; nothing to seal yet"
+    return "the one original is sealed" if sealed == 1 else f"all {sealed:,} originals sealed"
 
 
 _LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:"}

@@ -322,6 +322,7 @@ class Tray:
         handlers: dict[str, Callable[[], None]] = {
             menu.PAUSE: self.toggle_pause,
             menu.RESCAN: lambda: self._command("rescan"),
+            menu.RETRY: lambda: self._command("retry"),
             menu.OPEN_OUTBOX: lambda: self._open(self._view_path("outbox")),
             menu.OPEN_VAULT: lambda: self._open(self._view_path("vault")),
             menu.PROBLEMS: self.show_problems,

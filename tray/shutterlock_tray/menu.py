@@ -19,8 +19,8 @@ DISCONNECTED = "disconnected"
 LABEL_WIDTH = 60
 
 # Action keys: ``icon`` binds each to a callable.
-PAUSE, RESCAN, OPEN_OUTBOX, OPEN_VAULT, PROBLEMS, SETTINGS, RELOAD = (
-    "pause", "rescan", "open_outbox", "open_vault", "problems", "settings", "reload")
+PAUSE, RESCAN, RETRY, OPEN_OUTBOX, OPEN_VAULT, PROBLEMS, SETTINGS, RELOAD = (
+    "pause", "rescan", "retry", "open_outbox", "open_vault", "problems", "settings", "reload")
 START_DAEMON, STOP_DAEMON, QUIT = "start_daemon", "stop_daemon", "quit"
 
 _VERBS = {"seal": "Sealing", "replicate": "Uploading", "derive": "Making derivatives"}
@@ -102,6 +102,14 @@ def progress(status: Status) -> float | None:
     return sum(lane.done for lane in busy) / total if total else None
 
 
+def retryable(status: Status | None) -> bool:
+    """Something failed or is held back that `retry` would try again at once."""
+    if status is None:
+        return False
+    made = status.derive.by_status
+    return bool(status.files.failed or status.cloak.held or made.get("failed") or status.replica.failed)
+
+
 def status_lines(view: View, now: float | None = None) -> list[str]:
     """The greyed lines atop the menu, and the tooltip: the headline, progress per lane, the last seal,
     the last error and what waits for a restart; with no daemon, the whole reason, wrapped."""
@@ -147,6 +155,7 @@ def build(view: View, now: float | None = None) -> list[Entry]:
         SEPARATOR,
         Entry(PAUSE, "Pause", checked=bool(status and status.paused), enabled=running),
         Entry(RESCAN, "Rescan now", enabled=running),
+        Entry(RETRY, "Retry now", enabled=running and retryable(status)),
         SEPARATOR,
         Entry(OPEN_OUTBOX, "Open outbox", enabled=bool(outbox)),
         Entry(OPEN_VAULT, "Open vault folder", enabled=bool(vault)),
