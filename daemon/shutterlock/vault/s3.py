@@ -99,6 +99,31 @@ def classify(error: Exception, bucket: str, endpoint: str) -> StoreError:
     return StoreError(f"S3 request to {where} failed: {name}", transient=True)
 
 
+def make_client(endpoint: str, region: str, addressing_style: str, credentials_dir: Path | None) -> Any:
+    """A boto3 S3 client the way every S3-compatible service accepts it (the vault and shares use it)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    settings: dict[str, Any] = {}
+    if credentials_dir is not None and (credentials_dir / CREDENTIAL_ACCESS_KEY).exists():
+        settings["aws_access_key_id"] = (credentials_dir / CREDENTIAL_ACCESS_KEY).read_text().strip()
+        settings["aws_secret_access_key"] = (credentials_dir / CREDENTIAL_SECRET_KEY).read_text().strip()
+    boto_config = BotoConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": addressing_style},
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=16,
+    )
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint or None,
+                          region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+                          config=boto_config, **settings)
+
+
 class OfflineError(StoreError):
     """The endpoint cannot be reached at all: the bucket is offline, not broken."""
 
@@ -119,28 +144,7 @@ class S3Store:
 
     @classmethod
     def from_config(cls, config: S3Config, credentials_dir: Path | None) -> S3Store:
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        settings: dict[str, Any] = {}
-        if credentials_dir is not None and (credentials_dir / CREDENTIAL_ACCESS_KEY).exists():
-            settings["aws_access_key_id"] = (credentials_dir / CREDENTIAL_ACCESS_KEY).read_text().strip()
-            settings["aws_secret_access_key"] = (credentials_dir / CREDENTIAL_SECRET_KEY).read_text().strip()
-        boto_config = BotoConfig(
-            signature_version="s3v4",
-            s3={"addressing_style": config.addressing_style},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=16,
-        )
-        session = boto3.session.Session()
-        client = session.client("s3", endpoint_url=config.endpoint or None,
-                                region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                                config=boto_config, **settings)
-        return cls(config, client)
+        return cls(config, make_client(config.endpoint, config.region, config.addressing_style, credentials_dir))
 
     # ------------------------------------------------------------------ keys
 
@@ -156,9 +160,9 @@ class S3Store:
         try:
             return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if missing and _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            if missing and error_code(error) in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectMissing(missing, f"s3://{self.bucket}/{self.prefix}") from None
             raise classify(error, self.bucket, self.config.endpoint) from error
 
@@ -169,9 +173,9 @@ class S3Store:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if _error_code(error) in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(error) in ("404", "NoSuchBucket", "NotFound"):
                 raise StoreError(f"bucket {self.bucket!r} does not exist at {self.config.endpoint or 'AWS S3'}",
                                  transient=False) from error
             raise classify(error, self.bucket, self.config.endpoint) from error
@@ -184,9 +188,9 @@ class S3Store:
             self._client.head_object(Bucket=self.bucket, Key=key)
             return True
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise classify(error, self.bucket, self.config.endpoint) from error
 
@@ -223,9 +227,9 @@ class S3Store:
                                             **self._class_args())
                 return
             except Exception as error:
-                if not _is_boto_error(error):
+                if not is_boto_error(error):
                     raise
-                code = _error_code(error)
+                code = error_code(error)
                 if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     return  # someone (us, before a crash) already stored it: content-addressed, so identical
                 if code in ("NotImplemented", "501", "InvalidArgument", "400"):
@@ -248,7 +252,7 @@ class S3Store:
                     if OBJECT_ID.match(name):
                         yield name
         except Exception as error:
-            if _is_boto_error(error):
+            if is_boto_error(error):
                 raise classify(error, self.bucket, self.config.endpoint) from error
             raise
 
@@ -288,7 +292,7 @@ class S3Store:
                 log.info("resuming upload of %s…: %d of %d parts already stored", object_id[:12], len(done),
                          len(layout))
             except StoreError as error:
-                if _error_code(error.__cause__) not in ("NoSuchUpload", "404"):
+                if error_code(error.__cause__) not in ("NoSuchUpload", "404"):
                     raise
                 log.info("upload of %s… expired on the server; starting again", object_id[:12])
                 upload_id, done = None, {}
@@ -345,12 +349,12 @@ class S3Store:
         return aborted
 
 
-def _is_boto_error(error: Exception) -> bool:
+def is_boto_error(error: Exception) -> bool:
     import botocore.exceptions as bex
 
     return isinstance(error, bex.BotoCoreError | bex.ClientError)
 
 
-def _error_code(error: BaseException | None) -> str:
+def error_code(error: BaseException | None) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
