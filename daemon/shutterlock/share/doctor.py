@@ -71,6 +71,7 @@ def doctor(config: ShareConfig, credentials_dir: Path | None) -> list[Check]:
         except StoreError as error:
             checks.append(Check("clean-up", WARN, f"could not delete the probe {host.key(probe)}/: {error}"))
     checks.append(_lifecycle(host, probe))
+    checks.append(_versions(host))
     return checks
 
 
@@ -205,3 +206,17 @@ def _lifecycle(host: ShareHost, probe: str) -> Check:
     return Check("lifecycle", OK, f"lifecycle rules work ({ours} share rule(s) in place); expired shares are "
                  f"deleted by the provider even when this machine is off (links last at most {PRESIGN_MAX // 86400} "
                  "days without public_url)")
+
+
+def _versions(host: ShareHost) -> Check:
+    try:
+        versioned = host.versioned()
+    except StoreError as error:
+        return Check("versioning", WARN, f"cannot read the bucket's versioning: {error}")
+    if not versioned:
+        return Check("versioning", OK, "deleted share objects are gone, not kept as old versions")
+    rule = {"ID": "delete-old-versions", "Filter": {"Prefix": host.key("")}, "Status": "Enabled",
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}
+    return Check("versioning", WARN, "versioning is on: revoking or expiring a share hides its objects but the "
+                 "provider keeps the old (encrypted) versions until a lifecycle rule removes them",
+                 "add this lifecycle rule (B2: keep only the last version):\n" + json.dumps(rule, indent=2))

@@ -153,6 +153,18 @@ class ShareHost:
             raise classify(error, self.bucket, self.config.endpoint) from error
         return rules
 
+    def versioned(self) -> bool:
+        """With versioning on, a delete leaves the old version stored (hidden, still billed, still there)."""
+        try:
+            status = self._client.get_bucket_versioning(Bucket=self.bucket).get("Status", "")
+        except Exception as error:
+            if not is_boto_error(error):
+                raise
+            if error_code(error) in NO_LIFECYCLE:
+                return False
+            raise classify(error, self.bucket, self.config.endpoint) from error
+        return status in ("Enabled", "Suspended")
+
     # ------------------------------------------------------------------ lifecycle
 
     def set_expiry_rule(self, rule: str, under: str, when: float) -> bool:
