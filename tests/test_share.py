@@ -35,7 +35,7 @@ from PIL import Image
 from shutterlock import config as config_module
 from shutterlock import keys as keyring
 from shutterlock.catalog import Catalog
-from shutterlock.share import ShareConfig, ShareError, Shares, doctor, parse_expiry
+from shutterlock.share import ShareConfig, ShareError, Shares, doctor, parse_expiry, qr
 from shutterlock.share.crypto import CryptoError, open_feedback, padme
 from shutterlock.share.viewer import ended_page
 from shutterlock.share.viewer import page as viewer_page
@@ -249,12 +249,21 @@ def test_twelve_photos_decrypt_and_render(world, wedding, artifacts, tmp_path):
         driver.save_screenshot(str(artifacts / "phone-photo.png"))
 
 
-def test_qr_code_decodes_to_the_exact_link(wedding):
+def test_qr_code_decodes_to_the_exact_link(wedding, tmp_path):
     info = wedding["info"]
     assert oct(Path(info.qr_png).stat().st_mode & 0o777) == "0o600"
     decoded = subprocess.run(["zbarimg", "-q", "--raw", info.qr_png], capture_output=True, text=True, check=True)
     assert decoded.stdout.strip() == info.link
     assert "#k=" in info.link and Path(info.qr_svg).read_text().startswith("<?xml")
+    # The terminal rendering (half blocks, filled = light, for dark terminals) is scannable too.
+    rows = [line for line in qr.terminal(info.link).splitlines() if line]
+    light = {"█": (1, 1), "▀": (1, 0), "▄": (0, 1), " ": (0, 0)}
+    modules = np.array([[light[c][half] for c in row] for row in rows for half in (0, 1)], dtype=np.uint8)
+    path = tmp_path / "terminal.png"
+    Image.fromarray(modules * 255).resize((modules.shape[1] * 6, modules.shape[0] * 6), Image.Resampling.NEAREST
+                                          ).save(path)
+    scanned = subprocess.run(["zbarimg", "-q", "--raw", str(path)], capture_output=True, text=True, check=True)
+    assert scanned.stdout.strip() == info.link
 
 
 def test_lifecycle_rule_backs_the_expiry(world, wedding):

@@ -7,8 +7,8 @@ becomes a :class:`~shutterlock.vault.store.StoreError` with a message naming the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,14 +65,22 @@ class ShareHost:
         self._call("put_object", Key=self.key(upload.key), Body=upload.data, ContentType=upload.content_type,
                    CacheControl=upload.cache_control)
 
-    def put_many(self, uploads: Iterable[Upload], progress: Callable[[Upload], None] | None = None) -> None:
-        """Upload in parallel; the first failure is raised once the others have stopped."""
+    def put_many(self, uploads: Iterable[Upload]) -> None:
+        """Upload in parallel while the caller still produces uploads; at most a few are held in memory.
+
+        The first failure stops the producer and is raised once the uploads in flight have ended.
+        """
+        limit = 2 * UPLOAD_THREADS
         with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="share-upload") as pool:
-            futures = [(upload, pool.submit(self.put, upload)) for upload in uploads]
-            for upload, future in futures:
+            pending: set[Future[None]] = set()
+            for upload in uploads:
+                pending.add(pool.submit(self.put, upload))
+                if len(pending) >= limit:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+            for future in pending:
                 future.result()
-                if progress is not None:
-                    progress(upload)
 
     def get(self, key: str) -> bytes:
         return self._call("get_object", Key=self.key(key))["Body"].read()

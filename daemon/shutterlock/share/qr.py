@@ -33,7 +33,7 @@ def write(link: str, directory: Path, stem: str) -> tuple[Path, Path]:
 
 
 def terminal(link: str) -> str:
-    """Half-block characters, two modules per character cell: fits an 80-column terminal up to version 18."""
+    """Half blocks, one module wide and two high per cell: a presigned link (version 15) is 81 columns wide."""
     out = io.StringIO()
     _code(link).terminal(out=out, compact=True, border=2)
     return out.getvalue()

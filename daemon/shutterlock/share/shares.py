@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shutterlock.catalog import Catalog
+from shutterlock.catalog import Catalog, Version
 from shutterlock.config import Config
+from shutterlock.restore import matches
 from shutterlock.share import crypto, feedback, images, qr, viewer
 from shutterlock.share.host import PRESIGN_MAX, ShareHost, Upload
 from shutterlock.share.select import Picture, Progress, SelectionError, select
@@ -143,6 +144,7 @@ class Shares:
             raise ShareError("the password is empty")
         now = time.time()
         notes: list[str] = []
+        asked = expires_at is not None
         expires_at = expires_at if expires_at is not None else now + self.share_config.expires_days * 86400
         if expires_at <= now + 60:
             raise ShareError("the expiry is in the past (or less than a minute away)")
@@ -151,17 +153,18 @@ class Shares:
             link_expires_at = now + PRESIGN_MAX
             if expires_at > link_expires_at:
                 expires_at = link_expires_at
-                notes.append(f"presigned links last at most 7 days, so this share ends on {_day(expires_at)}; "
-                             "set [share] public_url for longer shares (docs/SHARING.md)")
-        options = Options(title=title.strip() or name, message=message.strip(), download=download,
-                          feedback=feedback_on, uncloaked=allow_uncloaked)
-        pictures, left_out = self._select(patterns, allow_uncloaked, progress)
-        notes += left_out
+                if asked:
+                    notes.append(f"presigned links last at most 7 days, so this share ends on {_day(expires_at)}; "
+                                 "set [share] public_url for longer shares (docs/SHARING.md)")
         host = self._host()
         try:
             host.check()
         except StoreError as error:
             raise ShareError(f"cannot publish to {self.share_config.url}: {error}") from None
+        options = Options(title=title.strip() or name, message=message.strip(), download=download,
+                          feedback=feedback_on, uncloaked=allow_uncloaked)
+        pictures, left_out = self._select(patterns, allow_uncloaked, progress)
+        notes += left_out
         sid = token(26)
         share_keys = crypto.ShareKeys.new(sid, password)
         feedback_key = crypto.new_feedback_key()
@@ -305,9 +308,6 @@ class Shares:
         return self._info(self._row(name), notes)
 
     def remove(self, name: str, patterns: list[str]) -> ShareInfo:
-        from shutterlock.catalog import Version
-        from shutterlock.restore import matches
-
         row = self._active(name)
         current = self.state.items(row)
         paths = self._paths(current)
