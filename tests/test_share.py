@@ -37,6 +37,7 @@ from shutterlock import keys as keyring
 from shutterlock.catalog import Catalog
 from shutterlock.share import ShareConfig, ShareError, Shares, doctor, parse_expiry, qr
 from shutterlock.share.crypto import CryptoError, open_feedback, padme
+from shutterlock.share.select import select
 from shutterlock.share.viewer import ended_page
 from shutterlock.share.viewer import page as viewer_page
 from shutterlock.vault.format import Keys
@@ -419,6 +420,20 @@ def test_add_and_remove_change_what_the_link_shows(world):
     assert not any(gone["t"]["n"] in k or gone["f"]["n"] in k for k in world.server.all_objects("photos"))
     with pytest.raises(ShareError, match="empty"):
         shares.remove("changing", ["*"])
+    # A failure half-way through an addition leaves the published gallery as it was, and no stray blobs.
+    pictures, _ = select(world.config, world.catalog, world.keys, ["DSCN0040.jpg", "DSCN0042.jpg"],
+                         allow_uncloaked=False)
+    broken = pictures[1].derivative
+    saved = broken.read_bytes()
+    try:
+        broken.write_bytes(b"not a jpeg")
+        with pytest.raises(ShareError, match=f"src/DSCN0042.jpg: {broken}: unreadable derivative"):
+            shares.add("changing", ["DSCN0040.jpg", "DSCN0042.jpg"])
+    finally:
+        broken.write_bytes(saved)
+    assert share_reader.open_link(info.link).manifest == final.manifest
+    blobs = {k for k in world.server.all_objects("photos") if f"/{final.sid}/o/" in k}
+    assert blobs == {f"shares/{final.sid}/{i[s]['n']}" for i in final.manifest["images"] for s in ("t", "f")}
 
 
 def test_public_url_links_work_without_signatures(world, tmp_path):

@@ -302,9 +302,17 @@ class Shares:
         new = [p for p in pictures if p.file_id not in present]
         if not new:
             raise ShareError(f"every picture matching {' '.join(patterns)} is already in {name!r}")
-        items = self._upload_pictures(row, self._secrets(row).keys, new, current, progress)
+        try:
+            items = self._upload_pictures(row, self._secrets(row).keys, new, current, progress)
+            self._publish(row, items, lifecycle=row.lifecycle, page=False)
+        except BaseException:
+            # The link still shows the previous manifest; the new pictures' blobs must not linger unreferenced.
+            known = {f"{row.sid}/{key}" for item in current for key in (item.thumb_key, item.full_key)}
+            host = self._host(row)
+            with contextlib.suppress(StoreError):
+                host.delete([key for key, _ in host.list(f"{row.sid}/o/") if key not in known])
+            raise
         self.state.replace_items(row, items)
-        self._publish(row, items, lifecycle=row.lifecycle, page=False)
         return self._info(self._row(name), notes)
 
     def remove(self, name: str, patterns: list[str]) -> ShareInfo:

@@ -265,6 +265,15 @@
         m.message ? el("p", { class: "message", text: m.message }) : null,
         el("p", { class: "facts", text: facts.join(" · ") }));
       const nodes = [intro];
+      // The host could serve an older manifest it kept; this browser remembers the newest one it saw.
+      const seenKey = this.storeKey + ":version";
+      const seen = Number.parseInt(localStorage.getItem(seenKey) || "0", 10);
+      if (m.version < seen) {
+        nodes.push(el("p", { class: "notice", role: "alert", text: "This is an older version of the gallery than " +
+          "the one this browser showed before. The storage may be serving an outdated copy; tell the photographer." }));
+      } else {
+        try { localStorage.setItem(seenKey, String(m.version)); } catch (error) { /* private mode */ }
+      }
       if (this.images.some((image) => !image.cloaked)) {
         nodes.push(el("p", { class: "notice", role: "note", text: "Some photos here are not cloaked: the " +
           "photographer chose to share them without the protection against AI image models. They are marked." }));
