@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import secrets as random
 import time
@@ -47,6 +48,8 @@ from shutterlock.share.state import (
 )
 from shutterlock.vault.format import Keys
 from shutterlock.vault.store import StoreError
+
+log = logging.getLogger(__name__)
 
 PAGE, MANIFEST = "index.html", "m"
 ENDED_PAGE_DAYS = 30  # how long a public link keeps saying "ended" before nothing is left at all
@@ -376,34 +379,49 @@ class Shares:
 
     def maintain(self, now: float | None = None) -> list[str]:
         """The daemon's schedule: end expired shares, renew long shares' feedback forms, clear ended pages,
-        finish discarding interrupted publications. Returns what it did, one line each."""
+        finish discarding interrupted publications. Returns what it did (or could not do yet), one line each;
+        a bucket that fails for one share does not stop the others, and every step is retried next time."""
         now = time.time() if now is None else now
         done: list[str] = []
+
+        def attempt(row: ShareRow, what: str, step: Callable[[], object]) -> None:
+            try:
+                step()
+            except StoreError as error:
+                done.append(f"{row.name}: could not {what} yet ({error}); will retry")
+                return
+            done.append(f"{row.name}: {what}")
+
         for row in self.state.in_state(ACTIVE):
             if row.expires_at <= now:
-                self._end(row, EXPIRED)
-                done.append(f"{row.name}: expired, its objects were deleted")
+                attempt(row, "expire (its objects were deleted)", lambda row=row: self._end(row, EXPIRED))
             elif (row.options.feedback and row.post_expires_at is not None
                   and row.post_expires_at - now < FORM_REFRESH and row.post_expires_at < row.expires_at):
-                self._publish(row, self.state.items(row), lifecycle=row.lifecycle, page=False)
-                done.append(f"{row.name}: feedback form renewed")
+                attempt(row, "renew the feedback form", lambda row=row: self._publish(
+                    row, self.state.items(row), lifecycle=row.lifecycle, page=False))
         for row in self.state.in_state(*ENDED):
             if row.cleared_at is None and self._ended_page_until(row, row.ended_at or now) <= now:
-                host = self._host(row)
-                host.delete_under(f"{row.sid}/")
-                host.drop_expiry_rule(row.sid)
-                self.state.cleared(row)
-                done.append(f"{row.name}: nothing of it is left in the bucket")
+                attempt(row, "clear the ended page (nothing of it is left in the bucket)",
+                        lambda row=row: self._clear(row))
         for row in self.state.in_state(PUBLISHING):
             if row.created_at < now - STALE_PUBLISHING:
-                self._discard(row)
-                done.append(f"{row.name}: an interrupted publication was cleaned up")
+                attempt(row, "clean up an interrupted publication", lambda row=row: self._discard(row))
         return done
+
+    def _clear(self, row: ShareRow) -> None:
+        host = self._host(row)
+        host.delete_under(f"{row.sid}/")
+        host.drop_expiry_rule(row.sid)
+        self.state.cleared(row)
 
     # ------------------------------------------------------------------ feedback
 
     def collect_feedback(self, name: str | None = None) -> int:
-        """Fetch, decrypt and store new client messages (deleting them from the bucket); returns how many."""
+        """Fetch, decrypt and store new client messages (deleting them from the bucket); returns how many.
+
+        For one share, a bucket error is raised; for all of them (the daemon's schedule) it is logged and
+        the other shares are still collected.
+        """
         rows = [self._row(name)] if name else self.state.in_state(ACTIVE)
         total = 0
         for row in rows:
@@ -412,7 +430,9 @@ class Shares:
                     total += feedback.collect(self._host(row), self.state, row, self._secrets(row),
                                               self._item_ids(row))
                 except StoreError as error:
-                    raise ShareError(f"collecting feedback for {row.name!r}: {error}") from None
+                    if name:
+                        raise ShareError(f"collecting feedback for {row.name!r}: {error}") from None
+                    log.warning("collecting feedback for share %r: %s; will retry", row.name, error)
         return total
 
     def feedback(self, name: str, *, mark_seen: bool = True) -> list[dict[str, Any]]:
