@@ -650,11 +650,17 @@ def test_revoked_and_expired_shares_leave_only_the_ended_page(world, tmp_path, a
         driver.save_screenshot(str(artifacts / "ended.png"))
     with pytest.raises(ShareError, match="already revoked"):
         shares.revoke("revoke-me")
+    again = shares.create("revoke-me", ["Canon_40D.jpg"])  # an ended share's name can be used again
+    retired = f"revoke-me (revoked {time.strftime('%Y-%m-%d')})"
+    assert again.notes == [f"the earlier 'revoke-me' (revoked) is now listed as {retired!r}"]
+    with pytest.raises(ShareError, match="already exists"):
+        shares.create("revoke-me", ["Canon_40D.jpg"])
+    assert shares.show(retired).state == "revoked" and shares.revoke("revoke-me").state == "revoked"
     # When the link itself can no longer be opened, nothing at all is left, and the lifecycle rule goes too.
     # (This ends every other share of the module too, which is why this test runs last.)
     done = shares.maintain(now=max(doomed.link_expires_at, fading.link_expires_at) + 1)
     cleared = "clear the ended page (nothing of it is left in the bucket)"
-    assert {f"expire-me: {cleared}", f"revoke-me: {cleared}"} <= set(done), done
+    assert {f"expire-me: {cleared}", f"{retired}: {cleared}"} <= set(done), done
     assert not bucket_under(world.server, sids["r"]) and not bucket_under(world.server, sids["e"])
     assert not any(sids["r"] in r["ID"] or sids["e"] in r["ID"] for r in lifecycle_rules(world.server))
 

@@ -141,12 +141,13 @@ class Shares:
         name = name.strip()
         if not name or len(name) > NAME_MAX or any(ord(c) < 32 for c in name):
             raise ShareError(f"a share name must be 1 to {NAME_MAX} printable characters; got {name!r}")
-        if self.state.get(name) is not None:
-            raise ShareError(f"a share named {name!r} already exists (shutterlock share show {name})")
         if password is not None and not password:
             raise ShareError("the password is empty")
         now = time.time()
         notes: list[str] = []
+        earlier = self.state.get(name)
+        if earlier is not None and earlier.state not in ENDED:
+            raise ShareError(f"a share named {name!r} already exists (shutterlock share show {name})")
         asked = expires_at is not None
         expires_at = expires_at if expires_at is not None else now + self.share_config.expires_days * 86400
         if expires_at <= now + 60:
@@ -168,6 +169,8 @@ class Shares:
                           feedback=feedback_on, uncloaked=allow_uncloaked)
         pictures, left_out = self._select(patterns, allow_uncloaked, progress)
         notes += left_out
+        if earlier is not None:  # an ended share keeps its history (and its clients' feedback) under a new name
+            notes.append(f"the earlier {name!r} ({earlier.state}) is now listed as {self._retire(earlier)!r}")
         sid = token(26)
         share_keys = crypto.ShareKeys.new(sid, password)
         feedback_key = crypto.new_feedback_key()
@@ -191,6 +194,16 @@ class Shares:
                 raise ShareError(f"publishing {name!r} failed, nothing was left in the bucket: {error}") from None
             raise
         return self._info(self._row(name), notes)
+
+    def _retire(self, row: ShareRow) -> str:
+        when = datetime.fromtimestamp(row.ended_at or row.updated_at).strftime("%Y-%m-%d")
+        base = f"{row.name} ({row.state} {when})"
+        name, number = base, 1
+        while self.state.get(name) is not None:
+            number += 1
+            name = f"{base} #{number}"
+        self.state.rename(row, name)
+        return name
 
     def _select(self, patterns: list[str], allow_uncloaked: bool,
                 progress: Progress | None) -> tuple[list[Picture], list[str]]:

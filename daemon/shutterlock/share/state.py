@@ -178,6 +178,10 @@ class ShareState:
             db.execute("UPDATE shares SET state = ?, ended_at = ?, lifecycle = ?, updated_at = ? WHERE id = ?",
                        (state, time.time(), int(lifecycle), time.time(), share.id))
 
+    def rename(self, share: ShareRow, name: str) -> None:
+        with self.catalog.transaction() as db:
+            db.execute("UPDATE shares SET name = ? WHERE id = ?", (name, share.id))
+
     def cleared(self, share: ShareRow) -> None:
         """Nothing of the share is left in the bucket, not even the page saying it ended."""
         with self.catalog.transaction() as db:
