@@ -28,7 +28,8 @@ from pathlib import Path
 
 from PIL import Image
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
-from shutterlock.derive import WRITTEN, DeriveJob, DeriveRunner
+from shutterlock.derive import DeriveJob, DeriveRunner, Outcome
+from shutterlock.derive.outbox import place
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "exif-samples" / "jpg"
 BASES = ("mobile/jolla.jpg", "hdr/iphone_hdr_NO.jpg", "tests/42_IndexError.jpg",
@@ -76,8 +77,10 @@ def derive_rate(runners: list[DeriveRunner], jobs: list[DeriveJob]) -> tuple[flo
                 job = queue.pop()
             result = runner.run(job)
             cpu.append(result.timings.get("cpu", 0.0))
-            if result.status != WRITTEN:
+            if result.outcome is not Outcome.WRITTEN or result.jpeg is None:
                 failures.append(f"{job.source.name}: {result.reason}")
+            else:  # the daemon's lane writes the bytes the worker rendered: count that too, as mat2 writes
+                place(result.jpeg, job.derive.outbox, job.source.stem)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=drain, args=(runner,)) for runner in runners]

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -38,9 +39,10 @@ from browser import DESKTOP, PHONE, browser  # noqa: E402
 from common import Installation, scratch  # noqa: E402
 from conftest import S3_ENV, S3Server  # noqa: E402
 from shutterlock import config as config_module  # noqa: E402
-from shutterlock import keys as keyring  # noqa: E402
+from shutterlock import keystore  # noqa: E402
 from shutterlock.catalog import Catalog  # noqa: E402
-from shutterlock.share import ShareConfig, Shares  # noqa: E402
+from shutterlock.config import ShareConfig  # noqa: E402
+from shutterlock.share import Shares  # noqa: E402
 from shutterlock.share.images import prepare  # noqa: E402
 from shutterlock.vault.format import Keys  # noqa: E402
 
@@ -104,7 +106,7 @@ def main() -> None:
         paths = config_module.Paths(config_file=base / "config.toml", state_dir=state, cache_dir=base / "cache",
                                     runtime_dir=base / "run", credentials_dir=None)
         config = config_module.parse(tomllib.loads(paths.config_file.read_text()), paths.config_file, paths)
-        keys = Keys.from_master(keyring.load_master_key(paths.key_file, paths.envelope_file, None))
+        keys = Keys.from_master(keystore.load_master_key(paths))
         catalog = Catalog(paths.catalog)
         derivatives = [Path(d["output"]) for d in catalog.derivatives() if d["status"] == "written"]
         assert len(derivatives) == args.count, f"{len(derivatives)} derivatives"
@@ -118,9 +120,10 @@ def main() -> None:
               f"share size {full / args.count / 1024:.0f} KiB each)")
 
         creates, firsts, lasts = [], {DESKTOP: [], PHONE: []}, {DESKTOP: [], PHONE: []}
-        settings = ShareConfig(url="s3://photos/shares", endpoint=server.endpoint, addressing_style="path")
+        config = replace(config, share=ShareConfig(url="s3://photos/shares", endpoint=server.endpoint,
+                                                   addressing_style="path"))
         for round_number in range(args.rounds):
-            shares = Shares(config, settings, catalog, keys)
+            shares = Shares(config, catalog, keys)
             started = time.monotonic()
             info = shares.create(f"bench-{round_number}", [], allow_uncloaked=True)
             creates.append(time.monotonic() - started)

@@ -15,7 +15,7 @@ shift || true
 RUNTIME_PACKAGES=()
 TEST_PACKAGES=(libimage-exiftool-perl xvfb trayer dbus-x11 x11-utils xdotool imagemagick
                gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config systemd restic mat2
-               chromium chromium-driver zbar-tools)
+               chromium chromium-driver zbar-tools e2fsprogs util-linux)
 TORCH_VERSION="2.13.0"
 
 install_system_packages() {

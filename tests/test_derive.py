@@ -18,22 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
-from shutterlock.derive import (
-    FAILED,
-    HELD,
-    SKIPPED,
-    WRITTEN,
-    DeriveJob,
-    DeriveResult,
-    DeriveRunner,
-    derive_file,
-    pair_partner,
-    protect,
-    should_derive,
-)
+from shutterlock.derive import DeriveJob, DeriveRunner, Outcome, Rendered, render
 from shutterlock.derive.decode import decode
-from shutterlock.derive.runner import STALL_ENV
+from shutterlock.derive.outbox import dated_dir, place
+from shutterlock.derive.pairs import pair_partner, skip_reason
+from shutterlock.derive.protect import protect
 from shutterlock.derive.watermark import render_text
+from shutterlock.fsutil import TEMP_PREFIX
+from stalling import stall_on_name
+
+WRITTEN, HELD, FAILED, SKIPPED = Outcome
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 EXIF_SAMPLES = SAMPLES / "exif-samples"
@@ -95,11 +89,33 @@ def configs(outbox: Path,
 
 
 def job(source: Path, outbox: Path, *, cloak: CloakConfig | None = None,
-        watermark: WatermarkConfig | None = None, previous: Path | None = None,
-        **derive: object) -> DeriveJob:
+        watermark: WatermarkConfig | None = None, **derive: object) -> DeriveJob:
     d, w, r, c = configs(outbox, **derive)
-    return DeriveJob(source=source, derive=d, watermark=watermark or w, rights=r, cloak=cloak or c,
-                     previous_output=previous)
+    return DeriveJob(source=source, derive=d, watermark=watermark or w, rights=r, cloak=cloak or c)
+
+
+@dataclasses.dataclass(frozen=True)
+class Made:
+    """A rendered derivative and where it was placed: the two steps the daemon's derive lane takes."""
+
+    rendered: Rendered
+    output: Path | None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.rendered, name)
+
+
+def derive_file(job: DeriveJob, previous: Path | None = None) -> Made:
+    """In this process (the lane runs ``render`` in its worker): pair rule, render, place in the dated outbox."""
+    if reason := skip_reason(job.source, job.derive.pair_preference):
+        return Made(Rendered(job.source, Outcome.SKIPPED, reason=reason), None)
+    rendered = render(job)
+    if rendered.outcome is not Outcome.WRITTEN:
+        return Made(rendered, None)
+    assert rendered.jpeg is not None and rendered.capture_time is not None
+    own = previous if previous is not None and previous.is_relative_to(job.derive.outbox) else None
+    return Made(rendered, place(rendered.jpeg, dated_dir(job.derive.outbox, rendered.capture_time),
+                                job.source.stem, previous=own))
 
 
 def sample_images() -> list[Path]:
@@ -109,7 +125,7 @@ def sample_images() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def sample_results(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, DeriveResult]:
+def sample_results(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Made]:
     outbox = tmp_path_factory.mktemp("outbox")
     return {path: derive_file(job(path, outbox)) for path in sample_images()}
 
@@ -117,9 +133,9 @@ def sample_results(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Deriv
 # --------------------------------------------------------------------------- metadata allow-list
 
 
-def test_every_decodable_sample_gets_a_clean_derivative(sample_results: dict[Path, DeriveResult]) -> None:
+def test_every_decodable_sample_gets_a_clean_derivative(sample_results: dict[Path, Made]) -> None:
     assert len(sample_results) > 90
-    not_written = {p.name: r.reason for p, r in sample_results.items() if r.status != WRITTEN}
+    not_written = {p.name: r.reason for p, r in sample_results.items() if r.outcome != WRITTEN}
     assert not not_written
     outputs = [r.output for r in sample_results.values() if r.output is not None]
     assert len(set(outputs)) == len(outputs)
@@ -140,7 +156,7 @@ def test_every_decodable_sample_gets_a_clean_derivative(sample_results: dict[Pat
                 assert not any(word in tag.lower() for word in FORBIDDEN_WORDS), f"{name}: {tag}"
 
 
-def test_no_gps_or_camera_strings_survive(sample_results: dict[Path, DeriveResult]) -> None:
+def test_no_gps_or_camera_strings_survive(sample_results: dict[Path, Made]) -> None:
     """Belt and braces: the raw bytes of the GPS samples' derivatives hold no camera or GPS strings."""
     for path, result in sample_results.items():
         if path.parent.name != "gps":
@@ -150,7 +166,7 @@ def test_no_gps_or_camera_strings_survive(sample_results: dict[Path, DeriveResul
             assert needle not in data, (path.name, needle)
 
 
-def test_dimensions_never_upscale_and_hit_the_long_edge(sample_results: dict[Path, DeriveResult]) -> None:
+def test_dimensions_never_upscale_and_hit_the_long_edge(sample_results: dict[Path, Made]) -> None:
     for path, result in sample_results.items():
         with Image.open(result.output) as out:  # type: ignore[arg-type]
             assert (out.width, out.height) == (result.width, result.height)
@@ -166,7 +182,7 @@ def test_dimensions_never_upscale_and_hit_the_long_edge(sample_results: dict[Pat
 
 
 @pytest.mark.parametrize("series", ["landscape", "portrait"])
-def test_orientation_samples_come_out_upright(sample_results: dict[Path, DeriveResult], series: str) -> None:
+def test_orientation_samples_come_out_upright(sample_results: dict[Path, Made], series: str) -> None:
     folder = EXIF_SAMPLES / "jpg" / "orientation"
     outputs = {n: sample_results[folder / f"{series}_{n}.jpg"].output for n in range(1, 9)}
     small = (32, 24) if series == "landscape" else (24, 32)
@@ -242,7 +258,7 @@ def test_non_srgb_profile_is_converted(tmp_path: Path, suffix: str) -> None:
     Image.new("RGB", (300, 200), patch).save(source, icc_profile=adobe_rgb_like_profile(),
                                              **({"quality": 100} if suffix == ".jpg" else {}))
     result = derive_file(job(source, tmp_path / "out", watermark=WatermarkConfig(enabled=False)))
-    assert result.status == WRITTEN, result.reason
+    assert result.outcome == WRITTEN, result.reason
     with Image.open(result.output) as out:  # type: ignore[arg-type]
         centre = np.asarray(out.convert("RGB"), dtype=float)[80:120, 130:170].reshape(-1, 3).mean(axis=0)
     expected = expected_srgb(patch)
@@ -262,7 +278,7 @@ def test_modes_alpha_palette_and_16_bit(tmp_path: Path) -> None:
                 "cmyk.tif": (255, 0, 0)}
     for name, colour in expected.items():
         result = derive_file(job(tmp_path / name, tmp_path / "out", watermark=WatermarkConfig(enabled=False)))
-        assert result.status == WRITTEN, (name, result.reason)
+        assert result.outcome == WRITTEN, (name, result.reason)
         with Image.open(result.output) as out:  # type: ignore[arg-type]
             assert out.mode == "RGB"
             mean = np.asarray(out, dtype=float).reshape(-1, 3).mean(axis=0)
@@ -300,7 +316,7 @@ def test_jpeg_draft_only_when_the_reduced_decode_still_covers_the_long_edge(tmp_
 ])
 def test_hostile_and_broken_files_fail_with_specific_reasons(tmp_path: Path, path: Path, reason: str) -> None:
     result = derive_file(job(path, tmp_path))
-    assert (result.status, result.reason, result.output) == (FAILED, reason, None)
+    assert (result.outcome, result.reason, result.output) == (FAILED, reason, None)
     assert not any(tmp_path.rglob("*.jpg"))
 
 
@@ -322,38 +338,35 @@ def test_other_bad_inputs(tmp_path: Path) -> None:
     }
     for name, expected in cases.items():
         result = derive_file(job(tmp_path / name, out))
-        assert (result.status, result.reason) == expected, name
+        assert (result.outcome, result.reason) == expected, name
     result = derive_file(job(tmp_path / "small.jpg", out, max_pixels=1000))
-    assert (result.status, result.reason) == (FAILED, "decompression bomb: 6800 pixels > limit 1000")
+    assert (result.outcome, result.reason) == (FAILED, "decompression bomb: 6800 pixels > limit 1000")
     assert not out.exists() or not any(out.rglob("*"))
 
 
-def test_runner_kills_a_stalled_image_and_keeps_going(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(STALL_ENV, "stall.jpg")
+def test_runner_kills_a_stalled_image_and_keeps_going(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", tmp_path / "stall.jpg")
     shutil.copy(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", tmp_path / "fine.jpg")
     out = tmp_path / "out"
-    with DeriveRunner(time_limit=3.0) as runner:
+    with DeriveRunner(time_limit=3.0, work=stall_on_name) as runner:
         first = runner.run(job(tmp_path / "fine.jpg", out))  # also warms the worker up
         stalled = runner.run(job(tmp_path / "stall.jpg", out))
         after = runner.run(job(tmp_path / "fine.jpg", out))
         bomb = runner.run(job(HOSTILE / "decompression_bomb.gif", out))
-    assert first.status == WRITTEN, first.reason
-    assert (stalled.status, stalled.reason) == (FAILED, "time limit exceeded (3 s); worker stopped")
+    assert first.outcome == WRITTEN, first.reason
+    assert (stalled.outcome, stalled.reason) == (FAILED, "time limit exceeded (3 s); worker stopped")
     assert 3.0 <= stalled.seconds < 10.0
-    assert after.status == WRITTEN, after.reason
-    assert bomb.status == FAILED and bomb.reason.startswith("decompression bomb")
+    assert after.outcome == WRITTEN, after.reason
+    assert bomb.outcome == FAILED and bomb.reason.startswith("decompression bomb")
     assert runner.restarts == 1
 
 
-def test_runner_survives_a_worker_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runner_survives_a_worker_crash(tmp_path: Path) -> None:
     """A native crash mid-job (simulated by SIGKILL during a stalled job) is one failed record."""
-    monkeypatch.setenv(STALL_ENV, "stall.jpg")
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", tmp_path / "stall.jpg")
     out = tmp_path / "out"
-    with DeriveRunner(time_limit=60.0) as runner:
-        assert runner.run(job(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", out)).status == WRITTEN
+    with DeriveRunner(time_limit=60.0, work=stall_on_name) as runner:
+        assert runner.run(job(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", out)).outcome == WRITTEN
         pid = runner.worker_pid
         assert pid is not None
         killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
@@ -362,9 +375,9 @@ def test_runner_survives_a_worker_crash(tmp_path: Path, monkeypatch: pytest.Monk
         killer.join()
         after = runner.run(job(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", out))
     expected = f"derive worker crashed (exit code {-signal.SIGKILL})"
-    assert (crashed.status, crashed.reason) == (FAILED, expected)
+    assert (crashed.outcome, crashed.reason) == (FAILED, expected)
     assert crashed.seconds < 30
-    assert after.status == WRITTEN and runner.worker_pid != pid
+    assert after.outcome == WRITTEN and runner.worker_pid != pid
 
 
 # --------------------------------------------------------------------------- RAW
@@ -411,12 +424,12 @@ def test_raw_preview_and_demosaic_paths(tmp_path: Path) -> None:
     synthetic_dng(tmp_path / "IMG_0001.dng")
     plain = WatermarkConfig(enabled=False)
     preview = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "a", watermark=plain, long_edge=64))
-    assert preview.status == WRITTEN, preview.reason
+    assert preview.outcome == WRITTEN, preview.reason
     with Image.open(preview.output) as out:  # type: ignore[arg-type]
         assert out.size == (64, 48)
         assert np.abs(np.asarray(out, dtype=float).mean(axis=(0, 1)) - (200, 100, 50)).max() <= 4
     demosaic = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "b", watermark=plain))
-    assert demosaic.status == WRITTEN, demosaic.reason
+    assert demosaic.outcome == WRITTEN, demosaic.reason
     assert (demosaic.width, demosaic.height) == (128, 96)  # the preview was too small: full decode
 
 
@@ -429,7 +442,7 @@ def test_broken_raw_files_fail_with_reasons(tmp_path: Path) -> None:
                 "fake.nef": "cannot decode camera RAW: unreadable or truncated RAW data"}
     for name, reason in expected.items():
         result = derive_file(job(tmp_path / name, tmp_path / "out"))
-        assert (result.status, result.reason) == (FAILED, reason), name
+        assert (result.outcome, result.reason) == (FAILED, reason), name
 
 
 def test_raw_jpeg_pair_yields_one_derivative(tmp_path: Path) -> None:
@@ -440,16 +453,17 @@ def test_raw_jpeg_pair_yields_one_derivative(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "IMG_0001.jpg")
     raw, jpeg = folder / "IMG_0001.DNG", folder / "IMG_0001.jpg"
     assert pair_partner(raw) == jpeg and pair_partner(jpeg) == raw
-    assert should_derive(jpeg) and not should_derive(raw)
-    assert should_derive(raw, "raw") and not should_derive(jpeg, "raw")
+    assert not skip_reason(jpeg) and skip_reason(raw) == "RAW+JPEG pair: IMG_0001.jpg is derived instead"
+    assert not skip_reason(raw, "raw")
+    assert skip_reason(jpeg, "raw") == "RAW+JPEG pair: IMG_0001.DNG is derived instead"
     out = tmp_path / "out"
     results = [derive_file(job(path, out)) for path in (raw, jpeg)]
-    assert [r.status for r in results] == [SKIPPED, WRITTEN]
+    assert [r.outcome for r in results] == [SKIPPED, WRITTEN]
     assert results[0].reason == "RAW+JPEG pair: IMG_0001.jpg is derived instead"
     assert len(list(out.rglob("*.jpg"))) == 1
     raw_out = tmp_path / "raw-out"
     preferring_raw = [derive_file(job(path, raw_out, pair_preference="raw")) for path in (raw, jpeg)]
-    assert [r.status for r in preferring_raw] == [WRITTEN, SKIPPED]
+    assert [r.outcome for r in preferring_raw] == [WRITTEN, SKIPPED]
 
 
 # --------------------------------------------------------------------------- outbox
@@ -480,7 +494,7 @@ def test_outbox_dates_collisions_and_rederive(tmp_path: Path) -> None:
 
     # Re-deriving an original (new watermark, say) replaces its own derivative and nothing else.
     before = b.output.read_bytes()  # type: ignore[union-attr]
-    again = derive_file(job(second, out, previous=b.output, watermark=WatermarkConfig(anchor="top-left")))
+    again = derive_file(job(second, out, watermark=WatermarkConfig(anchor="top-left")), previous=b.output)
     assert again.output == b.output
     assert again.output.read_bytes() != before  # type: ignore[union-attr]
     assert foreign.read_bytes() == b"someone else's file"
@@ -488,12 +502,12 @@ def test_outbox_dates_collisions_and_rederive(tmp_path: Path) -> None:
 
     # Without the catalog's previous path a re-derive never overwrites: it takes the next suffix.
     # A temp file left by a killed writer is swept once stale; a "previous" outside the outbox is ignored.
-    stale = out / "2008" / "2008-05-30" / ".shutterlock-killed.tmp"
+    stale = out / "2008" / "2008-05-30" / f"{TEMP_PREFIX}killed"
     stale.write_bytes(b"half a jpeg")
     os.utime(stale, (datetime(2020, 1, 1).timestamp(),) * 2)
     outsider = tmp_path / "not-in-outbox.jpg"
     outsider.write_bytes(b"keep me")
-    assert derive_file(job(first, out, previous=outsider)).output == out / "2008" / "2008-05-30" / "IMG-2.jpg"
+    assert derive_file(job(first, out), previous=outsider).output == out / "2008" / "2008-05-30" / "IMG-2.jpg"
     assert outsider.read_bytes() == b"keep me"
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
 
@@ -504,17 +518,18 @@ def test_protect_writes_flat_and_never_overwrites(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "one.jpg")
     (folder / "clip.mp4").write_bytes(b"\0")
     d, w, r, c = configs(tmp_path / "unused")
-    seen: list[DeriveResult] = []
+    seen: list[object] = []
     first = protect([folder], tmp_path / "out", derive=d, watermark=w, rights=r, cloak=c, strength="off",
                     on_result=seen.append)
     second = protect([folder / "one.jpg", tmp_path / "nope.jpg"], tmp_path / "out", derive=d, watermark=w,
                      rights=r, cloak=c, strength="off")
-    assert [(x.source.name, x.status) for x in first] == [("clip.mp4", SKIPPED), ("one.jpg", WRITTEN)]
+    assert [(x.rendered.source.name, x.rendered.outcome) for x in first] == [("clip.mp4", SKIPPED),
+                                                                             ("one.jpg", WRITTEN)]
     assert seen == first
     assert first[1].output == tmp_path / "out" / "one.jpg"
-    assert [(x.status, x.output) for x in second] == [(WRITTEN, tmp_path / "out" / "one-2.jpg"),
-                                                      (FAILED, None)]
-    assert second[1].reason == "no such file"
+    assert [(x.rendered.outcome, x.output) for x in second] == [(WRITTEN, tmp_path / "out" / "one-2.jpg"),
+                                                               (FAILED, None)]
+    assert second[1].rendered.reason == "no such file"
 
 
 def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
@@ -525,9 +540,10 @@ def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "IMG_7.JPG")
     d, w, r, c = configs(tmp_path / "unused")
     both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c)
-    assert [(x.source.name, x.status) for x in both] == [("IMG_7.JPG", WRITTEN), ("IMG_7.dng", SKIPPED)]
+    assert [(x.rendered.source.name, x.rendered.outcome) for x in both] == [("IMG_7.JPG", WRITTEN),
+                                                                            ("IMG_7.dng", SKIPPED)]
     only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c)
-    assert [x.status for x in only_raw] == [WRITTEN]
+    assert [x.rendered.outcome for x in only_raw] == [WRITTEN]
 
 
 # --------------------------------------------------------------------------- cloak slot and watermark
@@ -535,7 +551,7 @@ def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
 
 def test_cloak_off_is_recorded_as_not_cloaked(tmp_path: Path) -> None:
     result = derive_file(job(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", tmp_path))
-    assert (result.status, result.cloaked, result.cloak_strength, result.cloak_error) == (
+    assert (result.outcome, result.cloaked, result.cloak_strength, result.cloak_error) == (
         WRITTEN, False, "off", "strength off")
 
 
@@ -545,12 +561,12 @@ def test_cloak_failure_holds_the_derivative_back(tmp_path: Path) -> None:
     failing = CloakConfig(strength="light", models_dir=empty_models, offline=True)
     source = EXIF_SAMPLES / "jpg" / "Canon_40D.jpg"
     held = derive_file(job(source, tmp_path / "out", cloak=failing))
-    assert (held.status, held.output, held.cloaked, held.cloak_strength) == (HELD, None, False, "light")
+    assert (held.outcome, held.output, held.cloaked, held.cloak_strength) == (HELD, None, False, "light")
     assert held.cloak_error and held.cloak_error in held.reason
     assert "held back" in held.reason
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jpg"))
     released = derive_file(job(source, tmp_path / "out", cloak=failing, release_uncloaked=True))
-    assert (released.status, released.cloaked) == (WRITTEN, False)
+    assert (released.outcome, released.cloaked) == (WRITTEN, False)
     assert released.reason.startswith("not cloaked")
 
 
@@ -558,11 +574,11 @@ def test_torch_is_not_imported_without_the_cloak(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path\n"
         "from shutterlock.config import *\n"
-        "from shutterlock.derive import DeriveJob, derive_file\n"
-        f"r = derive_file(DeriveJob(Path({str(EXIF_SAMPLES / 'jpg' / 'Canon_40D.jpg')!r}), "
+        "from shutterlock.derive import DeriveJob, render\n"
+        f"r = render(DeriveJob(Path({str(EXIF_SAMPLES / 'jpg' / 'Canon_40D.jpg')!r}), "
         f"DeriveConfig(outbox=Path({str(tmp_path)!r})), WatermarkConfig(), RightsConfig(), "
         "CloakConfig(strength='off')))\n"
-        "assert r.status == 'written', r\n"
+        "assert r.outcome == 'written', r\n"
         "assert 'torch' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(DAEMON_DIR), os.environ.get("PYTHONPATH", "")])}
@@ -582,7 +598,7 @@ def test_watermark_anchor_logo_and_description(tmp_path: Path) -> None:
     Image.new("RGBA", (40, 20), (255, 0, 0, 255)).save(logo)
     config = WatermarkConfig(logo=logo, anchor="top-left", opacity=1.0)
     result = derive_file(job(grey, tmp_path / "out", watermark=config))
-    assert result.status == WRITTEN, result.reason
+    assert result.outcome == WRITTEN, result.reason
     year = datetime.fromtimestamp(grey.stat().st_mtime).year
     assert result.watermark == f"text '© Ada Lovelace & <Co> {year}' + logo logo.png at top-left, opacity 1"
     with Image.open(result.output) as out:  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,12 @@ from conftest import ROOT, S3_ENV, SAMPLES, SHARED, Home, S3Server, _new_home, f
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 from shutterlock import config as config_module
-from shutterlock import keys as keyring
+from shutterlock import keystore
 from shutterlock.catalog import Catalog
-from shutterlock.share import ShareConfig, ShareError, Shares, doctor, parse_expiry, qr
+from shutterlock.config import ShareConfig
+from shutterlock.share import ShareError, Shares, doctor, parse_expiry, qr
 from shutterlock.share.crypto import CryptoError, open_feedback, padme
+from shutterlock.share.expiry import ExpiryError
 from shutterlock.share.select import select
 from shutterlock.share.viewer import ended_page
 from shutterlock.share.viewer import page as viewer_page
@@ -72,7 +74,7 @@ class World:
     def shares(self, **share: Any) -> Shares:
         settings = {"url": "s3://photos/shares", "endpoint": self.server.endpoint, "addressing_style": "path",
                     **share}
-        return Shares(self.config, ShareConfig(**settings), self.catalog, self.keys)
+        return Shares(replace(self.config, share=ShareConfig(**settings)), self.catalog, self.keys)
 
 
 def make_world(base: Path, key_template: Path, server: S3Server, photos: list[Path], extra: str = "") -> World:
@@ -89,7 +91,7 @@ def make_world(base: Path, key_template: Path, server: S3Server, photos: list[Pa
     paths = config_module.Paths(config_file=home.config_file, state_dir=home.state, cache_dir=base / "cache",
                                 runtime_dir=base / "run", credentials_dir=None)
     config = config_module.parse(tomllib.loads(home.config_file.read_text()), home.config_file, paths)
-    keys = Keys.from_master(keyring.load_master_key(paths.key_file, paths.envelope_file, None))
+    keys = Keys.from_master(keystore.load_master_key(paths))
     return World(home, server, config, Catalog(paths.catalog), keys)
 
 
@@ -449,11 +451,11 @@ def test_public_url_links_work_without_signatures(world, tmp_path):
     """With a public-read prefix, links are plain URLs; the doctor says which policy makes the prefix public."""
     settings = {"url": "s3://photos/public", "endpoint": world.server.endpoint, "addressing_style": "path",
                 "public_url": f"{world.server.endpoint}/photos/public"}
-    before = {c.name: c for c in doctor(ShareConfig(**settings), None)}
+    before = {c.name: c for c in doctor(ShareConfig(**settings), world.config.paths)}
     assert before["public_url"].status == "fail"
     policy = before["public_url"].fix[before["public_url"].fix.index("{"):]
     world.server.client().put_bucket_policy(Bucket="photos", Policy=policy)
-    after = {c.name: c for c in doctor(ShareConfig(**settings), None)}
+    after = {c.name: c for c in doctor(ShareConfig(**settings), world.config.paths)}
     assert after["public_url"].status == "ok", after
     assert after["listing"].status == "fail", "moto lets anyone list any bucket, and the doctor must say so"
     shares = world.shares(url="s3://photos/public", public_url=f"{world.server.endpoint}/photos/public")
@@ -606,7 +608,7 @@ def test_seaweedfs_publishes_opens_and_enforces_the_feedback_form(world, seaweed
     assert left == [f"shares/{opened.sid}/index.html"]
 
     checks = {c.name: c for c in doctor(ShareConfig(url="s3://photos/shares", endpoint=seaweed.endpoint,
-                                                    addressing_style="path"), None)}
+                                                    addressing_style="path"), world.config.paths)}
     assert checks["feedback form"].status == "ok" and checks["presigned GET"].status == "ok"
     assert checks["private bucket"].status == "ok" and checks["listing"].status == "ok"
     assert [o for o in seaweed.client().list_objects_v2(Bucket="photos", Prefix="shares/.doctor").get("Contents", [])
@@ -615,13 +617,13 @@ def test_seaweedfs_publishes_opens_and_enforces_the_feedback_form(world, seaweed
 
 def test_doctor_reports_a_server_that_does_not_enforce_post_policies(world):
     checks = {c.name: c for c in doctor(ShareConfig(url="s3://photos/shares", endpoint=world.server.endpoint,
-                                                    addressing_style="path"), None)}
+                                                    addressing_style="path"), world.config.paths)}
     assert checks["bucket"].status == "ok" and checks["presigned GET"].status == "ok"
     assert checks["feedback form"].status == "fail" and "--no-feedback" in checks["feedback form"].fix
     assert checks["lifecycle"].status == "ok"
-    public = {c.name: c for c in doctor(ShareConfig(url="s3://photos/shares", endpoint=world.server.endpoint,
-                                                    addressing_style="path",
-                                                    public_url="https://photos.example.invalid/shares"), None)}
+    settings = ShareConfig(url="s3://photos/shares", endpoint=world.server.endpoint, addressing_style="path",
+                           public_url="https://photos.example.invalid/shares")
+    public = {c.name: c for c in doctor(settings, world.config.paths)}
     assert public["public_url"].status == "fail" and '"s3:GetObject"' in public["public_url"].fix
     assert "arn:aws:s3:::photos/shares/*" in public["public_url"].fix
     assert public["CORS"].status == "fail" and "https://photos.example.invalid" in public["CORS"].fix
@@ -676,5 +678,5 @@ def test_padme_and_expiry_parsing():
     end_of_day = parse_expiry("2027-03-04", now)
     assert time.localtime(end_of_day)[:6] == (2027, 3, 4, 23, 59, 59)
     for bad in ("yesterday", "2020-01-01", "99999d"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ExpiryError):
             parse_expiry(bad, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import nacl.bindings as sodium
 import pytest
-from conftest import PASSPHRASE, SAMPLES, Home, copy_tree
+from conftest import PASSPHRASE, SAMPLES, Home, at_most_chance, copy_tree
 
 
 def sha256(path: Path) -> str:
@@ -33,7 +34,7 @@ def test_every_sample_sealed_and_restored_byte_identical(make_home):
     originals = copy_tree(SAMPLES, home.sources[0])
     assert len(originals) > 100
     result = home.cli("run", "--once", check=True)
-    assert "all sealed" in result.stdout
+    assert re.search(r"all [\d,]+ originals sealed", result.stdout), result.stdout
     listing = json.loads(home.cli("ls", "--json", check=True).stdout)
     assert len(listing) == len(originals)
 
@@ -60,7 +61,7 @@ def test_nothing_readable_in_the_vault(make_home):
         for offset in range(0, len(data) - 64, 4096):
             assert data[offset:offset + 64] not in blob
     for marker in (b"NIKON", b"GPS", b"Exif", b"DSCN"):
-        assert marker not in blob
+        assert at_most_chance(blob, marker), marker
 
 
 def test_corruption_is_named_and_refused(make_home):

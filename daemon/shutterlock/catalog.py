@@ -14,6 +14,7 @@ The queue states live here and nowhere else.
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 import threading
 import time
@@ -21,17 +22,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
+from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import ensure_dir
+from shutterlock.status import Event, FailedFile, FileCounts
 from shutterlock.vault.format import ObjectMeta
 
-# Seal stages of a file.
-DISCOVERED, SEALING, SEALED, FAILED = "discovered", "sealing", "sealed", "failed"
-# Job states.
-PENDING, RUNNING, DONE = "pending", "running", "done"
-# Job kinds.
-REPLICATE, DERIVE = "replicate", "derive"
+if TYPE_CHECKING:
+    from shutterlock.engine import StageError
+
+
+class FileState(enum.StrEnum):
+    """Where an original is in the seal queue."""
+
+    DISCOVERED = "discovered"
+    SEALING = "sealing"
+    SEALED = "sealed"
+    FAILED = "failed"
+
+
+class JobState(enum.StrEnum):
+    """Where a later-stage job is; a job that failed for good is DONE with ``permanent`` set."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+
 
 BACKOFF_BASE = 2.0
 BACKOFF_MAX = 3600.0
@@ -216,20 +234,34 @@ class Version:
     capture_time: str | None
 
 
+class CatalogError(ShutterlockError):
+    """The catalog cannot be opened or used; the message says which file and why."""
+
+
 class Catalog:
-    """Thread-safe access to the catalog; every method is one short transaction."""
+    """Thread-safe access to the catalog; every method is one short transaction. Use it as a context manager."""
 
     def __init__(self, path: Path):
         self.path = path
         ensure_dir(path.parent)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        path.chmod(0o600)
-        self._migrate()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            path.chmod(0o600)
+            self._migrate()
+        except sqlite3.DatabaseError as error:
+            raise CatalogError(f"{path}: the catalog cannot be opened: {error}") from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -254,7 +286,7 @@ class Catalog:
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
-                raise RuntimeError(f"{self.path}: catalog schema {version} is newer than this program")
+                raise CatalogError(f"{self.path}: catalog schema {version} is newer than this program")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
                     db.execute(statement)
@@ -277,9 +309,9 @@ class Catalog:
                        (time.time(), level, subject, message))
             db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - 500")
 
-    def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent_events(self, limit: int = 20) -> list[Event]:
         rows = self._query("SELECT at, level, subject, message FROM events ORDER BY id DESC LIMIT ?", (limit,))
-        return [dict(row) for row in rows]
+        return [Event(**dict(row)) for row in rows]
 
     # ------------------------------------------------------------------ the seal queue
 
@@ -295,13 +327,13 @@ class Catalog:
                              (source, relpath)).fetchone()
             if row is None:
                 db.execute("INSERT INTO files (source, relpath, size, mtime_ns, state, discovered_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (source, relpath, size, mtime_ns, DISCOVERED, now))
+                           "VALUES (?, ?, ?, ?, ?, ?)", (source, relpath, size, mtime_ns, FileState.DISCOVERED, now))
                 return True
-            if (row["size"], row["mtime_ns"]) == (size, mtime_ns) and row["state"] != FAILED:
-                return row["state"] in (DISCOVERED, SEALING)
+            if (row["size"], row["mtime_ns"]) == (size, mtime_ns) and row["state"] != FileState.FAILED:
+                return row["state"] in (FileState.DISCOVERED, FileState.SEALING)
             db.execute("UPDATE files SET size = ?, mtime_ns = ?, state = ?, attempts = 0, not_before = 0, "
                        "error = NULL, discovered_at = ? WHERE id = ?",
-                       (size, mtime_ns, DISCOVERED, now, row["id"]))
+                       (size, mtime_ns, FileState.DISCOVERED, now, row["id"]))
             return True
 
     def known_stat(self, source: str) -> dict[str, tuple[int, int, str]]:
@@ -312,21 +344,23 @@ class Catalog:
     def reset_interrupted(self) -> int:
         """After a crash, work that was in flight is due again."""
         with self.transaction() as db:
-            files = db.execute("UPDATE files SET state = ? WHERE state = ?", (DISCOVERED, SEALING)).rowcount
-            jobs = db.execute("UPDATE jobs SET state = ? WHERE state = ?", (PENDING, RUNNING)).rowcount
+            files = db.execute("UPDATE files SET state = ? WHERE state = ?",
+                               (FileState.DISCOVERED, FileState.SEALING)).rowcount
+            jobs = db.execute("UPDATE jobs SET state = ? WHERE state = ?",
+                              (JobState.PENDING, JobState.RUNNING)).rowcount
         return files + jobs
 
     def claim_files(self, limit: int, now: float | None = None) -> list[FileRow]:
         now = time.time() if now is None else now
         with self.transaction() as db:
             rows = db.execute("SELECT * FROM files WHERE state = ? AND not_before <= ? ORDER BY id LIMIT ?",
-                              (DISCOVERED, now, limit)).fetchall()
+                              (FileState.DISCOVERED, now, limit)).fetchall()
             for row in rows:
-                db.execute("UPDATE files SET state = ? WHERE id = ?", (SEALING, row["id"]))
+                db.execute("UPDATE files SET state = ? WHERE id = ?", (FileState.SEALING, row["id"]))
         return [_file_row(row) for row in rows]
 
     def next_file_due(self) -> float | None:
-        rows = self._query("SELECT MIN(not_before) AS due FROM files WHERE state = ?", (DISCOVERED,))
+        rows = self._query("SELECT MIN(not_before) AS due FROM files WHERE state = ?", (FileState.DISCOVERED,))
         return rows[0]["due"]
 
     def mark_sealed(self, file: FileRow, *, content_id: str, size: int, mtime_ns: int, stored_size: int,
@@ -336,7 +370,7 @@ class Catalog:
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, content_id = ?, size = ?, mtime_ns = ?, sealed_at = ?, "
                        "error = NULL, attempts = 0 WHERE id = ?",
-                       (SEALED, content_id, size, mtime_ns, now, file.id))
+                       (FileState.SEALED, content_id, size, mtime_ns, now, file.id))
             db.execute("INSERT INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at, capture_time) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET mtime_ns = excluded.mtime_ns, "
                        "sealed_at = excluded.sealed_at",
@@ -348,32 +382,34 @@ class Catalog:
             for kind, subject, job_size in follow_up:
                 _enqueue(db, kind, subject, job_size, now)
 
-    def retry_file(self, file: FileRow, error: str, max_attempts: int) -> bool:
-        """Back off a transient failure; after ``max_attempts`` it becomes permanent. True if retried."""
-        attempts = file.attempts + 1
-        if attempts >= max_attempts:
-            self.fail_file(file, f"{error} (gave up after {attempts} attempts)")
+    def retry_file(self, file: FileRow, error: str, max_attempts: int, *, count: bool = True,
+                   delay: float | None = None) -> bool:
+        """Back off a transient failure; False (and nothing written) once ``max_attempts`` are spent."""
+        attempts = file.attempts + (1 if count else 0)
+        if count and attempts >= max_attempts:
             return False
+        wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, attempts = ?, not_before = ?, error = ? WHERE id = ?",
-                       (DISCOVERED, attempts, time.time() + backoff(attempts), error, file.id))
+                       (FileState.DISCOVERED, attempts, time.time() + wait, error, file.id))
         return True
 
     def requeue_file(self, file: FileRow) -> None:
         """The file changed while it was read; try again once it is stable, without counting a failure."""
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, not_before = ? WHERE id = ?",
-                       (DISCOVERED, time.time() + 1.0, file.id))
+                       (FileState.DISCOVERED, time.time() + 1.0, file.id))
 
     def fail_file(self, file: FileRow, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FAILED, error, file.id))
+            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FileState.FAILED, error, file.id))
 
     def forget_file(self, file: FileRow) -> None:
         """The file vanished before it could be sealed; nothing to keep."""
         with self.transaction() as db:
             db.execute("DELETE FROM files WHERE id = ? AND content_id IS NULL", (file.id,))
-            db.execute("UPDATE files SET state = ? WHERE id = ? AND content_id IS NOT NULL", (SEALED, file.id))
+            db.execute("UPDATE files SET state = ? WHERE id = ? AND content_id IS NOT NULL",
+                       (FileState.SEALED, file.id))
 
     def file_by_id(self, file_id: int) -> FileRow | None:
         rows = self._query("SELECT * FROM files WHERE id = ?", (file_id,))
@@ -421,10 +457,10 @@ class Catalog:
                                                      meta.sealed_at))
             db.execute("INSERT OR IGNORE INTO files (source, relpath, size, mtime_ns, state, content_id, "
                        "discovered_at, sealed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (meta.source, meta.path, meta.size, meta.mtime_ns, SEALED, content_id, meta.sealed_at,
+                       (meta.source, meta.path, meta.size, meta.mtime_ns, FileState.SEALED, content_id, meta.sealed_at,
                         meta.sealed_at))
 
-    def enqueue_missing_replicas(self, store: str) -> int:
+    def enqueue_missing_replicas(self, kind: str, store: str) -> int:
         """Queue a copy of every object the store lacks (a replica configured after the fact, a lost job)."""
         now = time.time()
         with self.transaction() as db:
@@ -433,7 +469,7 @@ class Catalog:
                 "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE content_id NOT IN "
                 "(SELECT content_id FROM replicas WHERE store = ?) "
                 "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, attempts = 0 "
-                "WHERE jobs.state = ?", (REPLICATE, PENDING, now, now, store, DONE)).rowcount
+                "WHERE jobs.state = ?", (kind, JobState.PENDING, now, now, store, JobState.DONE)).rowcount
 
     # ------------------------------------------------------------------ later-stage jobs
 
@@ -445,52 +481,55 @@ class Catalog:
         now = time.time() if now is None else now
         with self.transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE kind = ? AND state = ? AND not_before <= ? "
-                             "ORDER BY not_before, id LIMIT 1", (kind, PENDING, now)).fetchone()
+                             "ORDER BY not_before, id LIMIT 1", (kind, JobState.PENDING, now)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (RUNNING, now, row["id"]))
+            db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (JobState.RUNNING, now, row["id"]))
         return Job(id=row["id"], kind=row["kind"], subject=row["subject"], size=row["size"],
                    attempts=row["attempts"])
 
     def next_job_due(self, kind: str) -> float | None:
-        rows = self._query("SELECT MIN(not_before) AS due FROM jobs WHERE kind = ? AND state = ?", (kind, PENDING))
+        rows = self._query("SELECT MIN(not_before) AS due FROM jobs WHERE kind = ? AND state = ?",
+                           (kind, JobState.PENDING))
         return rows[0]["due"]
 
     def finish_job(self, job: Job) -> None:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = NULL, updated_at = ? WHERE id = ?",
-                       (DONE, time.time(), job.id))
+                       (JobState.DONE, time.time(), job.id))
 
     def retry_job(self, job: Job, error: str, *, delay: float | None = None, count: bool = True) -> None:
         attempts = job.attempts + (1 if count else 0)
         wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, attempts = ?, not_before = ?, error = ?, updated_at = ? "
-                       "WHERE id = ?", (PENDING, attempts, time.time() + wait, error, time.time(), job.id))
+                       "WHERE id = ?", (JobState.PENDING, attempts, time.time() + wait, error, time.time(), job.id))
 
     def fail_job(self, job: Job, error: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = ?, permanent = 1, updated_at = ? WHERE id = ?",
-                       (DONE, error, time.time(), job.id))
+                       (JobState.DONE, error, time.time(), job.id))
 
-    def expedite_all(self) -> None:
+    def expedite_files(self) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (DISCOVERED,))
-            db.execute("UPDATE jobs SET not_before = 0 WHERE state = ?", (PENDING,))
+            db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (FileState.DISCOVERED,))
 
     def expedite(self, kind: str) -> None:
         """Make every waiting job of a kind due now (the bucket is back)."""
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET not_before = 0 WHERE kind = ? AND state = ?", (kind, PENDING))
+            db.execute("UPDATE jobs SET not_before = 0 WHERE kind = ? AND state = ?", (kind, JobState.PENDING))
 
     def jobs_retrying(self) -> int:
         """Jobs that failed at least once and wait for another attempt."""
-        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE state = ? AND error IS NOT NULL", (PENDING,))
+        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE state = ? AND error IS NOT NULL", (JobState.PENDING,))
         return rows[0]["n"]
 
-    def job_backlog(self, kind: str) -> tuple[int, int]:
-        rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM jobs "
-                           "WHERE kind = ? AND state IN (?, ?)", (kind, PENDING, RUNNING))
+    def job_backlog(self, kind: str, *, due_only: bool = False) -> tuple[int, int]:
+        """Jobs of a kind not yet done, and their bytes; ``due_only`` leaves out those waiting out a delay
+        (a back-off, a held derivative) — the lane is not busy with those."""
+        rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM jobs WHERE kind = ? AND "
+                           "(state = ? OR (state = ? AND not_before <= ?))",
+                           (kind, JobState.RUNNING, JobState.PENDING, time.time() if due_only else float("inf")))
         return rows[0]["n"], rows[0]["bytes"]
 
     # ------------------------------------------------------------------ derivatives
@@ -509,11 +548,10 @@ class Catalog:
         rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
         return dict(rows[0]) if rows else None
 
-    def held_derivatives(self) -> tuple[int, str]:
-        """How many derivatives are held back uncloaked, and the latest reason."""
-        rows = self._query("SELECT COUNT(*) AS n, (SELECT reason FROM derivatives WHERE status = 'held' "
-                           "ORDER BY made_at DESC LIMIT 1) AS reason FROM derivatives WHERE status = 'held'")
-        return rows[0]["n"], rows[0]["reason"] or ""
+    def latest_held_reason(self) -> str:
+        """Why the cloak could not run for the derivative held back most recently."""
+        rows = self._query("SELECT reason FROM derivatives WHERE status = 'held' ORDER BY made_at DESC LIMIT 1")
+        return rows[0]["reason"] if rows else ""
 
     def derivatives(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT d.*, f.source, f.relpath FROM derivatives d JOIN files f ON f.id = d.file_id "
@@ -543,37 +581,38 @@ class Catalog:
 
     # ------------------------------------------------------------------ status
 
-    def counts(self) -> dict[str, Any]:
-        """Counts per stage and the backlog, for status."""
-        files = {row["state"]: (row["n"], row["bytes"]) for row in self._query(
-            "SELECT state, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM files GROUP BY state")}
-        jobs = {(row["kind"], row["state"], row["permanent"]): row["n"] for row in self._query(
-            "SELECT kind, state, permanent, COUNT(*) AS n FROM jobs GROUP BY kind, state, permanent")}
-        derived = {row["status"]: row["n"] for row in self._query(
-            "SELECT status, COUNT(*) AS n FROM derivatives GROUP BY status")}
-        start_of_day = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
-        today = self._query("SELECT COUNT(*) AS n FROM files WHERE state = ? AND sealed_at >= ?",
-                            (SEALED, start_of_day))[0]["n"]
-        backlog_items = sum(files.get(s, (0, 0))[0] for s in (DISCOVERED, SEALING))
-        backlog_bytes = sum(files.get(s, (0, 0))[1] for s in (DISCOVERED, SEALING))
+    def file_counts(self) -> FileCounts:
+        rows = self._query("SELECT state, COUNT(*) AS n FROM files GROUP BY state")
+        return FileCounts(**{row["state"]: row["n"] for row in rows if row["state"] in FileState.__members__.values()})
 
-        def job_count(kind: str, *states: str) -> int:
-            return sum(n for (k, s, _), n in jobs.items() if k == kind and s in states)
+    def seal_backlog(self) -> tuple[int, int]:
+        """Originals waiting to be sealed (or being sealed), and their bytes."""
+        rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM files WHERE state IN (?, ?)",
+                           (FileState.DISCOVERED, FileState.SEALING))
+        return rows[0]["n"], rows[0]["bytes"]
 
-        return {
-            "files": {state: files.get(state, (0, 0))[0] for state in (DISCOVERED, SEALING, SEALED, FAILED)},
-            "objects": self._query("SELECT COUNT(*) AS n FROM objects")[0]["n"],
-            "sealed_today": today,
-            "backlog": {"items": backlog_items, "bytes": backlog_bytes},
-            "replicate": {"waiting": job_count(REPLICATE, PENDING, RUNNING),
-                          "failed": jobs.get((REPLICATE, DONE, 1), 0)},
-            "derive": {"waiting": job_count(DERIVE, PENDING, RUNNING), "by_status": derived},
-        }
+    def object_count(self) -> int:
+        return self._query("SELECT COUNT(*) AS n FROM objects")[0]["n"]
 
-    def failed_files(self, limit: int = 20) -> list[dict[str, Any]]:
+    def sealed_since(self, since: float) -> tuple[int, float | None]:
+        """How many originals were sealed since ``since``, and when the last one was sealed (ever)."""
+        rows = self._query("SELECT SUM(sealed_at >= ?) AS n, MAX(sealed_at) AS last FROM files WHERE state = ?",
+                           (since, FileState.SEALED))
+        return rows[0]["n"] or 0, rows[0]["last"]
+
+    def jobs_failed(self, kind: str) -> int:
+        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE kind = ? AND state = ? AND permanent = 1",
+                           (kind, JobState.DONE))
+        return rows[0]["n"]
+
+    def derivative_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) AS n FROM derivatives GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
+    def failed_files(self, limit: int = 20) -> list[FailedFile]:
         rows = self._query("SELECT source, relpath, error FROM files WHERE state = ? ORDER BY id DESC LIMIT ?",
-                           (FAILED, limit))
-        return [dict(row) for row in rows]
+                           (FileState.FAILED, limit))
+        return [FailedFile(source=row["source"], relpath=row["relpath"], error=row["error"] or "") for row in rows]
 
     # ------------------------------------------------------------------ snapshots
 
@@ -587,10 +626,78 @@ def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: fl
     db.execute("INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
                "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, attempts = 0, not_before = 0, "
                "error = NULL, permanent = 0, size = excluded.size, updated_at = excluded.updated_at",
-               (kind, subject, PENDING, size, now, now))
+               (kind, subject, JobState.PENDING, size, now, now))
 
 
 def _file_row(row: sqlite3.Row) -> FileRow:
     return FileRow(id=row["id"], source=row["source"], relpath=row["relpath"], size=row["size"],
                    mtime_ns=row["mtime_ns"], state=row["state"], content_id=row["content_id"],
                    attempts=row["attempts"], error=row["error"], sealed_at=row["sealed_at"])
+
+
+# --------------------------------------------------------------------------- the engine's two queue flavours
+
+
+class FileQueue:
+    """The seal queue: originals in the ``files`` table.
+
+    The seal stage records each outcome itself (sealed together with its follow-up jobs, requeued after a
+    change, forgotten when the file vanished) in one transaction, so ``done`` has nothing left to do.
+    """
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    def claim(self) -> FileRow | None:
+        claimed = self.catalog.claim_files(1)
+        return claimed[0] if claimed else None
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_file_due()
+
+    def done(self, item: FileRow) -> None:
+        pass
+
+    def retry(self, item: FileRow, error: StageError, limit: int) -> bool:
+        return self.catalog.retry_file(item, str(error), limit, count=error.count, delay=error.delay)
+
+    def fail(self, item: FileRow, reason: str) -> None:
+        self.catalog.fail_file(item, reason)
+
+    def backlog(self) -> tuple[int, int]:
+        return self.catalog.seal_backlog()
+
+    def expedite(self) -> None:
+        self.catalog.expedite_files()
+
+
+class JobQueue:
+    """A later stage's queue: the ``jobs`` rows of one kind."""
+
+    def __init__(self, catalog: Catalog, kind: str):
+        self.catalog, self.kind = catalog, kind
+
+    def claim(self) -> Job | None:
+        return self.catalog.claim_job(self.kind)
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_job_due(self.kind)
+
+    def done(self, item: Job) -> None:
+        self.catalog.finish_job(item)
+
+    def retry(self, item: Job, error: StageError, limit: int) -> bool:
+        if error.count and item.attempts + 1 >= limit:
+            return False
+        self.catalog.retry_job(item, str(error), delay=error.delay, count=error.count)
+        return True
+
+    def fail(self, item: Job, reason: str) -> None:
+        self.catalog.fail_job(item, reason)
+
+    def backlog(self) -> tuple[int, int]:
+        """What the lane has to do now (not what waits out a delay)."""
+        return self.catalog.job_backlog(self.kind, due_only=True)
+
+    def expedite(self) -> None:
+        self.catalog.expedite(self.kind)

@@ -1,11 +1,12 @@
 """The ``shutterlock`` command: parses arguments, calls the façade, prints, picks the exit code.
 
-Exit codes (the contract): 0 ok, 1 the operation failed, 2 usage or configuration error.
+Exit codes (the contract): 0 ok, 1 the operation failed, 2 usage or configuration error. Every error the
+program reports is a ``ShutterlockError`` carrying its exit code; :class:`_Commands` turns it into one
+line on stderr in one place, so nothing reaches the user as a traceback.
 """
 
 from __future__ import annotations
 
-import functools
 import getpass
 import json
 import os
@@ -14,20 +15,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from shutterlock import __version__, app
+from shutterlock import __version__, facade
 from shutterlock import config as config_module
-from shutterlock.config import Config, ConfigError
-from shutterlock.control import DaemonNotRunning
-from shutterlock.keys import KeyProblem, read_passphrase_file
+from shutterlock.config import STRENGTHS, Config
+from shutterlock.errors import EXIT_FAILED, EXIT_USAGE, DaemonNotRunning, KeyProblem, ShutterlockError
+from shutterlock.keystore import read_passphrase_file
 from shutterlock.restore import Report
 from shutterlock.service import setup_logging
-from shutterlock.status import human_bytes
-
-F = TypeVar("F", bound=Callable[..., Any])
+from shutterlock.status import Status, duration, human_bytes
 
 
 def fail(message: str, code: int) -> None:
@@ -35,29 +34,25 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def handles_errors(func: F) -> F:
-    """Turn the known failure kinds into one-line messages and the contract's exit codes."""
+class _Commands(click.Group):
+    """Maps every ShutterlockError (and Ctrl-C) raised by a command to one line and its exit code."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
-        except (ConfigError, KeyProblem) as error:
-            fail(str(error), 2)
-        except app.OperationFailed as error:
-            fail(str(error), 1)
+            return super().invoke(ctx)
+        except ShutterlockError as error:
+            fail(str(error), error.exit_code)
         except KeyboardInterrupt:
-            fail("interrupted", 1)
-
-    return wrapper  # type: ignore[return-value]
+            fail("interrupted", EXIT_FAILED)
 
 
 def load_config(ctx: click.Context) -> Config:
     return config_module.load(ctx.obj["config_path"])
 
 
-def passphrase_source(passphrase_file: Path | None, *, confirm: bool) -> Callable[[], bytes]:
-    """Where the passphrase comes from: a file (or its env var), else a prompt on a TTY."""
+def passphrase_source(passphrase_file: Path | None, *, confirm: bool,
+                      prompt: str = "Passphrase") -> Callable[[], bytes]:
+    """Where a passphrase comes from: a file (or its env var), else a labelled prompt on a TTY."""
 
     def read() -> bytes:
         file = passphrase_file or (Path(os.environ["SHUTTERLOCK_PASSPHRASE_FILE"])
@@ -67,11 +62,11 @@ def passphrase_source(passphrase_file: Path | None, *, confirm: bool) -> Callabl
         if not sys.stdin.isatty():
             raise KeyProblem("no passphrase: give --passphrase-file FILE (or SHUTTERLOCK_PASSPHRASE_FILE) "
                              "when not on a terminal")
-        first = getpass.getpass("Passphrase: ").encode()
-        if confirm and getpass.getpass("Passphrase again: ").encode() != first:
-            raise KeyProblem("the passphrases differ")
+        first = getpass.getpass(f"{prompt}: ").encode()
         if not first:
             raise KeyProblem("the passphrase is empty")
+        if confirm and getpass.getpass(f"{prompt}, again: ").encode() != first:
+            raise KeyProblem("the passphrases differ")
         return first
 
     return read
@@ -83,6 +78,7 @@ def progress_bar(label: str, unit_bytes: bool) -> Iterator[tuple[Callable[[int],
     if not sys.stderr.isatty():
         yield (lambda _: None), (lambda _: None)
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -95,7 +91,7 @@ def progress_bar(label: str, unit_bytes: bool) -> Iterator[tuple[Callable[[int],
     columns = [BarColumn(), DownloadColumn(), TransferSpeedColumn()] if unit_bytes else [BarColumn(),
                                                                                          MofNCompleteColumn()]
     with Progress(f"[bold]{label}", *columns, TimeRemainingColumn(), transient=True,
-                  console=__import__("rich.console").console.Console(stderr=True)) as bar:
+                  console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=None)
         yield (lambda n: bar.advance(task, n)), (lambda total: bar.update(task, total=total))
 
@@ -107,10 +103,10 @@ def finish_restore(report: Report, dest: Path, verb: str) -> None:
     click.echo(f"{verb} {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"
                + (f"; {len(report.bad)} refused" if report.bad else ""))
     if report.failed:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="shutterlock")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="Config file (default: the platform's config dir; or $SHUTTERLOCK_CONFIG).")
@@ -130,13 +126,12 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 @click.option("--s3-endpoint")
 @click.option("--passphrase-file", type=click.Path(path_type=Path))
 @click.pass_context
-@handles_errors
 def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outbox: Path | None,
          s3_url: str | None, s3_endpoint: str | None, passphrase_file: Path | None) -> None:
     """Write the config and create the key envelope."""
     config = load_config(ctx)
-    result = app.init(config, passphrase_source(passphrase_file, confirm=True), sources=list(sources) or None,
-                      vault=vault, outbox=outbox, s3_url=s3_url, s3_endpoint=s3_endpoint)
+    result = facade.init(config, passphrase_source(passphrase_file, confirm=True), sources=list(sources) or None,
+                         vault=vault, outbox=outbox, s3_url=s3_url, s3_endpoint=s3_endpoint)
     config = load_config(ctx)
     click.echo(f"config: {result.config_file} ({'created' if result.created_config else 'kept'})")
     click.echo(f"key:    {'created' if result.created_key else 'present'} ({config.paths.key_file})")
@@ -144,86 +139,99 @@ def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outb
         click.echo(f"source: {source.name} = {source.path}")
     click.echo(f"vault:  {config.vault.path}")
     if config.s3 is not None:
-        from shutterlock.replicate import publish_envelope
-        from shutterlock.vault.store import StoreError
-
-        try:
-            publish_envelope(config)
-            click.echo(f"replica: {config.s3.url}")
-        except StoreError as error:
-            click.echo(f"replica: {config.s3.url} (not reachable yet: {error}; the daemon will keep trying)")
+        problem = result.replica_problem
+        click.echo(f"replica: {config.s3.url}" + (f" (not reachable yet: {problem}; the daemon will keep trying)"
+                                                  if problem else ""))
     click.echo("Keep your passphrase safe: with the bucket (or vault) it is all you need to recover.")
 
 
 @main.command()
 @click.option("--once", is_flag=True, help="Scan, process everything due, exit.")
 @click.pass_context
-@handles_errors
 def run(ctx: click.Context, once: bool) -> None:
     """The daemon, in the foreground."""
     config = load_config(ctx)
     if not config.paths.key_file.exists() and config.paths.credentials_dir is None:
         raise KeyProblem(f"no key file at {config.paths.key_file}: run `shutterlock init` first")
     if once:
-        failures, status = app.run_once(config)
-        click.echo(status["summary"])
+        failures, status = facade.run_once(config)
+        click.echo(status.summary)
         if failures:
-            fail(f"{failures} item(s) failed; see `shutterlock status`", 1)
+            fail(f"{failures} item(s) failed; see `shutterlock status`", EXIT_FAILED)
         return
-    from shutterlock.daemon import AlreadyRunning, Daemon
-    from shutterlock.vault.store import StoreError
+    from shutterlock.daemon import Daemon
 
-    try:
-        Daemon(config).run()
-    except (AlreadyRunning, StoreError) as error:
-        fail(str(error), 1)
+    Daemon(config).run()
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The status document, for machines.")
 @click.pass_context
-@handles_errors
 def status(ctx: click.Context, as_json: bool) -> None:
-    """State, counts, backlog and recent problems."""
-    info = app.status(load_config(ctx))
+    """State, progress, backlog and recent problems."""
+    info = facade.status(load_config(ctx))
     if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
         return
-    click.echo(f"{info['state']}: {info['summary']}{'' if info['running'] else '  (daemon not running)'}")
-    files = info["files"]
-    click.echo(f"sealed {files.get('sealed', 0)} originals ({info['objects']} objects), {info['sealed_today']} today;"
-               f" backlog {info['backlog']['items']} ({human_bytes(info['backlog']['bytes'])})")
-    replica = info.get("replica") or {}
-    if replica.get("configured"):
-        online = "online" if replica.get("online", True) else f"OFFLINE ({replica.get('error', '')})"
-        click.echo(f"replica: {online}, {replica.get('waiting', 0)} waiting")
-    derive = info.get("derive") or {}
-    click.echo(f"derivatives: {derive.get('by_status', {})}, {derive.get('waiting', 0)} waiting")
-    for source in info["sources"]:
-        warn = f"  ! {source['warning']}" if source.get("warning") else ""
-        click.echo(f"source {source['name']}: {source['path']} [{source['watch_mode']}]{warn}")
-    for item in info.get("current", []):
-        click.echo(f"now: {item}")
-    for failed in info.get("failed_files", []):
-        click.echo(f"failed: {failed['source']}/{failed['relpath']}: {failed['error']}")
-    for event in info.get("errors", [])[:5]:
-        click.echo(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(event['at']))} {event['level']}: "
-                   f"{event['message']}")
+    click.echo("\n".join(describe(info)))
+
+
+def describe(info: Status) -> list[str]:
+    """The status for people: a headline, then one line per part that has something to say."""
+    lines = [f"{info.state}: {info.summary}" + ("" if info.running else "   (the daemon is not running)")]
+    files = info.files
+    last = f", the last at {time.strftime('%Y-%m-%d %H:%M', time.localtime(info.last_sealed_at))}" \
+        if info.last_sealed_at else ""
+    lines.append(f"  sealed       {files.sealed:,} originals ({info.objects:,} objects), {info.sealed_today:,} today"
+                 + last)
+    for lane in info.lanes:
+        if lane.waiting or lane.current:
+            rate = f", {lane.rate:.1f}/s" if lane.rate else ""
+            eta = f", about {duration(lane.eta_seconds)} left" if lane.eta_seconds else ""
+            lines.append(f"  {lane.name:<12} {lane.done} of {lane.total} done{rate}{eta}")
+    replica = info.replica
+    if replica.configured:
+        state = "online" if replica.online else f"OFFLINE: {replica.error}"
+        waiting = f", {replica.waiting:,} objects ({human_bytes(replica.waiting_bytes)}) waiting" \
+            if replica.waiting else ", up to date"
+        lines.append(f"  bucket       {replica.url}: {state}{waiting}")
+    if info.derive.enabled:
+        made = info.derive.by_status
+        parts = [f"{made.get('written', 0):,} made"] + [f"{made[k]:,} {label}" for k, label in
+                                                      (("held", "held back"), ("failed", "failed"),
+                                                       ("skipped", "skipped")) if made.get(k)]
+        if info.derive.waiting:
+            parts.append(f"{info.derive.waiting:,} waiting")
+        lines.append(f"  derivatives  {', '.join(parts)} (cloak: {info.cloak.strength}); outbox {info.outbox}")
+        if info.cloak.error:
+            lines.append(f"  cloak        {info.cloak.error}")
+    for source in info.sources:
+        warn = f"  ! {source.warning}" if source.warning else ""
+        lines.append(f"  source       {source.name}: {source.path} ({source.watch_mode}){warn}")
+    for item in info.current:
+        lines.append(f"  now          {item}")
+    for why in info.restart_needed:
+        lines.append(f"  restart      {why}")
+    for failed in info.failed_files:
+        lines.append(f"  not sealed   {failed.source}/{failed.relpath}: {failed.error}")
+    for event in info.errors[:5]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(event.at))
+        lines.append(f"  {event.level:<12} {when} {event.subject}: {event.message}")
+    return lines
 
 
 def _pause_resume(ctx: click.Context, paused: bool) -> None:
     config = load_config(ctx)
     try:
-        app.control(config, "pause" if paused else "resume")
+        facade.control(config, "pause" if paused else "resume")
         click.echo("paused" if paused else "resumed")
     except DaemonNotRunning:
-        app.set_paused_offline(config, paused)
+        facade.set_paused_offline(config, paused)
         click.echo(f"no daemon running; it will start {'paused' if paused else 'unpaused'}")
 
 
 @main.command()
 @click.pass_context
-@handles_errors
 def pause(ctx: click.Context) -> None:
     """Stop starting new work (persists across restarts)."""
     _pause_resume(ctx, True)
@@ -231,19 +239,25 @@ def pause(ctx: click.Context) -> None:
 
 @main.command()
 @click.pass_context
-@handles_errors
 def resume(ctx: click.Context) -> None:
     """Resume work."""
     _pause_resume(ctx, False)
 
 
+@main.command()
+@click.pass_context
+def reload(ctx: click.Context) -> None:
+    """Make the running daemon re-read its config."""
+    info = facade.control(load_config(ctx), "reload")
+    click.echo("configuration reloaded" + "".join(f"\n  restart needed: {why}" for why in info.restart_needed))
+
+
 @main.command(name="ls")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@handles_errors
 def list_command(ctx: click.Context, as_json: bool) -> None:
     """The sealed originals."""
-    rows = app.list_originals(load_config(ctx))
+    rows = facade.list_originals(load_config(ctx))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -259,12 +273,12 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
 @click.option("--from", "where", type=click.Choice(["local", "s3"]), default="local", show_default=True)
 @click.pass_context
-@handles_errors
 def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: str) -> None:
     """Restore originals byte-identical, with their mtimes."""
     config = load_config(ctx)
     with progress_bar("restoring", unit_bytes=True) as (advance, set_total):
-        report = app.restore_originals(config, list(patterns), dest, where, progress=advance, on_total=set_total)
+        report = facade.restore_originals(config, list(patterns), dest, where, progress=advance,
+                                          on_total=set_total)
     finish_restore(report, dest, "restored")
 
 
@@ -272,18 +286,17 @@ def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: st
 @click.option("--remote", is_flag=True, help="Check the S3 replica instead of the local vault.")
 @click.option("--sample", type=click.FloatRange(0.01, 100), help="Check a random PERCENT of the objects.")
 @click.pass_context
-@handles_errors
 def verify(ctx: click.Context, remote: bool, sample: float | None) -> None:
     """Authenticate stored objects; exit 1 if any is bad or missing."""
     config = load_config(ctx)
     with progress_bar("verifying", unit_bytes=False) as (advance, set_total):
-        report = app.verify_objects(config, remote=remote, sample=sample, progress=advance, on_total=set_total)
+        report = facade.verify_objects(config, remote=remote, sample=sample, progress=advance, on_total=set_total)
     for label, reason in report.bad:
         click.echo(f"BAD {label}: {reason}", err=True)
     click.echo(f"verified {len(report.ok)} object(s) ({human_bytes(report.bytes)}): "
                + ("all good" if not report.bad else f"{len(report.bad)} bad or missing"))
     if report.failed:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
@@ -292,15 +305,12 @@ def verify(ctx: click.Context, remote: bool, sample: float | None) -> None:
 @click.option("--passphrase-file", type=click.Path(path_type=Path))
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
 @click.pass_context
-@handles_errors
 def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase_file: Path | None,
             dest: Path) -> None:
     """Disaster recovery: rebuild local state from the bucket and restore every original."""
-    from shutterlock.recover import recover as run_recovery
-
     config = load_config(ctx)
     with progress_bar("recovering", unit_bytes=True) as (advance, _):
-        report = run_recovery(config, s3_url, s3_endpoint, passphrase_source(passphrase_file, confirm=False), dest,
+        report = facade.recover(config, s3_url, s3_endpoint, passphrase_source(passphrase_file, confirm=False), dest,
                               progress=advance)
     finish_restore(report, dest, "recovered")
 
@@ -308,27 +318,27 @@ def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--strength", type=click.Choice(["off", "light", "standard", "strong"]),
-              help="Cloak strength (default: from the config).")
+@click.option("--strength", type=click.Choice(STRENGTHS), help="Cloak strength (default: from the config).")
 @click.pass_context
-@handles_errors
 def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strength: str | None) -> None:
     """One-shot share-ready derivatives of the given files, same pipeline as the daemon."""
     from shutterlock.derive.protect import protect as run_protect
+    from shutterlock.derive.render import Outcome
 
     config = load_config(ctx)
     results = run_protect(list(inputs), out_dir, derive=config.derive, watermark=config.watermark,
                           rights=config.rights, cloak=config.cloak, strength=strength)
     failed = 0
     for result in results:
-        if result.status == "written":
-            cloak = f"cloaked ({result.cloak_strength})" if result.cloaked else "NOT cloaked"
-            click.echo(f"{result.source} -> {result.output} [{cloak}]")
+        made = result.rendered
+        if made.outcome is Outcome.WRITTEN:
+            cloak = f"cloaked ({made.cloak_strength})" if made.cloaked else "NOT cloaked"
+            click.echo(f"{made.source} -> {result.output} [{cloak}]")
         else:
             failed += 1
-            click.echo(f"{result.source}: {result.status}: {result.reason}", err=True)
+            click.echo(f"{made.source}: {made.outcome}: {made.reason}", err=True)
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 @main.group()
@@ -340,25 +350,16 @@ def key() -> None:
 @click.option("--passphrase-file", type=click.Path(path_type=Path), help="The current passphrase.")
 @click.option("--new-passphrase-file", type=click.Path(path_type=Path), help="The new passphrase.")
 @click.pass_context
-@handles_errors
 def passwd(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file: Path | None) -> None:
     """Change the passphrase (re-wraps the master key; no object is re-encrypted)."""
     config = load_config(ctx)
     if new_passphrase_file is None and not sys.stdin.isatty():
         raise KeyProblem("no new passphrase: give --new-passphrase-file FILE when not on a terminal")
-    old = passphrase_source(passphrase_file, confirm=False)()
+    old = passphrase_source(passphrase_file, confirm=False, prompt="Current passphrase")()
+    facade.check_passphrase(config, old)  # before asking for the new one twice
     new = read_passphrase_file(new_passphrase_file) if new_passphrase_file else \
-        passphrase_source(None, confirm=True)()
-    app.change_passphrase(config, old, new)
-    if config.s3 is not None:
-        from shutterlock.replicate import publish_envelope
-        from shutterlock.vault.store import StoreError
-
-        try:
-            publish_envelope(config)
-        except StoreError as error:
-            raise app.OperationFailed(f"passphrase changed locally, but the bucket still has the old envelope: "
-                                      f"{error}; run `shutterlock key passwd` again when it is reachable") from None
+        passphrase_source(None, confirm=True, prompt="New passphrase")()
+    facade.change_passphrase(config, old, new)
     click.echo("passphrase changed")
 
 
@@ -366,10 +367,22 @@ def passwd(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file
 @click.option("--autostart", type=click.Choice(["on", "off"]), help="Install or remove the login autostart entry.")
 @click.pass_context
 def tray(ctx: click.Context, autostart: str | None) -> None:
-    """The tray icon (starts the daemon in-process if none is running)."""
-    from shutterlock_tray.app import run as run_tray
+    """The tray icon; starts the daemon as its own process if none is running."""
+    if autostart is not None:
+        from shutterlock import autostart as entry
 
-    sys.exit(run_tray(ctx.obj["config_path"], autostart))
+        if not entry.supported():
+            fail("--autostart manages XDG autostart (Linux/BSD desktops); on macOS use Login Items, "
+                 "on Windows the Startup folder", EXIT_USAGE)
+        if autostart == "on":
+            click.echo(f"autostart: installed {entry.install(entry.command(ctx.obj['config_path']))}")
+        else:
+            removed = entry.remove()
+            click.echo(f"autostart: removed {removed}" if removed else "autostart: was not installed")
+        return
+    from shutterlock_tray.icon import run as run_tray
+
+    sys.exit(run_tray(ctx.obj["config_path"]))
 
 
 @main.group()
@@ -382,7 +395,6 @@ def service() -> None:
 @click.option("--system", "scope", flag_value="system", help="A system unit, for a home server.")
 @click.option("--print", "print_only", is_flag=True, help="Print the unit instead of writing it.")
 @click.pass_context
-@handles_errors
 def install(ctx: click.Context, scope: str | None, print_only: bool) -> None:
     """Write the systemd unit with this installation's paths and explain the next steps."""
     from shutterlock.units import install_unit

@@ -8,17 +8,23 @@ Errors name the file, the table, the key and the problem, e.g.
 
 from __future__ import annotations
 
+import enum
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
+
+from shutterlock.errors import ConfigError
 
 APP = "shutterlock"
 
 WATCH_MODES = ("auto", "native", "polling")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+MODELS_DIR_ENV = "SHUTTERLOCK_MODELS_DIR"
 STRENGTHS = ("off", "light", "standard", "strong")
 ANCHORS = (
     "top-left", "top", "top-right",
@@ -40,8 +46,13 @@ DATA_MINING_VALUES = (
 PAIR_PREFERENCES = ("jpeg", "raw")
 
 
-class ConfigError(Exception):
-    """A configuration problem the user must fix; the CLI prints it and exits 2."""
+class Credential(enum.StrEnum):
+    """The names of the secrets systemd hands over in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``)."""
+
+    MASTER_KEY = "shutterlock.key"
+    PASSPHRASE = "shutterlock.passphrase"
+    S3_ACCESS_KEY = "s3.access_key_id"
+    S3_SECRET_KEY = "s3.secret_access_key"
 
 
 # --------------------------------------------------------------------------- paths
@@ -77,6 +88,13 @@ class Paths:
     def lock_file(self) -> Path:
         return self.runtime_dir / "daemon.lock"
 
+    def credential(self, name: Credential) -> Path | None:
+        """The credential file systemd provides, or None (not under systemd, or not given)."""
+        if self.credentials_dir is None:
+            return None
+        path = self.credentials_dir / name
+        return path if path.exists() else None
+
 
 def _first_env_dir(name: str) -> Path | None:
     """systemd passes colon-separated lists; the first entry is ours."""
@@ -111,12 +129,20 @@ def _pictures() -> Path:
 
 
 # --------------------------------------------------------------------------- schema
+#
+# Each table is a frozen dataclass: a field's default is the key's default, and its metadata (``rule``)
+# says what values are valid. One generic reader (:func:`_read_table`) turns a TOML table into it.
+
+
+def rule(*, low: float | None = None, high: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validation for one key: a numeric range, or the allowed words."""
+    return {"low": low, "high": high, "choices": choices}
 
 
 @dataclass(frozen=True)
 class SourceConfig:
     path: Path
-    watch_mode: str = "auto"
+    watch_mode: str = field(default="auto", metadata=rule(choices=WATCH_MODES))
     name: str = ""
 
 
@@ -130,13 +156,16 @@ class S3Config:
     url: str
     endpoint: str = ""
     region: str = ""
-    addressing_style: str = "auto"  # auto | path | virtual
+    addressing_style: str = field(default="auto", metadata=rule(choices=ADDRESSING_STYLES))
     storage_class: str = ""
-    bandwidth_limit: int = 0  # bytes per second, 0 = unlimited
-    stale_upload_hours: float = 72.0
-    snapshot_minutes: float = 60.0
-    scrub_days: float = 7.0
-    scrub_percent: float = 5.0
+    bandwidth_limit: int = field(default=0, metadata=rule(low=0))  # bytes per second, 0 = unlimited
+    stale_upload_hours: float = field(default=72.0, metadata=rule(low=0.01))
+    snapshot_minutes: float = field(default=60.0, metadata=rule(low=0.01))
+    scrub_days: float = field(default=7.0, metadata=rule(low=0.0001))
+    scrub_percent: float = field(default=5.0, metadata=rule(low=0.0, high=100.0))
+    # Transient errors (5xx, throttling) an upload survives before it fails for good; an unreachable
+    # endpoint is an outage, not an attempt, and never fails an upload.
+    max_attempts: int = field(default=32, metadata=rule(low=1, high=1000))
 
     @property
     def bucket(self) -> str:
@@ -152,16 +181,18 @@ class S3Config:
 class DeriveConfig:
     enabled: bool = True
     outbox: Path = field(default_factory=lambda: _pictures() / "Outbox")
-    long_edge: int = 2048
-    jpeg_quality: int = 90
-    max_pixels: int = 200_000_000
-    time_limit: float = 300.0  # seconds per image, cloak included
-    pair_preference: str = "jpeg"  # which half of a RAW+JPEG pair is derived
+    long_edge: int = field(default=2048, metadata=rule(low=64, high=65535))
+    jpeg_quality: int = field(default=90, metadata=rule(low=1, high=100))
+    max_pixels: int = field(default=200_000_000, metadata=rule(low=1))
+    time_limit: float = field(default=300.0, metadata=rule(low=1.0))  # seconds per image, cloak included
+    # Which half of a RAW+JPEG pair is derived.
+    pair_preference: str = field(default="jpeg", metadata=rule(choices=PAIR_PREFERENCES))
     release_uncloaked: bool = False  # hold back derivatives whose cloak could not run
     # A JPEG may be decoded at a reduced scale that falls this much short of the long edge and be topped
     # up (4000 px → 2000 px → 2048 px): ~3× faster, 43 dB from a full decode, below JPEG q90's own loss.
-    draft_tolerance: float = 0.03
-    workers: int = 1  # derive processes (niced); 2 on an otherwise idle 2-core box doubles throughput
+    draft_tolerance: float = field(default=0.03, metadata=rule(low=0.0, high=0.25))
+    # Derive processes (niced); 2 on an otherwise idle 2-core box doubles throughput.
+    workers: int = field(default=1, metadata=rule(low=1, high=64))
 
 
 @dataclass(frozen=True)
@@ -169,39 +200,63 @@ class WatermarkConfig:
     enabled: bool = True
     text: str = "© {creator} {year}"
     logo: Path | None = None
-    anchor: str = "bottom-right"
-    inset: float = 0.03  # fraction of the short side
-    size: float = 0.035  # text height as a fraction of the short side
-    opacity: float = 0.6
+    anchor: str = field(default="bottom-right", metadata=rule(choices=ANCHORS))
+    inset: float = field(default=0.03, metadata=rule(low=0.0, high=0.45))  # fraction of the short side
+    size: float = field(default=0.035, metadata=rule(low=0.005, high=0.5))  # text height / short side
+    opacity: float = field(default=0.6, metadata=rule(low=0.0, high=1.0))
 
 
 @dataclass(frozen=True)
 class RightsConfig:
     creator: str = ""
     copyright: str = ""
-    data_mining: str = "DMI-PROHIBITED-AIMLTRAINING"
+    data_mining: str = field(default="DMI-PROHIBITED-AIMLTRAINING", metadata=rule(choices=DATA_MINING_VALUES))
     web_statement: str = ""
     other_constraints: str = "No use for training, fine-tuning or evaluating AI/ML models."
 
 
 @dataclass(frozen=True)
 class CloakConfig:
-    strength: str = "standard"
-    models_dir: Path | None = None
+    strength: str = field(default="standard", metadata=rule(choices=STRENGTHS))
+    models_dir: Path | None = None  # $SHUTTERLOCK_MODELS_DIR overrides it
     offline: bool = False
-    threads: int = 0  # 0 = all cores
-    seed: int = 0
-    time_budget: float = 60.0
+    threads: int = field(default=0, metadata=rule(low=0, high=1024))  # 0 = all cores
+    seed: int = field(default=0, metadata=rule(low=0))
+    time_budget: float = field(default=60.0, metadata=rule(low=0.1))
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    settle_seconds: float = 2.0
-    rescan_minutes: float = 15.0
-    seal_workers: int = 0  # 0 = one per core
-    max_attempts: int = 8
-    chunk_size: int = 1 << 20
-    stall_seconds: float = 300.0  # a busy worker silent this long stops the systemd watchdog pings
+    settle_seconds: float = field(default=2.0, metadata=rule(low=0.0, high=3600.0))
+    rescan_minutes: float = field(default=15.0, metadata=rule(low=0.05))
+    seal_workers: int = field(default=0, metadata=rule(low=0, high=256))  # 0 = one per core
+    max_attempts: int = field(default=8, metadata=rule(low=1, high=1000))
+    chunk_size: int = field(default=1 << 20, metadata=rule(low=4096, high=64 << 20))
+    # A busy worker silent this long stops the systemd watchdog pings.
+    stall_seconds: float = field(default=300.0, metadata=rule(low=1.0))
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """``[share]``: where private galleries are published (docs/SHARING.md); absent: no sharing."""
+
+    url: str  # s3://BUCKET/PREFIX
+    endpoint: str = ""
+    public_url: str = ""  # a public-read base serving PREFIX; empty: presigned links (at most 7 days)
+    region: str = ""
+    addressing_style: str = field(default="auto", metadata=rule(choices=ADDRESSING_STYLES))
+    expires_days: float = field(default=30.0, metadata=rule(low=0.01, high=1825.0))  # when --expires is not given
+    thumb_edge: int = field(default=640, metadata=rule(low=160, high=2048))  # the grid thumbnail's long edge
+    feedback_bytes: int = field(default=65536, metadata=rule(low=4096, high=1 << 20))  # per client message
+
+    @property
+    def bucket(self) -> str:
+        return self.url[len("s3://"):].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.url[len("s3://"):].split("/", 1)
+        return rest[1].strip("/") if len(rest) > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -215,6 +270,7 @@ class Config:
     cloak: CloakConfig
     engine: EngineConfig
     paths: Paths
+    share: ShareConfig | None = None
 
     def source_by_name(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -251,17 +307,11 @@ class _Reader:
             raise self.fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
-    def number(self, key: str, default: float, *, low: float, high: float | None = None) -> float:
-        value = self.get(key, float, default)
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise self.fail(key, f"must be {bound}; got {value}")
-        return value
-
-    def integer(self, key: str, default: int, *, low: int, high: int | None = None) -> int:
-        value = self.get(key, int, default)
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+    def number(self, key: str, kind: type, default: Any, low: float | None, high: float | None) -> Any:
+        value = self.get(key, kind, default)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"between {low} and {high}" if low is not None and high is not None else \
+                f"at least {low}" if low is not None else f"at most {high}"
             raise self.fail(key, f"must be {bound}; got {value}")
         return value
 
@@ -305,14 +355,37 @@ def _sources(file: Path, raw: dict[str, Any]) -> tuple[SourceConfig, ...]:
         if path is None:
             raise reader.fail("path", "missing")
         path = _existing_dir_or_creatable(reader, "path", path)
-        name = reader.get("name", str, "") or path.name or f"source{index + 1}"
+        source = _read_table(reader, SourceConfig, path=path)
+        name = source.name or path.name or f"source{index + 1}"
         if name in names:
             raise reader.fail("name", f"duplicate source name {name!r}; give each source a distinct name")
         names.add(name)
-        sources.append(SourceConfig(path=path, watch_mode=reader.choice("watch_mode", WATCH_MODES, "auto"),
-                                    name=name))
-        reader.done()
+        sources.append(replace(source, name=name))
     return tuple(sources)
+
+
+T = TypeVar("T")
+
+
+def _read_table(reader: _Reader, kind: type[T], **given: Any) -> T:
+    """Read every key of ``kind`` from the table (defaults and rules from its fields); unknown keys fail."""
+    hints = typing.get_type_hints(kind)
+    default = kind(**given)
+    values = dict(given)
+    for item in fields(kind):  # type: ignore[arg-type]
+        if item.name in given:
+            continue
+        current, hint, check = getattr(default, item.name), hints[item.name], item.metadata or rule()
+        if check["choices"]:
+            values[item.name] = reader.choice(item.name, check["choices"], current)
+        elif hint in (int, float):
+            values[item.name] = reader.number(item.name, hint, current, check["low"], check["high"])
+        elif hint in (Path, Path | None):
+            values[item.name] = reader.path(item.name, current) or current
+        else:
+            values[item.name] = reader.get(item.name, hint, current)
+    reader.done()
+    return kind(**values)
 
 
 def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
@@ -325,110 +398,68 @@ def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
     endpoint = reader.get("endpoint", str, "")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise reader.fail("endpoint", f"must be an http:// or https:// URL; got {endpoint!r}")
-    config = S3Config(
-        url=url,
-        endpoint=endpoint,
-        region=reader.get("region", str, ""),
-        addressing_style=reader.choice("addressing_style", ("auto", "path", "virtual"), "auto"),
-        storage_class=reader.get("storage_class", str, ""),
-        bandwidth_limit=reader.integer("bandwidth_limit", 0, low=0),
-        stale_upload_hours=reader.number("stale_upload_hours", 72.0, low=0.01),
-        snapshot_minutes=reader.number("snapshot_minutes", 60.0, low=0.01),
-        scrub_days=reader.number("scrub_days", 7.0, low=0.0001),
-        scrub_percent=reader.number("scrub_percent", 5.0, low=0.0, high=100.0),
-    )
-    reader.done()
-    return config
+    return _read_table(reader, S3Config, url=url, endpoint=endpoint)
+
+
+def _share(file: Path, raw: dict[str, Any]) -> ShareConfig | None:
+    if "share" not in raw:
+        return None
+    reader = _table(file, raw, "share")
+    url = reader.get("url", str, "")
+    if not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise reader.fail("url", f"must look like s3://BUCKET/PREFIX; got {url!r}")
+    given = {"url": url}
+    for key in ("endpoint", "public_url"):
+        value = reader.get(key, str, "")
+        if value and not value.startswith(("http://", "https://")):
+            raise reader.fail(key, f"must be an http:// or https:// URL; got {value!r}")
+        given[key] = value.rstrip("/") if key == "public_url" else value
+    return _read_table(reader, ShareConfig, **given)
+
+
+def _derive(file: Path, raw: dict[str, Any]) -> DeriveConfig:
+    reader = _table(file, raw, "derive")
+    outbox = reader.path("outbox", None)
+    if outbox is not None:
+        _existing_dir_or_creatable(reader, "outbox", outbox)
+        return _read_table(reader, DeriveConfig, outbox=outbox)
+    return _read_table(reader, DeriveConfig)
+
+
+def _watermark(file: Path, raw: dict[str, Any]) -> WatermarkConfig:
+    reader = _table(file, raw, "watermark")
+    logo = reader.path("logo", None)
+    if logo is not None and not logo.is_file():
+        raise reader.fail("logo", f"no such file: {logo}")
+    return _read_table(reader, WatermarkConfig, logo=logo)
+
+
+def _cloak(file: Path, raw: dict[str, Any]) -> CloakConfig:
+    """``$SHUTTERLOCK_MODELS_DIR`` overrides ``models_dir``; this is the only place that reads it."""
+    reader = _table(file, raw, "cloak")
+    models_dir = reader.path("models_dir", None)
+    env_models = os.environ.get(MODELS_DIR_ENV)
+    if env_models:
+        models_dir = Path(env_models).expanduser()
+    return _read_table(reader, CloakConfig, models_dir=models_dir)
 
 
 def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     """Validate a parsed TOML document; every key not understood is an error (typos matter)."""
     raw = dict(raw)
     sources = _sources(file, raw)
-
     reader = _table(file, raw, "vault")
-    vault_path = reader.path("path", paths.state_dir / "vault") or paths.state_dir / "vault"
-    vault = VaultConfig(path=_existing_dir_or_creatable(reader, "path", vault_path))
+    default_vault = paths.state_dir / "vault"
+    vault = VaultConfig(path=_existing_dir_or_creatable(
+        reader, "path", reader.path("path", default_vault) or default_vault))
     reader.done()
-
-    s3 = _s3(file, raw)
-
-    reader = _table(file, raw, "derive")
-    default = DeriveConfig()
-    derive = DeriveConfig(
-        enabled=reader.get("enabled", bool, True),
-        outbox=_existing_dir_or_creatable(reader, "outbox", reader.path("outbox", default.outbox) or default.outbox),
-        long_edge=reader.integer("long_edge", default.long_edge, low=64, high=65535),
-        jpeg_quality=reader.integer("jpeg_quality", default.jpeg_quality, low=1, high=100),
-        max_pixels=reader.integer("max_pixels", default.max_pixels, low=1),
-        time_limit=reader.number("time_limit", default.time_limit, low=1.0),
-        pair_preference=reader.choice("pair_preference", PAIR_PREFERENCES, default.pair_preference),
-        release_uncloaked=reader.get("release_uncloaked", bool, default.release_uncloaked),
-        draft_tolerance=reader.number("draft_tolerance", default.draft_tolerance, low=0.0, high=0.25),
-        workers=reader.integer("workers", default.workers, low=1, high=64),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "watermark")
-    default_wm = WatermarkConfig()
-    logo = reader.path("logo", None)
-    if logo is not None and not logo.is_file():
-        raise reader.fail("logo", f"no such file: {logo}")
-    watermark = WatermarkConfig(
-        enabled=reader.get("enabled", bool, True),
-        text=reader.get("text", str, default_wm.text),
-        logo=logo,
-        anchor=reader.choice("anchor", ANCHORS, default_wm.anchor),
-        inset=reader.number("inset", default_wm.inset, low=0.0, high=0.45),
-        size=reader.number("size", default_wm.size, low=0.005, high=0.5),
-        opacity=reader.number("opacity", default_wm.opacity, low=0.0, high=1.0),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "rights")
-    default_rights = RightsConfig()
-    rights = RightsConfig(
-        creator=reader.get("creator", str, ""),
-        copyright=reader.get("copyright", str, ""),
-        data_mining=reader.choice("data_mining", DATA_MINING_VALUES, default_rights.data_mining),
-        web_statement=reader.get("web_statement", str, ""),
-        other_constraints=reader.get("other_constraints", str, default_rights.other_constraints),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "cloak")
-    default_cloak = CloakConfig()
-    models_dir = reader.path("models_dir", None)
-    env_models = os.environ.get("SHUTTERLOCK_MODELS_DIR")
-    if env_models:
-        models_dir = Path(env_models).expanduser()
-    cloak = CloakConfig(
-        strength=reader.choice("strength", STRENGTHS, default_cloak.strength),
-        models_dir=models_dir,
-        offline=reader.get("offline", bool, False),
-        threads=reader.integer("threads", 0, low=0, high=1024),
-        seed=reader.integer("seed", 0, low=0),
-        time_budget=reader.number("time_budget", default_cloak.time_budget, low=0.1),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "engine")
-    default_engine = EngineConfig()
-    engine = EngineConfig(
-        settle_seconds=reader.number("settle_seconds", default_engine.settle_seconds, low=0.0, high=3600.0),
-        rescan_minutes=reader.number("rescan_minutes", default_engine.rescan_minutes, low=0.05),
-        seal_workers=reader.integer("seal_workers", 0, low=0, high=256),
-        max_attempts=reader.integer("max_attempts", default_engine.max_attempts, low=1, high=1000),
-        chunk_size=reader.integer("chunk_size", default_engine.chunk_size, low=4096, high=64 << 20),
-        stall_seconds=reader.number("stall_seconds", default_engine.stall_seconds, low=1.0),
-    )
-    reader.done()
-
+    config = Config(sources=sources, vault=vault, s3=_s3(file, raw), derive=_derive(file, raw),
+                    watermark=_watermark(file, raw), rights=_read_table(_table(file, raw, "rights"), RightsConfig),
+                    cloak=_cloak(file, raw), engine=_read_table(_table(file, raw, "engine"), EngineConfig),
+                    paths=paths, share=_share(file, raw))
     if raw:
-        unknown = sorted(raw)[0]
-        raise ConfigError(f"{file.name}: [{unknown}]: unknown table")
-    return Config(sources=sources, vault=vault, s3=s3, derive=derive, watermark=watermark, rights=rights,
-                  cloak=cloak, engine=engine, paths=paths)
+        raise ConfigError(f"{file.name}: [{sorted(raw)[0]}]: unknown table")
+    return config
 
 
 def load(config_file: Path | None = None) -> Config:
@@ -447,6 +478,15 @@ def load(config_file: Path | None = None) -> Config:
     elif config_file is not None:
         raise ConfigError(f"{file}: no such config file")
     return parse(raw, file, paths)
+
+
+def save(config: Config) -> None:
+    """Write the config file (owner-only: it may name buckets and paths the user keeps private)."""
+    import tomli_w
+
+    from shutterlock.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(config.paths.config_file, tomli_w.dumps(to_toml_dict(config)).encode(), mode=0o600)
 
 
 def to_toml_dict(config: Config) -> dict[str, Any]:
@@ -474,6 +514,8 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
     }
     if config.s3 is not None:
         doc["s3"] = table(config.s3)
+    if config.share is not None:
+        doc["share"] = table(config.share)
     return doc
 
 

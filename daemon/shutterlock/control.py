@@ -4,9 +4,10 @@ Newline-delimited JSON over a Unix domain socket in an owner-only runtime direct
 socket is 0600 and, where the OS tells us, the peer's uid must be ours. Where AF_UNIX is not
 available (Windows), a loopback TCP port plus a random token in an owner-only file stands in.
 
-Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "stop"}`` and
+Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "reload" | "stop"}`` and
 ``{"op": "watch", "version": N, "timeout": S}``, which long-polls until the status changes.
-Replies: ``{"ok": true, "status": {...}}`` or ``{"ok": false, "error": "..."}``.
+Replies: ``{"ok": true, "status": {...}}`` (the status document of ``status.py``) or
+``{"ok": false, "error": "..."}``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
+from shutterlock.errors import ControlError, DaemonNotRunning, ShutterlockError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +35,12 @@ MAX_REQUEST = 64 * 1024
 HAVE_UNIX = hasattr(socket, "AF_UNIX")
 
 
-class DaemonNotRunning(Exception):
-    """No daemon answers on the control socket."""
-
-
 class ControlTarget(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> Status: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def rescan(self) -> None: ...
+    def request_reload(self) -> None: ...
     def request_stop(self) -> None: ...
     def wait_for_change(self, version: int, timeout: float) -> None: ...
 
@@ -91,14 +91,18 @@ class _Handler(socketserver.StreamRequestHandler):
                 target.resume()
             elif op == "rescan":
                 target.rescan()
+            elif op == "reload":
+                target.request_reload()
             elif op == "stop":
                 target.request_stop()
             elif op != "status":
                 return {"ok": False, "error": f"unknown op {op!r}"}
-            return {"ok": True, "status": target.status()}
+            return {"ok": True, "status": target.status().to_dict()}
+        except ShutterlockError as error:
+            return {"ok": False, "error": str(error)}
         except Exception as error:
             log.exception("control request %r failed", op)
-            return {"ok": False, "error": str(error)}
+            return {"ok": False, "error": f"internal error: {error!r}"}
 
     def _reply(self, payload: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -164,7 +168,7 @@ class ControlClient:
         self.path, self.timeout = socket_path, timeout
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send one request; returns the status dict or raises DaemonNotRunning / RuntimeError."""
+        """Send one request; returns the status document as sent, or raises DaemonNotRunning / ControlError."""
         request = {"op": op, **args}
         wait = float(args.get("timeout", 0)) if op == "watch" else 0.0
         try:
@@ -189,7 +193,10 @@ class ControlClient:
             raise DaemonNotRunning(f"{self.path}: {error}") from error
         if not line:
             raise DaemonNotRunning(f"{self.path}: the daemon closed the connection")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ControlError(f"{self.path}: the daemon sent a malformed reply") from None
         if not reply.get("ok"):
-            raise RuntimeError(reply.get("error", "request failed"))
+            raise ControlError(f"the daemon refused {op!r}: {reply.get('error', 'request failed')}")
         return reply["status"]

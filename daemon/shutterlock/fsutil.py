@@ -1,7 +1,9 @@
-"""Crash-safe file writes: temp file, fsync, rename, fsync the directory.
+"""Crash-safe file writes: temp file, fsync, rename (or no-clobber link), fsync the directory.
 
-Every file this program creates goes through here, so a power cut leaves either the old file
-or the new one, never a torn one.
+Every file this program creates goes through here — config, keys, vault objects, restored originals,
+derivatives — so a power cut leaves either the old file or the new one, never a torn one, and a leftover
+temp file is recognisable by its prefix. Temp names are short and never contain the target's name, so a
+target whose name is already at the file system's limit (255 bytes) can still be written.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -31,34 +34,61 @@ def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def temp_path_for(target: Path) -> Path:
-    return target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{target.name}")
+def temp_path_in(directory: Path) -> Path:
+    return directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+
+
+@contextlib.contextmanager
+def staged(directory: Path, mode: int = 0o600) -> Iterator[tuple[Path, BinaryIO]]:
+    """A new temp file in ``directory``: written in the block, synced when it ends, removed unless committed."""
+    tmp = temp_path_in(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield tmp, handle
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def commit(tmp: Path, target: Path, *, replace: bool = True) -> bool:
+    """Give a synced temp file its final name. With ``replace=False`` an existing target is left alone and
+    False is returned (a hard link fails where a rename would clobber). The caller syncs the directory."""
+    if replace:
+        os.replace(tmp, target)
+        return True
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    except OSError:
+        # File systems without hard links (exFAT, some network shares): check, then rename.
+        if target.exists() or target.is_symlink():
+            return False
+        os.replace(tmp, target)
+        return True
+    os.unlink(tmp)
+    return True
 
 
 @contextlib.contextmanager
 def atomic_writer(target: Path, mode: int = 0o600, *, replace: bool = True) -> Iterator[BinaryIO]:
     """Yield a handle whose contents appear at ``target`` only if the block completes.
 
-    With ``replace=False`` an existing target is left alone (``FileExistsError``), which is how
-    the outbox avoids clobbering a file that is not ours.
+    With ``replace=False`` an existing target is left alone (``FileExistsError``).
     """
-    tmp = temp_path_for(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with staged(target.parent, mode) as (tmp, handle):
+        yield handle
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, target)
-        else:
-            os.link(tmp, target)
-            os.unlink(tmp)
+        if not commit(tmp, target, replace=replace):
+            raise FileExistsError(f"{target}: already exists")
         fsync_dir(target.parent)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
 
 
 def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
@@ -67,13 +97,16 @@ def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
         handle.write(data)
 
 
-def remove_stale_temps(directory: Path) -> int:
-    """Delete temp files a crash left behind; returns how many."""
-    removed = 0
+def remove_stale_temps(directory: Path, older_than: float = 0.0, *, recursive: bool = True) -> int:
+    """Delete temp files a crash left behind (those older than ``older_than`` seconds); returns how many."""
     if not directory.is_dir():
         return 0
-    for path in directory.rglob(f"{TEMP_PREFIX}*"):
+    cutoff = time.time() - older_than
+    removed = 0
+    found = directory.rglob(f"{TEMP_PREFIX}*") if recursive else directory.glob(f"{TEMP_PREFIX}*")
+    for path in found:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
+            if not older_than or path.lstat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
     return removed

@@ -12,15 +12,15 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from shutterlock import app
-from shutterlock import keys as keyring
+from shutterlock import keystore
 from shutterlock.catalog import Catalog
-from shutterlock.config import Config, with_overrides
+from shutterlock.config import Config, save, with_overrides
+from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.replicate import CATALOG_LABEL
 from shutterlock.restore import Report, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, open_blob
-from shutterlock.vault.local import LocalStore
+from shutterlock.vault.local import LocalStore, open_local_vault
 from shutterlock.vault.s3 import CATALOG_KEY, ENVELOPE_KEY, S3Store
 from shutterlock.vault.store import ObjectMissing, StoreError
 
@@ -31,24 +31,29 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
             progress: Callable[[int], None] | None = None) -> Report:
     config = with_overrides(config, s3_url=s3_url, s3_endpoint=s3_endpoint)
     paths = config.paths
-    if paths.catalog.exists() and Catalog(paths.catalog).latest_versions():
-        raise app.OperationFailed(f"{paths.catalog} already holds a catalog: recover is for an empty machine "
+    if paths.catalog.exists():
+        with Catalog(paths.catalog) as existing:
+            occupied = bool(existing.latest_versions())
+    else:
+        occupied = False
+    if occupied:
+        raise OperationFailed(f"{paths.catalog} already holds a catalog: recover is for an empty machine "
                                   "(to fetch originals from the bucket here, use `restore --from s3`)")
-    store = S3Store.from_config(config.s3, paths.credentials_dir)
+    store = S3Store.from_config(config.s3, paths)
     try:
         store.check()
         envelope_bytes = store.get_bytes(ENVELOPE_KEY)
     except StoreError as error:
-        raise app.OperationFailed(f"cannot read the bucket: {error}") from None
-    envelope = keyring.Envelope.from_json(envelope_bytes, f"{s3_url}/{ENVELOPE_KEY}")
-    master = keyring.unwrap(envelope, passphrase())
+        raise OperationFailed(f"cannot read the bucket: {error}") from None
+    envelope = keystore.Envelope.from_json(envelope_bytes, f"{s3_url}/{ENVELOPE_KEY}")
+    master = keystore.unwrap(envelope, passphrase())
     keys = Keys.from_master(master)
 
     ensure_dir(paths.state_dir)
     atomic_write_bytes(paths.envelope_file, envelope_bytes)
-    keyring.write_key_file(paths.key_file, master)
+    keystore.write_key_file(paths.key_file, master)
     if not paths.config_file.exists():
-        app.write_config(config)
+        save(config)
 
     try:
         snapshot = open_blob(keys.catalog, store.get_bytes(CATALOG_KEY), CATALOG_LABEL)
@@ -58,9 +63,8 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         log.warning("the bucket holds no catalog snapshot; rebuilding the catalog from the objects")
     except FormatError as error:
         log.warning("the catalog snapshot is unusable (%s); rebuilding it from the objects", error)
-    catalog = Catalog(paths.catalog)
-    try:
-        vault = app.open_vault(config)
+    with Catalog(paths.catalog) as catalog:
+        vault = open_local_vault(config.vault.path, paths.envelope_file)
         in_bucket = set(store.list())
         catalog.forget_replicas("local")
         for content_id in sorted(in_bucket):
@@ -75,8 +79,6 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
             holders = ", ".join(f"{v.source}/{v.relpath}" for v in versions if v.content_id == content_id)
             report.bad.append((holders, f"object {content_id[:12]}… is not in the bucket"))
         return report
-    finally:
-        catalog.close()
 
 
 def _download(store: S3Store, vault: LocalStore, keys: Keys, catalog: Catalog, content_id: str) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from pathlib import Path
 
-from shutterlock.catalog import Catalog, Job
+from shutterlock.catalog import Catalog, Job, JobQueue
 from shutterlock.config import Config
-from shutterlock.pipeline import Stage, StageError, WorkerState
+from shutterlock.engine import Periodic, StageError, WorkerState
 from shutterlock.restore import verify
+from shutterlock.status import ReplicaStatus, ScrubReport
 from shutterlock.vault.format import Keys, seal_blob
 from shutterlock.vault.local import LocalStore
 from shutterlock.vault.s3 import CATALOG_KEY, ENVELOPE_KEY, OfflineError, S3Store
@@ -32,26 +33,27 @@ SNAPSHOT_DEBOUNCE = 20.0
 def open_replica(config: Config) -> S3Store:
     if config.s3 is None:
         raise StoreError("no [s3] replica is configured", transient=False)
-    return S3Store.from_config(config.s3, config.paths.credentials_dir)
+    return S3Store.from_config(config.s3, config.paths)
 
 
-def publish_envelope(config: Config) -> None:
+def publish_envelope(store: S3Store, envelope_file: Path) -> None:
     """Put the key envelope in the bucket: with the passphrase, it is all a recovery needs."""
-    store = open_replica(config)
-    store.put_bytes(ENVELOPE_KEY, config.paths.envelope_file.read_bytes())
+    store.put_bytes(ENVELOPE_KEY, envelope_file.read_bytes())
 
 
 def snapshot_blob(catalog: Catalog, keys: Keys) -> bytes:
     return seal_blob(keys.catalog, catalog.snapshot_bytes(), CATALOG_LABEL)
 
 
-class ReplicateStage(Stage):
-    kind = "replicate"
-    threads = 3
+class ReplicateStage:
+    """The S3 lane: one job per sealed object; an outage only grows the queue."""
+
+    name = "replicate"
+    workers = 3
 
     def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore):
-        self.config, self.catalog, self.keys, self.vault = config, catalog, keys, vault
-        self.store = open_replica(config)
+        self.catalog, self.keys, self.vault = catalog, keys, vault
+        self.queue = JobQueue(catalog, self.name)
         self._lock = threading.Lock()
         self.online = True
         self.offline_since: float | None = None
@@ -61,10 +63,31 @@ class ReplicateStage(Stage):
         self._dirty_since: float | None = None
         self._envelope_published = False
         self.last_snapshot: float | None = None
-        self.scrub: dict[str, Any] = {}
-        queued = catalog.enqueue_missing_replicas(self.store.name)
+        self.scrub: ScrubReport | None = None
+        self._use(config, open_replica(config))
+
+    def _use(self, config: Config, store: S3Store) -> None:
+        assert config.s3 is not None
+        self.config, self.s3, self.store = config, config.s3, store
+        self.attempts = config.s3.max_attempts
+        self.stall_limit = config.engine.stall_seconds
+        self._envelope_published = False
+        queued = self.catalog.enqueue_missing_replicas(self.name, store.name)
         if queued:
             log.info("%d object(s) queued for the replica", queued)
+
+    def reload(self, config: Config) -> str:
+        """A changed bucket or endpoint takes effect at once: a new client, and every object queued for it."""
+        if config.s3 is None:
+            return "removing [s3] takes effect after a restart"
+        if config.s3 != self.s3:
+            self._use(config, open_replica(config))
+        else:
+            self.config, self.attempts, self.stall_limit = config, config.s3.max_attempts, config.engine.stall_seconds
+        return ""
+
+    def subject(self, file_id: int, content_id: str) -> str | None:
+        return content_id
 
     # ------------------------------------------------------------------ the lane
 
@@ -74,7 +97,7 @@ class ReplicateStage(Stage):
                 raise StageError(self.error, transient=True, delay=self._next_probe - time.monotonic(), count=False)
         try:
             if not self._envelope_published:
-                self.store.put_bytes(ENVELOPE_KEY, self.config.paths.envelope_file.read_bytes())
+                publish_envelope(self.store, self.config.paths.envelope_file)
                 self._envelope_published = True
             path = self.vault.path_of(job.subject)
             if not path.exists():
@@ -110,16 +133,17 @@ class ReplicateStage(Stage):
             self.online, self.error, self.offline_since = True, "", None
             self._probe_wait, self._next_probe = OFFLINE_RETRY[0], 0.0
         log.info("replica reachable again; draining the backlog")
-        self.catalog.expedite("replicate")
+        self.queue.expedite()
 
     def describe(self, job: Job) -> str:
-        return f"replicate {job.subject[:12]}…"
+        return f"upload {job.subject[:12]}…"
 
-    def status(self) -> dict[str, Any]:
-        waiting, waiting_bytes = self.catalog.job_backlog(self.kind)
-        return {"configured": True, "online": self.online, "error": self.error, "offline_since": self.offline_since,
-                "waiting": waiting, "waiting_bytes": waiting_bytes, "url": self.config.s3.url if self.config.s3 else "",
-                "last_snapshot": self.last_snapshot, "scrub": self.scrub}
+    def status(self) -> ReplicaStatus:
+        waiting, waiting_bytes = self.catalog.job_backlog(self.name)
+        return ReplicaStatus(configured=True, url=self.s3.url, online=self.online, error=self.error,
+                             offline_since=self.offline_since, waiting=waiting, waiting_bytes=waiting_bytes,
+                             failed=self.catalog.jobs_failed(self.name), last_snapshot=self.last_snapshot,
+                             scrub=self.scrub)
 
     # ------------------------------------------------------------------ snapshots and housekeeping
 
@@ -144,7 +168,7 @@ class ReplicateStage(Stage):
     def abort_stale(self) -> None:
         journal = self.catalog.uploads(self.store.name)
         try:
-            aborted = self.store.abort_stale_uploads(self.config.s3.stale_upload_hours,
+            aborted = self.store.abort_stale_uploads(self.s3.stale_upload_hours,
                                                      {upload_id: started for upload_id, _, started in journal})
         except StoreError as error:
             log.warning("could not list stale uploads: %s", error)
@@ -158,26 +182,20 @@ class ReplicateStage(Stage):
     def run_scrub(self) -> None:
         """Download and authenticate a random sample of the replica's objects."""
         ids = [i for i, stores in self.catalog.replicas_of().items() if self.store.name in stores]
-        report = verify(ids, self.store, self.keys, sample_percent=self.config.s3.scrub_percent)
-        self.scrub = {"at": time.time(), "checked": len(report.ok) + len(report.bad),
-                      "bad": [f"{what}: {why}" for what, why in report.bad]}
+        report = verify(ids, self.store, self.keys, sample_percent=self.s3.scrub_percent)
+        self.scrub = ScrubReport(at=time.time(), checked=len(report.ok) + len(report.bad),
+                                 bad=[f"{what}: {why}" for what, why in report.bad])
         for what, why in report.bad:
             self.catalog.record_event("error", "scrub", f"{what}: {why}")
         log.log(logging.ERROR if report.bad else logging.INFO, "scrub: %d checked, %d bad",
-                self.scrub["checked"], len(report.bad))
+                self.scrub.checked, len(report.bad))
 
-    def schedule(self, scheduler: Any) -> None:
-        s3 = self.config.s3
-
-        def every(seconds: float, job: Any, name: str) -> None:
-            # Jitter (a tenth of the period, at most an hour) keeps many installations off the same second.
-            scheduler.add_job(job, "interval", seconds=seconds, jitter=max(1, int(min(3600, seconds / 10))),
-                              id=name, coalesce=True, max_instances=1)
-
-        every(10, self.snapshot_if_dirty, "snapshot-debounced")
-        every(s3.snapshot_minutes * 60, self.upload_snapshot, "snapshot")
-        every(max(3600.0, s3.stale_upload_hours * 900), self.abort_stale, "abort-stale")
-        every(s3.scrub_days * 86400, self.run_scrub, "scrub")
+    def schedule(self) -> list[Periodic]:
+        s3 = self.s3
+        return [Periodic("snapshot-debounced", 10, self.snapshot_if_dirty),
+                Periodic("snapshot", s3.snapshot_minutes * 60, self.upload_snapshot),
+                Periodic("abort-stale", max(3600.0, s3.stale_upload_hours * 900), self.abort_stale),
+                Periodic("scrub", s3.scrub_days * 86400, self.run_scrub)]
 
     def close(self) -> None:
         with self._lock:

@@ -21,22 +21,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from shutterlock.config import Config
+from shutterlock.config import MODELS_DIR_ENV, Config, Credential
+from shutterlock.fsutil import atomic_write_bytes
 
 UNIT_NAME = "shutterlock.service"
 # The rendered reference units in the repository's systemd/ folder (two names, one folder).
 REFERENCE_FILES = {"user": "shutterlock.service", "system": "shutterlock-system.service"}
 SCOPES = ("user", "system")
 SYSTEM_USER = "shutterlock"
-# The credential names the daemon looks for in $CREDENTIALS_DIRECTORY (keys.py, vault/s3.py).
-CREDENTIALS = ("shutterlock.key", "shutterlock.passphrase", "s3.access_key_id", "s3.secret_access_key")
+# The credential names the daemon looks for in $CREDENTIALS_DIRECTORY.
+CREDENTIALS = tuple(Credential)
 # ProtectHome= hides these; a configured path below one of them needs ProtectHome=read-only.
 HOME_ROOTS = ("/home", "/root", "/run/user")
 # PrivateTmp= gives the service its own, empty, /tmp and /var/tmp.
 TMP_ROOTS = ("/tmp", "/var/tmp")
 # Set in the installing shell, these move the models (both units) or the catalog and the socket (user unit);
 # the units carry them so the service and the CLI agree (the service manager's environment lacks them).
-SYSTEM_ENVIRONMENT = ("SHUTTERLOCK_MODELS_DIR",)
+SYSTEM_ENVIRONMENT = (MODELS_DIR_ENV,)
 USER_ENVIRONMENT = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", *SYSTEM_ENVIRONMENT)
 # The daemon stops within 10 s (engine drain 7 s + teardown); systemd waits a little longer before SIGKILL.
 STOP_TIMEOUT = "15s"
@@ -359,8 +360,7 @@ def install_unit(config: Config, scope: str, *, print_only: bool) -> str:
     path = unit_path(scope)
     if not print_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        path.chmod(0o644)
+        atomic_write_bytes(path, text.encode(), mode=0o644)
     steps = _next_steps_user(path, not print_only) if scope == "user" else _next_steps_system(
         spec, path, not print_only)
     return text + "\n" + steps if print_only else steps

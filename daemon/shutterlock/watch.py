@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from shutterlock.catalog import Catalog, FileState
 from shutterlock.config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,30 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                     yield relpath, entry.stat(follow_symlinks=False)
             except OSError as error:
                 log.warning("cannot stat %s: %s", entry.path, error.strerror)
+
+
+Found = Callable[[SourceConfig, str, os.stat_result], None]
+
+
+def scan(sources: Iterable[SourceConfig], catalog: Catalog, found: Found) -> int:
+    """Walk every source; hand each file the catalog does not know as sealed (or being sealed) to ``found``.
+
+    Used at start-up, by the periodic safety-net rescans and by ``run --once``; returns how many were found.
+    """
+    count = 0
+    for source in sources:
+        if not source.path.is_dir():
+            log.warning("source %s is not available: %s", source.name, source.path)
+            continue
+        known = catalog.known_stat(source.name)
+        for relpath, info in walk(source.path):
+            previous = known.get(relpath)
+            if previous is not None and previous[:2] == (info.st_size, info.st_mtime_ns) \
+                    and previous[2] in (FileState.SEALED, FileState.SEALING):
+                continue
+            count += 1
+            found(source, relpath, info)
+    return count
 
 
 @dataclass
@@ -192,19 +217,16 @@ class _Handler(FileSystemEventHandler):
 
 
 def filesystem_type(path: Path) -> str:
-    """The mount's file system type, from /proc/self/mounts where there is one."""
-    mounts = Path("/proc/self/mounts")
-    if not mounts.exists():
-        return ""
-    best, kind = "", ""
+    """The type of the file system holding ``path`` (psutil reads the mount table on every platform)."""
+    import psutil
+
     resolved = str(path.resolve())
-    for line in mounts.read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            mount_point = fields[1].replace("\\040", " ")
-            if (resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")) and \
-                    len(mount_point) > len(best):
-                best, kind = mount_point, fields[2]
+    best, kind = "", ""
+    for partition in psutil.disk_partitions(all=True):
+        mount_point = partition.mountpoint
+        if (resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")) and \
+                len(mount_point) > len(best):
+            best, kind = mount_point, partition.fstype
     return kind
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from shutterlock.errors import ShutterlockError
+
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".hif", ".avif",
     ".gif", ".bmp", ".ico",
@@ -39,7 +41,7 @@ _CREATE_DATE = 0x9004
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-class DeriveError(Exception):
+class DeriveError(ShutterlockError):
     """This original cannot be derived; the message is the reason recorded for it."""
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
 
-from .pipeline import SKIPPED, DeriveJob, DeriveResult, pair_partner, should_derive
+from .outbox import Placed, place
+from .pairs import skip_reason
+from .render import DeriveJob, Outcome, Rendered
 from .runner import DeriveRunner
 
 
@@ -36,7 +38,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
 def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermark: WatermarkConfig,
             rights: RightsConfig, cloak: CloakConfig, strength: str | None = None,
-            on_result: Callable[[DeriveResult], None] | None = None) -> list[DeriveResult]:
+            on_result: Callable[[Placed], None] | None = None) -> list[Placed]:
     """Derive every input into ``out_dir``; one result per input file, in input order.
 
     ``strength`` overrides ``cloak.strength``; ``on_result`` is called as each result arrives.
@@ -45,23 +47,23 @@ def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermar
     files = expand_inputs(inputs)
     out_dir = out_dir.expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    derive = dataclasses.replace(derive, outbox=out_dir)
     if strength is not None:
         cloak = dataclasses.replace(cloak, strength=strength)
     candidates = set(files)
-    results: list[DeriveResult] = []
+    results: list[Placed] = []
     with DeriveRunner(derive.time_limit) as runner:
         for path in files:
             if not path.is_file():
-                result = DeriveResult(path, "failed", reason="no such file", cloak_strength=cloak.strength)
-            elif not should_derive(path, derive.pair_preference, candidates):
-                partner = pair_partner(path, candidates)
-                reason = f"RAW+JPEG pair: {partner.name} is derived instead" if partner else "not an image"
-                result = DeriveResult(path, SKIPPED, reason=reason, cloak_strength=cloak.strength)
+                result = Placed(Rendered(path, Outcome.FAILED, reason="no such file", cloak_strength=cloak.strength))
+            elif reason := skip_reason(path, derive.pair_preference, candidates):
+                result = Placed(Rendered(path, Outcome.SKIPPED, reason=reason, cloak_strength=cloak.strength))
             else:
-                job = DeriveJob(source=path, derive=derive, watermark=watermark, rights=rights, cloak=cloak,
-                                layout="flat", check_pair=False)
-                result = runner.run(job)
+                rendered = runner.run(DeriveJob(source=path, derive=derive, watermark=watermark, rights=rights,
+                                                cloak=cloak))
+                output = None
+                if rendered.outcome is Outcome.WRITTEN and rendered.jpeg is not None:
+                    output = place(rendered.jpeg, out_dir, path.stem)
+                result = Placed(dataclasses.replace(rendered, jpeg=None), output)
             results.append(result)
             if on_result is not None:
                 on_result(result)

@@ -4,10 +4,6 @@ A pathological file (a decoder loop, a huge allocation, a native crash) must not
 daemon: the child is killed when the limit passes (or found dead) and a fresh one is started for the
 next job. One worker is kept alive between jobs so heavy imports (torch, for the cloak) load once.
 The child lowers its own priority (``os.nice``) so derivatives never compete with sealing.
-
-Test hook: when ``SHUTTERLOCK_TEST_DERIVE_STALL`` is set in the environment the worker starts with,
-the worker sleeps instead of deriving any source whose file name equals its value. Only the worker
-honours it (``derive_file`` itself does not), so it can simulate a hung decoder and nothing else.
 """
 
 from __future__ import annotations
@@ -17,24 +13,26 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Self
 
-from .pipeline import FAILED, DeriveJob, DeriveResult
+from .render import DeriveJob, Outcome, Rendered
 
-STALL_ENV = "SHUTTERLOCK_TEST_DERIVE_STALL"
 NICE_INCREMENT = 10
 
 
-def _worker_main(connection: Connection, nice: int) -> None:
+Work = Callable[[DeriveJob], Rendered]
+
+
+def _worker_main(connection: Connection, nice: int, work: Work | None) -> None:
     """Child loop: receive a job, send back its result; ``None`` means exit."""
     if nice and hasattr(os, "nice"):
         with contextlib.suppress(OSError):
             os.nice(nice)
-    from .pipeline import derive_file
-
-    stall = os.environ.get(STALL_ENV, "")
+    if work is None:
+        from .render import render as work  # the decoders load here, in the child, not in the daemon
     while True:
         try:
             job = connection.recv()
@@ -42,17 +40,18 @@ def _worker_main(connection: Connection, nice: int) -> None:
             return
         if job is None:
             return
-        if stall and job.source.name == stall:
-            time.sleep(10**6)
-        connection.send(derive_file(job))
+        connection.send(work(job))
 
 
 class DeriveRunner:
     """Synchronous front for the worker process; call :meth:`run` from one thread at a time."""
 
-    def __init__(self, time_limit: float, *, nice: int = NICE_INCREMENT):
+    def __init__(self, time_limit: float, *, nice: int = NICE_INCREMENT, work: Work | None = None):
+        """``work`` (default: ``render``) runs in the child for each job; a module-level function, so the
+        child can import it."""
         self.time_limit = time_limit
         self._nice = nice
+        self._work = work
         self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
         self._connection: Connection | None = None
@@ -75,14 +74,14 @@ class DeriveRunner:
             return self._connection
         self._stop_worker(kill=True)
         parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_worker_main, args=(child, self._nice),
+        process = self._context.Process(target=_worker_main, args=(child, self._nice, self._work),
                                         name="shutterlock-derive", daemon=True)
         process.start()
         child.close()
         self._process, self._connection = process, parent
         return parent
 
-    def run(self, job: DeriveJob) -> DeriveResult:
+    def run(self, job: DeriveJob) -> Rendered:
         """Derive one original; a timeout or a worker crash becomes a failed result, never an exception."""
         with self._lock:
             started = time.monotonic()
@@ -90,7 +89,7 @@ class DeriveRunner:
                 connection = self._ensure_worker()
                 connection.send(job)
                 if connection.poll(self.time_limit):
-                    result: DeriveResult = connection.recv()
+                    result: Rendered = connection.recv()
                     return result
                 reason = f"time limit exceeded ({self.time_limit:g} s); worker stopped"
             except (EOFError, OSError, BrokenPipeError):
@@ -104,8 +103,8 @@ class DeriveRunner:
                 reason = f"internal error: {type(error).__name__}: {error}"
             self._stop_worker(kill=True)
             self.restarts += 1
-            return DeriveResult(job.source, FAILED, reason=reason, cloak_strength=job.cloak.strength,
-                                seconds=time.monotonic() - started)
+            return Rendered(job.source, Outcome.FAILED, reason=reason, cloak_strength=job.cloak.strength,
+                            seconds=time.monotonic() - started)
 
     def _stop_worker(self, *, kill: bool) -> None:
         process, connection = self._process, self._connection

@@ -4,7 +4,7 @@ Public API (plain data in and out; docs/SHARING.md is the format and the threat 
 
 - :class:`Shares`: create, add, remove, revoke, list, show, feedback, and ``maintain`` for the
   daemon's schedule (expiry, renewed feedback forms, clean-up);
-- :class:`ShareConfig`: the ``[share]`` table; :func:`parse_expiry`: ``14d`` / ``2026-12-24`` / ``never``;
+- :func:`parse_expiry`: ``36h`` / ``14d`` / ``2w`` / ``2026-12-24``;
 - :func:`doctor`: checks the bucket and says exactly what to change.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from .doctor import Check, doctor
 from .expiry import parse_expiry
-from .settings import ShareConfig
 from .shares import ShareError, ShareInfo, Shares
 
-__all__ = ["Check", "ShareConfig", "ShareError", "ShareInfo", "Shares", "doctor", "parse_expiry"]
+__all__ = ["Check", "ShareError", "ShareInfo", "Shares", "doctor", "parse_expiry"]

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 
+from shutterlock.config import Paths, ShareConfig
 from shutterlock.share.host import PRESIGN_MAX, ShareHost, Upload
-from shutterlock.share.settings import ShareConfig
 from shutterlock.vault.store import StoreError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -37,14 +36,14 @@ class Check:
         return asdict(self)
 
 
-def doctor(config: ShareConfig, credentials_dir: Path | None) -> list[Check]:
+def doctor(config: ShareConfig, paths: Paths) -> list[Check]:
     checks: list[Check] = []
     if not config.url.startswith("s3://") or not config.bucket:
         return [Check("configuration", FAIL, f"[share] url must look like s3://BUCKET/PREFIX; got {config.url!r}")]
     if config.public_url and not _secure(config.public_url):
         checks.append(Check("public_url", FAIL, f"{config.public_url} is not https: browsers only decrypt on "
                             "secure pages", "use the https:// address of your website endpoint or CDN"))
-    host = ShareHost.from_config(config, credentials_dir)
+    host = ShareHost.from_config(config, paths)
     try:
         host.check()
     except StoreError as error:

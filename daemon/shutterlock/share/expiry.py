@@ -10,12 +10,14 @@ import re
 import time
 from datetime import datetime, timedelta
 
+from shutterlock.errors import UsageError
+
 UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 LONGEST = 5 * 365 * 86400
 
 
-class ExpiryError(ValueError):
-    """Not an expiry this program understands; the message shows what would be."""
+class ExpiryError(UsageError):
+    """Not an expiry this program understands; the message shows what would be (exit 2)."""
 
 
 def parse_expiry(text: str, now: float | None = None) -> float:

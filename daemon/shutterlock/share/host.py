@@ -11,11 +11,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from shutterlock.share.settings import ShareConfig
-from shutterlock.vault.s3 import CREDENTIAL_ACCESS_KEY, classify, error_code, is_boto_error, make_client
+from shutterlock.config import Credential, Paths, ShareConfig
+from shutterlock.vault.s3 import classify, error_code, is_boto_error, make_client
 from shutterlock.vault.store import StoreError
 
 PRESIGN_MAX = 7 * 24 * 3600  # SigV4: a presigned request is valid for at most seven days
@@ -33,17 +32,16 @@ class Upload:
 
 
 class ShareHost:
-    def __init__(self, config: ShareConfig, client: Any, credentials_dir: Path | None = None):
+    def __init__(self, config: ShareConfig, client: Any, paths: Paths):
         self.config = config
-        self.credentials_dir = credentials_dir
+        self.paths = paths
         self.bucket = config.bucket
         self.prefix = config.prefix
         self._client = client
 
     @classmethod
-    def from_config(cls, config: ShareConfig, credentials_dir: Path | None) -> ShareHost:
-        return cls(config, make_client(config.endpoint, config.region, config.addressing_style, credentials_dir),
-                   credentials_dir)
+    def from_config(cls, config: ShareConfig, paths: Paths) -> ShareHost:
+        return cls(config, make_client(config.endpoint, config.region, config.addressing_style, paths), paths)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -145,7 +143,7 @@ class ShareHost:
         """True for session credentials (SSO, an assumed role): presigned links die with the session."""
         import boto3
 
-        if self.credentials_dir is not None and (self.credentials_dir / CREDENTIAL_ACCESS_KEY).exists():
+        if self.paths.credential(Credential.S3_ACCESS_KEY) is not None:
             return False  # a key pair from $CREDENTIALS_DIRECTORY never has a session token
         credentials = boto3.session.Session().get_credentials()
         return credentials is not None and bool(credentials.token)

@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from shutterlock.catalog import Catalog, Job, Version
 from shutterlock.config import Config
-from shutterlock.pipeline import StageError, WorkerState
+from shutterlock.engine import StageError, WorkerState
+from shutterlock.errors import OperationFailed
 from shutterlock.restore import matches
 from shutterlock.vault.format import Keys
 from shutterlock.vault.local import LocalStore
@@ -26,7 +27,7 @@ DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 Progress = Callable[[int, int, str], None]
 
 
-class SelectionError(Exception):
+class SelectionError(OperationFailed):
     """Nothing can be published as asked; the message lists every picture and why."""
 
 
@@ -110,7 +111,7 @@ def _needs_derivative(catalog: Catalog, file_id: int, content_id: str) -> bool:
 
 def _derive(config: Config, catalog: Catalog, keys: Keys, file_ids: list[int], progress: Progress | None) -> None:
     """Make derivatives now, with the derive lane's code: worker process, outbox, catalog record."""
-    from shutterlock.derive_stage import DeriveStage
+    from shutterlock.derive.lane import DeriveStage
 
     stage = DeriveStage(config, catalog, keys, LocalStore(config.vault.path))
     worker = WorkerState("share")

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from shutterlock.catalog import Catalog, Version
-from shutterlock.config import Config
+from shutterlock.config import Config, ShareConfig
+from shutterlock.errors import ConfigError, OperationFailed, UsageError
 from shutterlock.restore import matches
 from shutterlock.share import crypto, feedback, images, qr, viewer
 from shutterlock.share.host import PRESIGN_MAX, ShareHost, Upload
 from shutterlock.share.select import Picture, Progress, SelectionError, select
-from shutterlock.share.settings import ShareConfig
 from shutterlock.share.state import (
     ACTIVE,
     ENDED,
@@ -59,8 +59,12 @@ NAME_MAX = 100
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
-class ShareError(Exception):
-    """A share operation could not be carried out; the message says what and why."""
+class ShareError(OperationFailed):
+    """A share operation could not be carried out; the message says what and why (exit 1)."""
+
+
+class UnknownShare(UsageError):
+    """No share has that name (exit 2)."""
 
 
 def token(length: int) -> str:
@@ -100,27 +104,39 @@ class ShareInfo:
 class Shares:
     """Every share operation; the façade holds one per command, the daemon one for its schedules."""
 
-    def __init__(self, config: Config, share: ShareConfig, catalog: Catalog, keys: Keys):
-        self.config, self.share_config, self.catalog, self.keys = config, share, catalog, keys
+    def __init__(self, config: Config, catalog: Catalog, keys: Keys):
+        self.config, self.catalog, self.keys = config, catalog, keys
         self.state = ShareState(catalog)
         self._hosts: dict[tuple[str, str], ShareHost] = {}
+
+    @property
+    def share_config(self) -> ShareConfig:
+        """``[share]``, needed to publish; shares already published keep working without it."""
+        if self.config.share is None:
+            raise ConfigError(f"{self.config.paths.config_file.name}: [share]: not configured; add a [share] table "
+                              'with url = "s3://BUCKET/PREFIX" (docs/SHARING.md)')
+        return self.config.share
+
+    def _settings(self, row: ShareRow) -> ShareConfig:
+        """Where a share lives is its own (it was published there); tuning comes from today's config."""
+        base = self.config.share or ShareConfig(url=row.host_url)
+        return replace(base, url=row.host_url, endpoint=row.endpoint, public_url=row.public_url)
 
     # ------------------------------------------------------------------ helpers
 
     def _host(self, row: ShareRow | None = None) -> ShareHost:
         """The bucket a share lives in: where it was published, whatever the config says today."""
-        settings = self.share_config if row is None else replace(
-            self.share_config, url=row.host_url, endpoint=row.endpoint, public_url=row.public_url)
+        settings = self.share_config if row is None else self._settings(row)
         where = (settings.url, settings.endpoint)
         if where not in self._hosts:
-            self._hosts[where] = ShareHost.from_config(settings, self.config.paths.credentials_dir)
+            self._hosts[where] = ShareHost.from_config(settings, self.config.paths)
         return self._hosts[where]
 
     def _row(self, name: str) -> ShareRow:
         row = self.state.get(name)
         if row is None:
             known = ", ".join(r.name for r in self.state.all()) or "none yet"
-            raise ShareError(f"no share named {name!r} (shares: {known})")
+            raise UnknownShare(f"no share named {name!r} (shares: {known})")
         return row
 
     def _secrets(self, row: ShareRow) -> Secrets:
@@ -224,7 +240,7 @@ class Shares:
                 if progress is not None:
                     progress(index, total, "encrypting and uploading")
                 try:
-                    prepared = images.prepare(picture.derivative, self.share_config.thumb_edge)
+                    prepared = images.prepare(picture.derivative, self._settings(row).thumb_edge)
                 except images.ImageProblem as error:
                     raise ShareError(f"{picture.label}: {error}") from None
                 thumb_key, full_key = f"o/{token(26)}", f"o/{token(26)}"
@@ -257,7 +273,7 @@ class Shares:
 
         post: dict[str, Any] | None = None
         if row.options.feedback:
-            post = host.presign_post(f"{row.sid}/f/", self.share_config.feedback_bytes, int(post_until - now))
+            post = host.presign_post(f"{row.sid}/f/", self._settings(row).feedback_bytes, int(post_until - now))
         manifest = self._manifest(row, secrets, items, locate, post, post_until)
         host.put(Upload(f"{row.sid}/{MANIFEST}", crypto.seal_manifest(secrets.keys, manifest),
                         cache_control="no-cache"))
@@ -295,7 +311,7 @@ class Shares:
             point = crypto.public_point(crypto.load_private(secrets.feedback_private))
             manifest["feedback"] = {"key": crypto.b64url(point), "post": post,
                                     "prefix": self._host(row).key(f"{row.sid}/f/"),
-                                    "max": self.share_config.feedback_bytes, "until": _iso(post_until)}
+                                    "max": self._settings(row).feedback_bytes, "until": _iso(post_until)}
         return manifest
 
     def _discard(self, row: ShareRow) -> None:

@@ -26,6 +26,8 @@ from typing import BinaryIO
 import nacl.bindings as sodium
 import nacl.hashlib
 
+from shutterlock.errors import ShutterlockError
+
 MAGIC = b"SHUTRLK\x00"
 VERSION = 1
 PRELUDE = struct.Struct(">8sB3xI")
@@ -45,7 +47,7 @@ LABEL_OBJECT = b"shutterlock/v1/object"
 LABEL_CATALOG = b"shutterlock/v1/catalog-snapshot"
 
 
-class FormatError(Exception):
+class FormatError(ShutterlockError):
     """An object failed to parse or authenticate; the message says how."""
 
 
@@ -159,32 +161,59 @@ def _read_full(handle: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
+HEAD_SIZE = PRELUDE_SIZE + HEADER_SIZE + 4  # prelude, stream header, meta_len
+
+
+@dataclass(frozen=True)
+class Head:
+    """The clear-text start of an object: everything needed to find its parts without a key."""
+
+    prelude: bytes
+    chunk_size: int
+    stream_header: bytes
+    meta_len: int
+
+    @property
+    def body_offset(self) -> int:
+        return HEAD_SIZE + self.meta_len
+
+    @property
+    def record_size(self) -> int:
+        """Bytes one full body chunk takes on disk."""
+        return self.chunk_size + ABYTES
+
+
+def parse_head(raw: bytes) -> Head:
+    """Validate the first HEAD_SIZE bytes of an object (the one parser of the object header)."""
+    if len(raw) < HEAD_SIZE:
+        raise FormatError("truncated before the metadata")
+    magic, version, chunk_size = PRELUDE.unpack(raw[:PRELUDE_SIZE])
+    if magic != MAGIC:
+        raise FormatError("not a Shutterlock object (bad magic)")
+    if version != VERSION:
+        raise FormatError(f"unsupported object version {version}")
+    if not 0 < chunk_size <= MAX_CHUNK:
+        raise FormatError(f"chunk size out of range: {chunk_size}")
+    (meta_len,) = struct.unpack(">I", raw[PRELUDE_SIZE + HEADER_SIZE:HEAD_SIZE])
+    if not ABYTES < meta_len <= MAX_META + ABYTES:
+        raise FormatError(f"metadata length out of range: {meta_len}")
+    return Head(prelude=raw[:PRELUDE_SIZE], chunk_size=chunk_size,
+                stream_header=raw[PRELUDE_SIZE:PRELUDE_SIZE + HEADER_SIZE], meta_len=meta_len)
+
+
 class ObjectReader:
     """Streams an object's plaintext, refusing anything that does not authenticate."""
 
     def __init__(self, keys: Keys, handle: BinaryIO, expected_id: str | None = None):
         self._keys, self._handle, self._expected = keys, handle, expected_id
-        raw = _read_full(handle, PRELUDE_SIZE + HEADER_SIZE + 4)
-        if len(raw) < PRELUDE_SIZE + HEADER_SIZE + 4:
-            raise FormatError("truncated before the metadata")
-        magic, version, chunk_size = PRELUDE.unpack(raw[:PRELUDE_SIZE])
-        if magic != MAGIC:
-            raise FormatError("not a Shutterlock object (bad magic)")
-        if version != VERSION:
-            raise FormatError(f"unsupported object version {version}")
-        if not 0 < chunk_size <= MAX_CHUNK:
-            raise FormatError(f"chunk size out of range: {chunk_size}")
-        self.chunk_size = chunk_size
-        header = raw[PRELUDE_SIZE:PRELUDE_SIZE + HEADER_SIZE]
-        (meta_len,) = struct.unpack(">I", raw[PRELUDE_SIZE + HEADER_SIZE:])
-        if not ABYTES < meta_len <= MAX_META + ABYTES:
-            raise FormatError(f"metadata length out of range: {meta_len}")
+        head = parse_head(_read_full(handle, HEAD_SIZE))
+        self.chunk_size = head.chunk_size
         self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
-        sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, keys.object)
-        meta_ct = _read_full(handle, meta_len)
-        if len(meta_ct) != meta_len:
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, head.stream_header, keys.object)
+        meta_ct = _read_full(handle, head.meta_len)
+        if len(meta_ct) != head.meta_len:
             raise FormatError("truncated inside the metadata")
-        padded, tag = self._pull(meta_ct, raw[:PRELUDE_SIZE])
+        padded, tag = self._pull(meta_ct, head.prelude)
         if tag != TAG_MESSAGE or len(padded) < 4:
             raise FormatError("metadata block is malformed")
         (json_len,) = struct.unpack(">I", padded[:4])

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from shutterlock.fsutil import atomic_write_bytes, ensure_dir, fsync_dir, remove_stale_temps, temp_path_for
+from shutterlock.fsutil import atomic_write_bytes, ensure_dir, fsync_dir, remove_stale_temps, temp_path_in
 from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_id
 
 VAULT_MARKER = "shutterlock-vault.json"
@@ -59,7 +59,7 @@ class LocalStore:
     @contextlib.contextmanager
     def staging(self) -> Iterator[tuple[Path, BinaryIO]]:
         """A temp file inside the vault (same file system, so adopting it is a rename)."""
-        tmp = temp_path_for(self.tmp / "object")
+        tmp = temp_path_in(self.tmp)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as error:
@@ -127,3 +127,15 @@ class LocalStore:
     @property
     def envelope_path(self) -> Path:
         return self.root / ENVELOPE_NAME
+
+
+def open_local_vault(root: Path, envelope_file: Path) -> LocalStore:
+    """The vault, ready for writing, with a copy of the key envelope (vault + passphrase suffice)."""
+    vault = LocalStore(root)
+    vault.prepare()
+    if not vault.envelope_path.exists() and envelope_file.exists():
+        try:
+            atomic_write_bytes(vault.envelope_path, envelope_file.read_bytes())
+        except OSError as error:
+            raise StoreError(f"cannot write the key envelope into the vault: {error.strerror}") from None
+    return vault

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from shutterlock.config import S3Config
-from shutterlock.vault.format import ABYTES, HEADER_SIZE, PRELUDE, PRELUDE_SIZE
+from shutterlock.config import Credential, Paths, S3Config
+from shutterlock.vault.format import HEAD_SIZE, parse_head
 from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_id
 
 log = logging.getLogger(__name__)
@@ -30,8 +28,6 @@ log = logging.getLogger(__name__)
 # bookkeeping); above it, in resumable parts of about TARGET_PART bytes.
 MULTIPART_THRESHOLD = 64 << 20
 TARGET_PART = 16 << 20
-CREDENTIAL_ACCESS_KEY = "s3.access_key_id"
-CREDENTIAL_SECRET_KEY = "s3.secret_access_key"
 ENVELOPE_KEY = "key-envelope.json"
 CATALOG_KEY = "catalog/latest"
 
@@ -45,13 +41,6 @@ class UploadJournal(Protocol):
     def upload_for(self, content_id: str, store: str) -> tuple[str, int, float] | None: ...
     def remember_upload(self, content_id: str, store: str, upload_id: str, part_size: int) -> None: ...
     def forget_upload(self, content_id: str, store: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class UploadStats:
-    parts_total: int
-    parts_reused: int
-    bytes_sent: int
 
 
 class _Throttle:
@@ -93,21 +82,22 @@ def classify(error: Exception, bucket: str, endpoint: str) -> StoreError:
         return StoreError(f"S3 error from {where}: {code or status}", transient=True)
     if isinstance(error, bex.NoCredentialsError):
         return StoreError("no S3 credentials: set them in the environment, an AWS profile, or "
-                          f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_ACCESS_KEY}", transient=False)
+                          f"$CREDENTIALS_DIRECTORY/{Credential.S3_ACCESS_KEY}", transient=False)
     if name in OFFLINE_ERRORS or isinstance(error, (bex.EndpointConnectionError, bex.ConnectionError)):
         return OfflineError(f"cannot reach {where}: {name}")
     return StoreError(f"S3 request to {where} failed: {name}", transient=True)
 
 
-def make_client(endpoint: str, region: str, addressing_style: str, credentials_dir: Path | None) -> Any:
+def make_client(endpoint: str, region: str, addressing_style: str, paths: Paths) -> Any:
     """A boto3 S3 client the way every S3-compatible service accepts it (the vault and shares use it)."""
     import boto3
     from botocore.config import Config as BotoConfig
 
     settings: dict[str, Any] = {}
-    if credentials_dir is not None and (credentials_dir / CREDENTIAL_ACCESS_KEY).exists():
-        settings["aws_access_key_id"] = (credentials_dir / CREDENTIAL_ACCESS_KEY).read_text().strip()
-        settings["aws_secret_access_key"] = (credentials_dir / CREDENTIAL_SECRET_KEY).read_text().strip()
+    access_key, secret_key = paths.credential(Credential.S3_ACCESS_KEY), paths.credential(Credential.S3_SECRET_KEY)
+    if access_key is not None and secret_key is not None:
+        settings["aws_access_key_id"] = access_key.read_text().strip()
+        settings["aws_secret_access_key"] = secret_key.read_text().strip()
     boto_config = BotoConfig(
         signature_version="s3v4",
         s3={"addressing_style": addressing_style},
@@ -143,8 +133,8 @@ class S3Store:
         self._conditional_puts = True
 
     @classmethod
-    def from_config(cls, config: S3Config, credentials_dir: Path | None) -> S3Store:
-        return cls(config, make_client(config.endpoint, config.region, config.addressing_style, credentials_dir))
+    def from_config(cls, config: S3Config, paths: Paths) -> S3Store:
+        return cls(config, make_client(config.endpoint, config.region, config.addressing_style, paths))
 
     # ------------------------------------------------------------------ keys
 
@@ -265,11 +255,8 @@ class S3Store:
         """(offset, length) of each part: whole encryption chunks, the first with the object's header."""
         size = sealed.stat().st_size
         with open(sealed, "rb") as handle:
-            head = handle.read(PRELUDE_SIZE + HEADER_SIZE + 4)
-        _, _, chunk_size = PRELUDE.unpack(head[:PRELUDE_SIZE])
-        (meta_len,) = struct.unpack(">I", head[PRELUDE_SIZE + HEADER_SIZE:])
-        body_start = PRELUDE_SIZE + HEADER_SIZE + 4 + meta_len
-        record = chunk_size + ABYTES
+            head = parse_head(handle.read(HEAD_SIZE))
+        body_start, record = head.body_offset, head.record_size
         per_part = max(1, TARGET_PART // record) if record < TARGET_PART else 1
         parts, offset, first = [], 0, True
         while offset < size:
@@ -279,7 +266,7 @@ class S3Store:
             first = False
         return parts
 
-    def upload_multipart(self, object_id: str, sealed: Path, journal: UploadJournal | None) -> UploadStats:
+    def upload_multipart(self, object_id: str, sealed: Path, journal: UploadJournal | None) -> None:
         key = self.object_key(object_id)
         layout = self.part_layout(sealed)
         done: dict[int, str] = {}
@@ -300,7 +287,6 @@ class S3Store:
             upload_id = self._call("create_multipart_upload", Key=key, **self._class_args())["UploadId"]
             if journal is not None:
                 journal.remember_upload(object_id, self.name, upload_id, layout[0][1])
-        sent, reused = 0, len(done)
         with open(sealed, "rb") as handle:
             for number, (offset, length) in enumerate(layout, start=1):
                 if number in done:
@@ -310,13 +296,11 @@ class S3Store:
                 self._throttle.spend(len(data))
                 response = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data)
                 done[number] = response["ETag"]
-                sent += len(data)
                 log.debug("uploaded part %d/%d of %s…", number, len(layout), object_id[:12])
         self._call("complete_multipart_upload", Key=key, UploadId=upload_id, MultipartUpload={
             "Parts": [{"PartNumber": n, "ETag": done[n]} for n in sorted(done)]})
         if journal is not None:
             journal.forget_upload(object_id, self.name)
-        return UploadStats(parts_total=len(layout), parts_reused=reused, bytes_sent=sent)
 
     def _completed_parts(self, key: str, upload_id: str, layout: list[tuple[int, int]]) -> dict[int, str]:
         """Parts the server already has, with the right size (a part cut short by a crash is redone)."""

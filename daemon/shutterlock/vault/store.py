@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from shutterlock.errors import ShutterlockError
+
 OBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
-class StoreError(Exception):
+class StoreError(ShutterlockError):
     """The store could not complete an operation; ``transient`` says whether a retry may help."""
 
     def __init__(self, message: str, *, transient: bool = True):
@@ -49,4 +51,6 @@ class Store(Protocol):
 
     def list(self) -> Iterator[str]: ...
 
-    def delete(self, object_id: str) -> None: ...
+    def delete(self, object_id: str) -> None:
+        """Remove an object (key rotation replaces objects); a missing one is not an error."""
+        ...

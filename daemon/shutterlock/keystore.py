@@ -18,17 +18,13 @@ import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.pwhash
 
+from shutterlock.config import Credential, Paths
+from shutterlock.errors import KeyProblem
 from shutterlock.fsutil import atomic_write_bytes
 
 ENVELOPE_VERSION = 1
 KEY_BYTES = 32
 ENVELOPE_AD = b"shutterlock/v1/key-envelope"
-CREDENTIAL_KEY = "shutterlock.key"
-CREDENTIAL_PASSPHRASE = "shutterlock.passphrase"
-
-
-class KeyProblem(Exception):
-    """A key could not be obtained or unwrapped; the CLI prints it and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -145,13 +141,12 @@ def read_envelope(path: Path) -> Envelope:
         raise KeyProblem(f"no key envelope at {path}: run `shutterlock init`") from None
 
 
-def load_master_key(key_file: Path, envelope_file: Path, credentials_dir: Path | None) -> bytes:
+def load_master_key(paths: Paths) -> bytes:
     """Unattended start: systemd credentials first (key, then passphrase), then the key file."""
-    if credentials_dir is not None:
-        credential = credentials_dir / CREDENTIAL_KEY
-        if credential.exists():
-            return _decode_key(credential.read_bytes(), str(credential))
-        credential = credentials_dir / CREDENTIAL_PASSPHRASE
-        if credential.exists():
-            return unwrap(read_envelope(envelope_file), read_passphrase_file(credential))
-    return read_key_file(key_file)
+    credential = paths.credential(Credential.MASTER_KEY)
+    if credential is not None:
+        return _decode_key(credential.read_bytes(), str(credential))
+    credential = paths.credential(Credential.PASSPHRASE)
+    if credential is not None:
+        return unwrap(read_envelope(paths.envelope_file), read_passphrase_file(credential))
+    return read_key_file(paths.key_file)

@@ -1,0 +1,173 @@
+"""One original in, one encoded derivative (or a recorded reason why not) out — inside the worker process.
+
+decode → look (colour, size, orientation) → cloak → watermark → metadata → JPEG bytes. Plain data in
+(:class:`DeriveJob`), plain data out (:class:`Rendered`); :func:`render` never raises for bad input, so a
+hostile file costs one "failed" record and nothing else. It writes nothing: the daemon places the bytes in
+the outbox (``outbox.place``), so the process that parses untrusted files needs no access to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image
+
+from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
+
+from . import look, metadata, watermark
+from .decode import DeriveError, classify, decode, file_time
+
+
+class Outcome(enum.StrEnum):
+    """What became of one original's derivative (the catalog keeps these values)."""
+
+    WRITTEN = "written"  # rendered (and, once placed, in the outbox)
+    HELD = "held"  # not cloaked, held back by policy until the cloak can run
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not an image, or the other half of a RAW+JPEG pair
+
+
+@dataclass(frozen=True)
+class DeriveJob:
+    """Everything one derivative needs; picklable, so it can cross into the runner's worker process.
+
+    ``seed``: per-original seed, added to ``cloak.seed`` so a re-derive reproduces the same cloak.
+    """
+
+    source: Path
+    derive: DeriveConfig
+    watermark: WatermarkConfig
+    rights: RightsConfig
+    cloak: CloakConfig
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What happened to one original; ``jpeg`` holds the encoded derivative when ``outcome`` is WRITTEN.
+
+    ``reason``: empty when written and cloaked (or cloak off); otherwise why (failure, hold, skip, or
+    "not cloaked: …" for a released uncloaked derivative). ``cloak_error``: why the cloak did not run
+    ("strength off" when switched off). ``capture_time``: EXIF capture time, else the file's mtime
+    (naive local time; it picks the dated folder). ``timings``: seconds per stage (decode, look,
+    cloak, watermark, encode) and the worker's CPU seconds (cpu), for diagnostics and the benchmark.
+    """
+
+    source: Path
+    outcome: Outcome
+    jpeg: bytes | None = None
+    reason: str = ""
+    cloaked: bool = False
+    cloak_strength: str = "off"
+    cloak_error: str = ""
+    watermark: str = ""
+    width: int = 0
+    height: int = 0
+    capture_time: datetime | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -> Rendered:
+    """Run the whole pipeline for one original; every outcome is a result, never an exception."""
+    started = time.monotonic()
+    cpu_started = time.process_time()
+    timings: dict[str, float] = {}
+    source = job.source
+    kind = classify(source)
+    if kind in ("video", "sidecar"):
+        return Rendered(source, Outcome.SKIPPED, reason=f"not an image ({kind})", cloak_strength=job.cloak.strength)
+    capture: datetime | None = None
+    try:
+        mark = time.monotonic()
+        decoded = decode(source, long_edge=job.derive.long_edge, max_pixels=job.derive.max_pixels,
+                         draft_tolerance=job.derive.draft_tolerance)
+        capture = decoded.capture_time or file_time(source)
+        timings["decode"] = time.monotonic() - mark
+
+        mark = time.monotonic()
+        image = look.prepare(decoded)
+        del decoded
+        timings["look"] = time.monotonic() - mark
+
+        mark = time.monotonic()
+        image, cloaked, strength, cloak_error = _cloak(image, job, progress)
+        timings["cloak"] = time.monotonic() - mark
+        hold = not cloaked and strength != "off" and not job.derive.release_uncloaked
+        if hold:
+            why = f"not cloaked ({cloak_error}); held back because release_uncloaked is off"
+            return Rendered(
+                source, Outcome.HELD, reason=why,
+                cloaked=False, cloak_strength=strength, cloak_error=cloak_error, width=image.width,
+                height=image.height, capture_time=capture, seconds=time.monotonic() - started,
+                timings=timings)
+
+        mark = time.monotonic()
+        creator = job.rights.creator
+        image, mark_description = watermark.apply(image, job.watermark, creator=creator, year=capture.year)
+        timings["watermark"] = time.monotonic() - mark
+
+        mark = time.monotonic()
+        copyright_text = job.rights.copyright
+        if not copyright_text and creator.strip():
+            copyright_text = f"© {capture.year} {creator.strip()}"
+        xmp = metadata.build_xmp(job.rights, copyright_text=copyright_text)
+        encoded = io.BytesIO()
+        metadata.write_jpeg(image, encoded, quality=job.derive.jpeg_quality, xmp=xmp)
+        timings["encode"] = time.monotonic() - mark
+        timings["cpu"] = time.process_time() - cpu_started
+    except DeriveError as error:
+        reason = str(error)
+        outcome = Outcome.FAILED
+        if kind == "unknown" and reason == "not a recognised image format":
+            outcome, reason = Outcome.SKIPPED, "not an image (unrecognised format)"
+        return _failed(job, outcome, reason, capture, started)
+    except MemoryError:
+        return _failed(job, Outcome.FAILED, "out of memory", capture, started)
+    except Exception as error:  # a pipeline bug must cost one record, not the lane
+        return _failed(job, Outcome.FAILED, f"internal error: {type(error).__name__}: {error}", capture, started)
+    reason = ""
+    if not cloaked and strength != "off":
+        reason = f"not cloaked ({cloak_error}); released (release_uncloaked)"
+    return Rendered(source, Outcome.WRITTEN, jpeg=encoded.getvalue(), reason=reason, cloaked=cloaked,
+                    cloak_strength=strength, cloak_error=cloak_error, watermark=mark_description,
+                    width=image.width, height=image.height, capture_time=capture,
+                    seconds=time.monotonic() - started, timings=timings)
+
+
+def _failed(job: DeriveJob, outcome: Outcome, reason: str, capture: datetime | None, started: float) -> Rendered:
+    return Rendered(job.source, outcome, reason=reason, cloak_strength=job.cloak.strength,
+                    capture_time=capture, seconds=time.monotonic() - started)
+
+
+def _cloak(image: Image.Image, job: DeriveJob,
+           progress: Callable[[float], None] | None) -> tuple[Image.Image, bool, str, str]:
+    """The cloak slot: returns (image, cloaked, strength, why-not). Torch loads only past this point."""
+    strength = job.cloak.strength
+    if strength == "off":
+        return image, False, strength, "strength off"
+    try:
+        from shutterlock.cloak import CloakError, cloak_image
+    except ImportError as error:
+        return image, False, strength, f"cloak unavailable: {error}"
+    try:
+        result = cloak_image(
+            image, strength, seed=job.cloak.seed + job.seed, threads=job.cloak.threads or None,
+            time_budget=job.cloak.time_budget, progress=progress, models_dir=job.cloak.models_dir,
+            offline=job.cloak.offline)
+    except CloakError as error:
+        return image, False, strength, f"cloak failed: {error}"
+    except ImportError as error:
+        return image, False, strength, f"cloak unavailable: {error}"
+    except MemoryError:
+        return image, False, strength, "cloak failed: out of memory"
+    except Exception as error:  # a cloak bug must not lose the derivative's record
+        return image, False, strength, f"cloak error: {type(error).__name__}: {error}"
+    cloaked_image = result.image if result.image.mode == "RGB" else result.image.convert("RGB")
+    return cloaked_image, True, result.strength, ""

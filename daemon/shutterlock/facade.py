@@ -1,0 +1,368 @@
+"""The façade: every user-facing operation, called by the CLI, the daemon and the control socket.
+
+Nothing here parses arguments or prints; it takes plain values and returns plain results, and raises
+the errors of ``errors.py``. It is also where the engine is put together (the lanes a config asks for)
+and where the one status document is produced, for a running daemon and for the offline reader alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shutterlock import keystore
+from shutterlock.catalog import Catalog
+from shutterlock.config import Config, parse, save, to_toml_dict, with_overrides
+from shutterlock.control import ControlClient
+from shutterlock.engine import Engine, Stage
+from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed
+from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.restore import Report, matches, restore, verify
+from shutterlock.status import (
+    Backlog,
+    CloakStatus,
+    DeriveStatus,
+    LaneStatus,
+    ProcessFacts,
+    ReplicaStatus,
+    SourceStatus,
+    Status,
+    VaultStatus,
+)
+from shutterlock.vault.format import Keys
+from shutterlock.vault.local import LocalStore, open_local_vault
+from shutterlock.vault.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config_file: Path
+    created_config: bool
+    created_key: bool
+    replica_problem: str | None  # None: no bucket configured or the envelope is there; else why not yet
+
+
+def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path] | None = None,
+         vault: Path | None = None, outbox: Path | None = None, s3_url: str | None = None,
+         s3_endpoint: str | None = None) -> InitResult:
+    """Write the config (keeping an existing one), create the key envelope if there is none, and put the
+    envelope in the vault and the bucket (with the passphrase, either is enough to recover)."""
+    paths = config.paths
+    existed = paths.config_file.exists()
+    config = with_overrides(config, sources=sources, vault=vault, outbox=outbox, s3_url=s3_url,
+                            s3_endpoint=s3_endpoint)
+    parse(to_toml_dict(config), paths.config_file, paths)  # the flags must make a valid config too
+    ensure_dir(paths.state_dir)
+    created_key = False
+    if not paths.key_file.exists():
+        if paths.envelope_file.exists():
+            master = keystore.unwrap(keystore.read_envelope(paths.envelope_file), passphrase())
+        else:
+            master = keystore.new_master_key()
+            keystore.write_envelope(paths.envelope_file, keystore.wrap(master, passphrase()))
+            created_key = True
+        keystore.write_key_file(paths.key_file, master)
+    try:
+        open_vault(config)
+    except StoreError as error:
+        raise OperationFailed(str(error)) from None
+    if not existed or any(v is not None for v in (sources, vault, outbox, s3_url, s3_endpoint)):
+        save(config)
+    for source in config.sources:
+        ensure_dir(source.path, 0o755)
+    return InitResult(paths.config_file, not existed, created_key, publish_envelope(config))
+
+
+def publish_envelope(config: Config) -> str | None:
+    """Copy the key envelope to the bucket, if one is configured; returns why it could not be, or None."""
+    if config.s3 is None:
+        return None
+    from shutterlock.replicate import open_replica
+    from shutterlock.replicate import publish_envelope as put_envelope
+
+    try:
+        put_envelope(open_replica(config), config.paths.envelope_file)
+    except StoreError as error:
+        return str(error)
+    return None
+
+
+def change_passphrase(config: Config, old: bytes, new: bytes) -> None:
+    """Re-wrap the master key (no object is re-encrypted) and replace every copy of the envelope."""
+    envelope_file = config.paths.envelope_file
+    master = keystore.unwrap(keystore.read_envelope(envelope_file), old)
+    data = keystore.wrap(master, new).to_json()
+    atomic_write_bytes(envelope_file, data)
+    vault = LocalStore(config.vault.path)
+    if vault.root.is_dir():
+        atomic_write_bytes(vault.envelope_path, data)
+    problem = publish_envelope(config)
+    if problem is not None:
+        raise OperationFailed(f"passphrase changed locally, but the bucket still has the old envelope: {problem}; "
+                              "run `shutterlock key passwd` again when it is reachable")
+
+
+def check_passphrase(config: Config, passphrase: bytes) -> None:
+    """Raise KeyProblem unless ``passphrase`` opens the key envelope (before asking for a new one)."""
+    keystore.unwrap(keystore.read_envelope(config.paths.envelope_file), passphrase)
+
+
+def load_keys(config: Config) -> Keys:
+    return Keys.from_master(keystore.load_master_key(config.paths))
+
+
+def open_catalog(config: Config) -> Catalog:
+    return Catalog(config.paths.catalog)
+
+
+def open_vault(config: Config) -> LocalStore:
+    return open_local_vault(config.vault.path, config.paths.envelope_file)
+
+
+def lane_names(config: Config) -> list[str]:
+    """The lanes this config asks for, in the order data flows through them."""
+    return ["seal", *(["replicate"] if config.s3 is not None else []),
+            *(["derive"] if config.derive.enabled else [])]
+
+
+def build_stages(config: Config, catalog: Catalog, keys: Keys, vault: LocalStore) -> list[Stage[Any]]:
+    """The lanes of :func:`lane_names`, ready to run."""
+    names = lane_names(config)
+    later: list[Stage[Any]] = []
+    if "replicate" in names:
+        from shutterlock.replicate import ReplicateStage
+
+        later.append(ReplicateStage(config, catalog, keys, vault))
+    if "derive" in names:
+        from shutterlock.derive.lane import DeriveStage
+
+        later.append(DeriveStage(config, catalog, keys, vault))
+    from shutterlock.seal import SealStage
+
+    return [SealStage(config, catalog, keys, vault, later), *later]
+
+
+def run_once(config: Config) -> tuple[int, Status]:
+    """Scan, process everything due, exit: (number of failed or unfinished items, final status)."""
+    keys = load_keys(config)
+    try:
+        vault = open_vault(config)
+    except StoreError as error:
+        raise OperationFailed(str(error)) from None
+    for source in config.sources:
+        if not source.path.is_dir():
+            raise OperationFailed(f"source {source.name}: not a directory: {source.path}")
+    with open_catalog(config) as catalog:
+        engine = Engine(catalog, build_stages(config, catalog, keys, vault))
+        try:
+            from shutterlock.watch import scan
+
+            scan(config.sources, catalog,
+                 lambda source, relpath, info: engine.discover(source, relpath, info.st_size, info.st_mtime_ns))
+            engine.run_until_idle()
+        finally:
+            engine.close()
+        status = read_status(config, catalog)
+        unfinished = status.backlog.items + catalog.jobs_retrying()
+        return engine.failures + unfinished, status
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class LiveFacts:
+    """What only a running daemon knows; the offline reader has none of it."""
+
+    pid: int
+    version: int
+    uptime: float
+    pending: int
+    lanes: list[LaneStatus]
+    healthy: bool
+    process: ProcessFacts
+    sources: list[SourceStatus]
+    replica: ReplicaStatus | None
+    cloak_problem: str | None  # None: the cloak has not been tried since the daemon started
+    restart_needed: list[str] = field(default_factory=list)
+
+
+def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None) -> Status:
+    """The status document from the catalog, plus the live facts of a running daemon (the one producer)."""
+    held = catalog.derivative_counts().get("held", 0)
+    if live is not None and live.cloak_problem is not None:
+        cloak_error = live.cloak_problem
+    else:  # no daemon, or it has not tried the cloak yet: the catalog's last word
+        cloak_error = catalog.latest_held_reason() if held else ""
+    if held and cloak_error:
+        cloak_error = f"cloak unavailable, {held} derivative{'s' if held != 1 else ''} held back: {cloak_error}"
+    start_of_day = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
+    sealed_today, last_sealed = catalog.sealed_since(start_of_day)
+    items, size = catalog.seal_backlog()
+    lanes = live.lanes if live is not None else _offline_lanes(config, catalog)
+    replica = live.replica if live is not None and live.replica is not None else _offline_replica(config, catalog)
+    derive_lane = next((lane for lane in lanes if lane.name == "derive"), None)
+    sources = live.sources if live is not None else [
+        SourceStatus(name=s.name, path=str(s.path), watch_mode=s.watch_mode, configured_mode=s.watch_mode)
+        for s in config.sources]
+    return Status(
+        running=live is not None,
+        paused=catalog.get_setting("paused") == "1",
+        files=catalog.file_counts(),
+        objects=catalog.object_count(),
+        sealed_today=sealed_today,
+        last_sealed_at=last_sealed,
+        backlog=Backlog(items=items, bytes=size),
+        replica=replica,
+        derive=DeriveStatus(enabled=config.derive.enabled, waiting=derive_lane.waiting if derive_lane else 0,
+                            by_status=catalog.derivative_counts()),
+        cloak=CloakStatus(strength=config.cloak.strength, held=held, error=cloak_error),
+        vault=VaultStatus(path=str(config.vault.path)),
+        sources=sources,
+        errors=catalog.recent_events(10),
+        failed_files=catalog.failed_files(10),
+        outbox=str(config.derive.outbox),
+        config_file=str(config.paths.config_file),
+        lanes=lanes,
+        pending=live.pending if live is not None else 0,
+        restart_needed=live.restart_needed if live is not None else [],
+        pid=live.pid if live is not None else None,
+        version=live.version if live is not None else 0,
+        uptime=live.uptime if live is not None else None,
+        healthy=live.healthy if live is not None else True,
+        process=live.process if live is not None else None,
+    )
+
+
+def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:
+    items, size = catalog.seal_backlog()
+    lanes = [LaneStatus(name="seal", waiting=items, waiting_bytes=size)]
+    for name, wanted in (("replicate", config.s3 is not None), ("derive", config.derive.enabled)):
+        if wanted:
+            waiting, waiting_bytes = catalog.job_backlog(name, due_only=True)
+            lanes.append(LaneStatus(name=name, waiting=waiting, waiting_bytes=waiting_bytes))
+    return lanes
+
+
+def _offline_replica(config: Config, catalog: Catalog) -> ReplicaStatus:
+    if config.s3 is None:
+        return ReplicaStatus(configured=False)
+    waiting, waiting_bytes = catalog.job_backlog("replicate")
+    return ReplicaStatus(configured=True, url=config.s3.url, waiting=waiting, waiting_bytes=waiting_bytes,
+                         failed=catalog.jobs_failed("replicate"))
+
+
+def process_facts() -> ProcessFacts:
+    """What the daemon costs: resident memory, and whether torch is loaded (it should not be when idle)."""
+    import sys
+    import threading
+
+    import psutil
+
+    rss_mb = psutil.Process().memory_info().rss / 2**20
+    return ProcessFacts(rss_mb=rss_mb, torch_loaded="torch" in sys.modules, threads=threading.active_count())
+
+
+def status(config: Config) -> Status:
+    """Ask the running daemon; fall back to reading the catalog."""
+    try:
+        return control(config, "status")
+    except DaemonNotRunning:
+        pass
+    if not config.paths.catalog.exists():
+        raise OperationFailed(f"no catalog at {config.paths.catalog}: run `shutterlock init` first")
+    with open_catalog(config) as catalog:
+        return read_status(config, catalog)
+
+
+def control(config: Config, op: str, **args: Any) -> Status:
+    """Send one control request to the running daemon (raises DaemonNotRunning when none answers)."""
+    return Status.from_dict(ControlClient(config.paths.socket).call(op, **args))
+
+
+def set_paused_offline(config: Config, paused: bool) -> None:
+    with open_catalog(config) as catalog:
+        catalog.set_setting("paused", "1" if paused else "0")
+
+
+# --------------------------------------------------------------------------- originals
+
+
+def list_originals(config: Config) -> list[dict[str, Any]]:
+    with open_catalog(config) as catalog:
+        replicas = catalog.replicas_of()
+        derivatives = {(d["source"], d["relpath"]): d for d in catalog.derivatives()}
+
+        def derivative(source: str, relpath: str) -> dict[str, Any] | None:
+            made = derivatives.get((source, relpath))
+            if made is None:
+                return None
+            return {"status": made["status"], "output": made["output"], "reason": made["reason"],
+                    "cloaked": bool(made["cloaked"]), "strength": made["strength"]}
+
+        return [{"source": v.source, "path": v.relpath, "size": v.size, "sealed_at": v.sealed_at,
+                 "content_id": v.content_id, "replicas": replicas.get(v.content_id, []),
+                 "derivative": derivative(v.source, v.relpath)}
+                for v in catalog.latest_versions()]
+
+
+def select_store(config: Config, where: str, flag: str) -> Store:
+    """The store to read from; ``flag`` is how the user asked for it, for the error message."""
+    if where == "local":
+        return LocalStore(config.vault.path)
+    if config.s3 is None:
+        raise ConfigError(f"{flag} needs a bucket, and {config.paths.config_file} has no [s3] table "
+                          "(add one with `shutterlock init --s3-url s3://BUCKET/PREFIX`)")
+    from shutterlock.vault.s3 import S3Store
+
+    store = S3Store.from_config(config.s3, config.paths)
+    try:
+        store.check()
+    except StoreError as error:
+        raise OperationFailed(str(error)) from None
+    return store
+
+
+def restore_originals(config: Config, patterns: list[str], dest: Path, where: str = "local",
+                      progress: Callable[[int], None] | None = None,
+                      on_total: Callable[[int], None] | None = None) -> Report:
+    keys = load_keys(config)
+    with open_catalog(config) as catalog:
+        versions = [v for v in catalog.latest_versions() if matches(v, patterns)]
+    if patterns and not versions:
+        raise OperationFailed(f"nothing in the catalog matches {' '.join(patterns)}")
+    if on_total is not None:
+        on_total(sum(v.size for v in versions))
+    by_source = len({v.source for v in versions}) > 1 or len(config.sources) > 1
+    ensure_dir(dest, 0o755)
+    return restore(versions, select_store(config, where, f"--from {where}"), keys, dest, by_source=by_source,
+                   progress=progress)
+
+
+def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Callable[[], bytes], dest: Path,
+            progress: Callable[[int], None] | None = None) -> Report:
+    """Disaster recovery on a new machine: the bucket and the passphrase bring everything back."""
+    from shutterlock.recover import recover as recover_from_bucket
+
+    return recover_from_bucket(config, s3_url, s3_endpoint, passphrase, dest, progress=progress)
+
+
+def verify_objects(config: Config, *, remote: bool = False, sample: float | None = None,
+                   progress: Callable[[int], None] | None = None,
+                   on_total: Callable[[int], None] | None = None) -> Report:
+    keys = load_keys(config)
+    with open_catalog(config) as catalog:
+        ids = catalog.object_ids()
+        referenced: dict[str, list[str]] = {}
+        for version in catalog.latest_versions():
+            referenced.setdefault(version.content_id, []).append(f"{version.source}/{version.relpath}")
+    if on_total is not None:
+        on_total(len(ids) if sample is None else max(1, round(len(ids) * sample / 100)) if ids else 0)
+    store = select_store(config, "s3" if remote else "local", "--remote" if remote else "verify")
+    return verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
