@@ -248,6 +248,7 @@ class ShareConfig:
     expires_days: float = field(default=30.0, metadata=rule(low=0.01, high=1825.0))  # when --expires is not given
     thumb_edge: int = field(default=640, metadata=rule(low=160, high=2048))  # the grid thumbnail's long edge
     feedback_bytes: int = field(default=65536, metadata=rule(low=4096, high=1 << 20))  # per client message
+    check_minutes: float = field(default=10.0, metadata=rule(low=0.05, high=1440.0))  # feedback, expiry (daemon)
 
     @property
     def bucket(self) -> str:

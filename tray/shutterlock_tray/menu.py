@@ -22,6 +22,7 @@ LABEL_WIDTH = 60
 PAUSE, RESCAN, OPEN_OUTBOX, OPEN_VAULT, PROBLEMS, SETTINGS = (
     "pause", "rescan", "open_outbox", "open_vault", "problems", "settings")
 START_DAEMON, STOP_DAEMON, QUIT = "start_daemon", "stop_daemon", "quit"
+COPY_LINK, SHOW_QR = "copy_link", "show_qr"  # their ``arg`` is the share's name
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Entry:
     enabled: bool = True
     visible: bool = True
     separator: bool = False
+    arg: str = ""  # what the action is about (a share's name)
+    children: tuple[Entry, ...] = ()  # a submenu
 
 
 SEPARATOR = Entry("", "", enabled=False, separator=True)
@@ -111,6 +114,7 @@ def build(view: View) -> list[Entry]:
     outbox = str(status.get("outbox") if status else "") or view.outbox
     vault = str(status.get("vault") if status else "") or view.vault
     config_file = str(status.get("config_file") if status else "") or view.config_file
+    shares = shares_menu(status)
     entries += [
         SEPARATOR,
         Entry(PAUSE, "Pause", checked=bool(status and status.get("paused")), enabled=connected),
@@ -120,12 +124,33 @@ def build(view: View) -> list[Entry]:
         Entry(OPEN_VAULT, "Open vault folder", enabled=bool(vault)),
         Entry(PROBLEMS, "Show recent problems", enabled=has_problems(status)),
         Entry(SETTINGS, "Edit settings", enabled=bool(config_file)),
+        shares,
         SEPARATOR,
         Entry(START_DAEMON, "Start daemon", enabled=not view.starting, visible=not connected),
         Entry(STOP_DAEMON, "Stop daemon", visible=connected and view.owns_daemon),
         Entry(QUIT, "Quit tray"),
     ]
     return entries
+
+
+def shares_menu(status: dict[str, Any] | None) -> Entry:
+    """"Shares": one submenu per active share (copy its link, show its QR code), with new feedback counted."""
+    shares = (status or {}).get("shares") or []
+    new = sum(int(share.get("new_feedback", 0)) for share in shares)
+    children = []
+    for share in shares:
+        name = str(share.get("name", ""))
+        fresh = int(share.get("new_feedback", 0))
+        count = int(share.get("images", 0))
+        facts = f"{count} photo{'' if count == 1 else 's'}, until {_when(share.get('expires_at'), day=True)}"
+        children.append(Entry("", _shorten(name + (f" — {fresh} new" if fresh else "")), children=(
+            Entry("", facts, enabled=False),
+            Entry(COPY_LINK, "Copy link", arg=name),
+            Entry(SHOW_QR, "Show QR code", arg=name),
+            Entry("", _shorten(f"{fresh} new selection{'' if fresh == 1 else 's'}: shutterlock share feedback "
+                               f"{name}"), enabled=False, visible=fresh > 0),
+        )))
+    return Entry("", f"Shares ({new} new)" if new else "Shares", visible=bool(children), children=tuple(children))
 
 
 def problems_report(status: dict[str, Any]) -> str:
@@ -147,10 +172,10 @@ def _error_line(error: dict[str, Any]) -> str:
     return f"{_when(error.get('at'), short=True)} {subject + ': ' if subject else ''}{error.get('message', '')}"
 
 
-def _when(at: Any, short: bool = False) -> str:
+def _when(at: Any, short: bool = False, day: bool = False) -> str:
     if not isinstance(at, int | float):
         return "?"
-    return time.strftime("%H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return time.strftime("%Y-%m-%d" if day else "%H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 def _shorten(text: str) -> str:

@@ -3,7 +3,8 @@
 Why so careful: a photographer imports hundreds of files at once, so anything per file is spam. The
 tray tells about a whole batch when the daemon falls idle ("212 sealed, 198 derivatives ready"), about
 conditions that last (bucket offline past a threshold, a disk nearly full, the cloak unavailable) once
-per episode with a slow reminder, and never more than a few times an hour in total.
+per episode with a slow reminder, about a client's new selection on a share, and never more than a few
+times an hour in total.
 """
 
 from __future__ import annotations
@@ -70,12 +71,14 @@ class Notices:
     _sent: dict[str, float] = field(default_factory=dict)
     _episode_sent: set[str] = field(default_factory=set)
     _recent: deque[float] = field(default_factory=deque)
+    _feedback_seen: dict[str, int] = field(default_factory=dict)
 
     def observe(self, status: dict[str, Any] | None, now: float, disks: Sequence[Disk] = ()) -> list[Notice]:
         if status is None:
             return []
         candidates = [self._batch_notice(status, now)]
         candidates += self._conditions(status, now, disks)
+        candidates += self._feedback(status)
         return [notice for notice in candidates if notice is not None and self._admit(notice, now)]
 
     def progress(self, status: dict[str, Any]) -> float | None:
@@ -107,6 +110,20 @@ class Notices:
         if batch.unsent_written:
             parts.append(f"{batch.unsent_written} derivative{'' if batch.unsent_written == 1 else 's'} ready")
         return Notice("batch", "Shutterlock: batch finished", ", ".join(parts), key="batch")
+
+    # ------------------------------------------------------------------ client feedback
+
+    def _feedback(self, status: dict[str, Any]) -> list[Notice | None]:
+        """A client sent a selection the photographer has not looked at: once per new selection, per share."""
+        notices: list[Notice | None] = []
+        for share in status.get("shares") or []:
+            name, new = str(share.get("name", "")), int(share.get("new_feedback", 0))
+            if new > self._feedback_seen.get(name, 0):
+                notices.append(Notice("feedback", "Shutterlock: client feedback",
+                                      f"{name}: {new} new selection{'' if new == 1 else 's'} "
+                                      f"(shutterlock share feedback {name})", key=f"feedback:{name}"))
+            self._feedback_seen[name] = new
+        return notices
 
     # ------------------------------------------------------------------ lasting conditions
 
@@ -162,6 +179,8 @@ class Notices:
         self._sent[notice.key] = now
         if notice.key == "batch":
             self._batch.unsent_sealed = self._batch.unsent_written = 0
+        elif notice.kind == "feedback":
+            pass  # counted per selection, not per episode
         else:
             self._episode_sent.add(notice.key)
         return True

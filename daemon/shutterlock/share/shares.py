@@ -55,6 +55,7 @@ PAGE, MANIFEST = "index.html", "m"
 ENDED_PAGE_DAYS = 30  # how long a public link keeps saying "ended" before nothing is left at all
 FORM_REFRESH = 2 * 24 * 3600  # renew a long share's feedback form when it has less than this left
 STALE_PUBLISHING = 3600.0
+MIN_LIFETIME = 10.0  # seconds; an expiry closer than this is a mistake (a date in the past, a typo)
 NAME_MAX = 100
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
@@ -166,8 +167,8 @@ class Shares:
             raise ShareError(f"a share named {name!r} already exists (shutterlock share show {name})")
         asked = expires_at is not None
         expires_at = expires_at if expires_at is not None else now + self.share_config.expires_days * 86400
-        if expires_at <= now + 60:
-            raise ShareError("the expiry is in the past (or less than a minute away)")
+        if expires_at <= now + MIN_LIFETIME:
+            raise ShareError(f"the expiry is in the past (or less than {MIN_LIFETIME:g} seconds away)")
         link_expires_at = None
         if not self.share_config.public_url:
             link_expires_at = now + PRESIGN_MAX

@@ -233,11 +233,15 @@ class ShareState:
                  "favourites": json.loads(r["favourites"]), "comments": json.loads(r["comments"]), "note": r["note"],
                  "sent_at": r["sent_at"], "received_at": r["received_at"], "new": not r["seen"]} for r in rows]
 
-    def unseen(self) -> dict[str, int]:
-        """Share name → how many visitors sent feedback the photographer has not looked at yet."""
-        rows = self._rows("SELECT s.name, COUNT(*) AS n FROM share_feedback f JOIN shares s ON s.id = f.share_id "
-                          "WHERE f.seen = 0 GROUP BY s.name")
-        return {r["name"]: r["n"] for r in rows}
+    def overview(self) -> list[dict[str, Any]]:
+        """The active shares with their picture and feedback counts, in one query (for the status document)."""
+        rows = self._rows(
+            "SELECT s.name, s.state, s.expires_at, "
+            "(SELECT COUNT(*) FROM share_items i WHERE i.share_id = s.id) AS images, "
+            "(SELECT COUNT(*) FROM share_feedback f WHERE f.share_id = s.id) AS visitors, "
+            "(SELECT COUNT(*) FROM share_feedback f WHERE f.share_id = s.id AND f.seen = 0) AS new_feedback "
+            "FROM shares s WHERE s.state = ? ORDER BY s.created_at, s.id", (ACTIVE,))
+        return [dict(row) for row in rows]
 
     def mark_seen(self, share: ShareRow) -> None:
         with self.catalog.transaction() as db:
