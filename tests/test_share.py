@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,13 +30,14 @@ import numpy as np
 import pytest
 import share_reader
 from browser import DESKTOP, PHONE, available, browser
-from conftest import ROOT, S3_ENV, SAMPLES, SHARED, Home, S3Server, _new_home, free_port
+from conftest import ROOT, S3_ENV, SAMPLES, SHARED, Home, S3Server, _new_home, free_port, stop, wait_for
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 from shutterlock import config as config_module
 from shutterlock import keystore
 from shutterlock.catalog import Catalog
 from shutterlock.config import ShareConfig
+from shutterlock.control import ControlClient
 from shutterlock.share import ShareError, Shares, doctor, parse_expiry, qr
 from shutterlock.share.crypto import CryptoError, open_feedback, padme
 from shutterlock.share.expiry import ExpiryError
@@ -43,6 +45,8 @@ from shutterlock.share.select import select
 from shutterlock.share.viewer import ended_page
 from shutterlock.share.viewer import page as viewer_page
 from shutterlock.vault.format import Keys
+from shutterlock_tray import menu as tray_menu
+from shutterlock_tray.notify import Notices
 from test_s3 import camera_strings, leaked_words
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
@@ -72,15 +76,23 @@ class World:
     keys: Keys
 
     def shares(self, **share: Any) -> Shares:
-        settings = {"url": "s3://photos/shares", "endpoint": self.server.endpoint, "addressing_style": "path",
-                    **share}
-        return Shares(replace(self.config, share=ShareConfig(**settings)), self.catalog, self.keys)
+        assert self.config.share is not None
+        return Shares(replace(self.config, share=replace(self.config.share, **share)), self.catalog, self.keys)
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.home.cli(*args, "--json", check=True).stdout)
 
 
-def make_world(base: Path, key_template: Path, server: S3Server, photos: list[Path], extra: str = "") -> World:
+def share_table(endpoint: str, prefix: str = "shares", extra: str = "") -> str:
+    return (f'\n[share]\nurl = "s3://photos/{prefix}"\nendpoint = "{endpoint}"\naddressing_style = "path"\n'
+            + extra)
+
+
+def make_world(base: Path, key_template: Path, server: S3Server, photos: list[Path], prefix: str = "shares",
+               share: str = "") -> World:
     home = _new_home(base, [base / "src"])
     home.env.update(S3_ENV)
-    home.write_config(CLOAK + RIGHTS + extra, derive=False)
+    home.write_config(CLOAK + RIGHTS + share_table(server.endpoint, prefix, share), derive=False)
     home.config_file.write_text(home.config_file.read_text().replace("[derive]\n", "[derive]\nlong_edge = 768\n"))
     home.state.mkdir(parents=True, exist_ok=True)
     for item in ("master.key", "key-envelope.json"):
@@ -88,8 +100,9 @@ def make_world(base: Path, key_template: Path, server: S3Server, photos: list[Pa
     for photo in photos:
         shutil.copy2(photo, home.sources[0] / photo.name)
     home.cli("run", "--once", check=True)  # seal only: derive is off, so shares make their own derivatives
-    paths = config_module.Paths(config_file=home.config_file, state_dir=home.state, cache_dir=base / "cache",
-                                runtime_dir=base / "run", credentials_dir=None)
+    paths = config_module.Paths(config_file=home.config_file, state_dir=home.state,
+                                cache_dir=base / "cache" / "shutterlock", runtime_dir=home.socket.parent,
+                                credentials_dir=None)
     config = config_module.parse(tomllib.loads(home.config_file.read_text()), home.config_file, paths)
     keys = Keys.from_master(keystore.load_master_key(paths))
     return World(home, server, config, Catalog(paths.catalog), keys)
@@ -337,8 +350,7 @@ def test_feedback_arrives_decrypted_and_the_bucket_learns_nothing(world, wedding
     encrypted = b"".join(value for key, value in stored.items() if not key.endswith("/index.html"))
     assert leaked_words([*PHOTOS, *published], "\n".join(stored).encode() + encrypted) == 0
 
-    shares = world.shares()
-    entries = shares.feedback("smith-wedding")
+    entries = world.cli_json("share", "feedback", "smith-wedding")
     assert len(entries) == 1
     entry = entries[0]
     assert (entry["name"], entry["note"]) == (CLIENT, NOTE)
@@ -346,8 +358,8 @@ def test_feedback_arrives_decrypted_and_the_bucket_learns_nothing(world, wedding
     assert entry["favourites"][0]["path"].startswith("src/")
     assert [(c["name"], c["text"]) for c in entry["comments"]] == [(names[1], COMMENT)]
     assert not any(f"/{opened.sid}/f/" in key for key in world.server.all_objects("photos")), "collected = deleted"
-    after = shares.show("smith-wedding")
-    assert (after.visitors, after.favourites, after.comments, after.new_feedback) == (1, 2, 2, 0)
+    after = next(i for i in world.cli_json("share", "ls") if i["name"] == "smith-wedding")
+    assert (after["visitors"], after["favourites"], after["comments"], after["new_feedback"]) == (1, 2, 2, 0)
 
 
 def test_a_second_client_cannot_read_the_first_clients_feedback(world, wedding):
@@ -467,34 +479,163 @@ def test_public_url_links_work_without_signatures(world, tmp_path):
         wait_js(driver, LOADED_THUMBS + " === 2", message="public thumbnails")
 
 
+# --------------------------------------------------------------------------- the command line and the daemon
+
+
+def run_in_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a command with its stderr on a pseudo-terminal (where progress bars are drawn); (exit code, stderr)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(args, env={**env, "TERM": "xterm", "COLUMNS": "100"}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return process.wait(60), b"".join(chunks).decode(errors="replace")
+
+
+def scan_terminal_qr(text: str, path: Path) -> str:
+    """Decode a QR code drawn with half blocks (filled = light), as a phone would read it off the screen."""
+    rows = [line for line in text.splitlines() if line and set(line) <= set("█▀▄ ")]
+    light = {"█": (1, 1), "▀": (1, 0), "▄": (0, 1), " ": (0, 0)}
+    modules = np.array([[light[c][half] for c in row] for row in rows for half in (0, 1)], dtype=np.uint8)
+    Image.fromarray(modules * 255).resize((modules.shape[1] * 6, modules.shape[0] * 6), Image.Resampling.NEAREST
+                                          ).save(path)
+    return subprocess.run(["zbarimg", "-q", "--raw", str(path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_the_share_commands(world, tmp_path):
+    home = world.home
+    created = home.cli("share", "create", "cli-proofs", "DSCN0010.jpg", "--expires", "3d", "--allow-download",
+                       "--title", "Proofs", check=True)
+    out = created.stdout
+    assert re.search(r"^share 'cli-proofs': active, 1 photo, ends \S+ \S+ \(download allowed, feedback on\)$", out,
+                     re.M), out
+    link = re.search(r"^link:    (\S+#k=\S+)$", out, re.M)[1]
+    png, svg = re.search(r"^QR code: (\S+)\n         (\S+)$", out, re.M).groups()
+    decoded = subprocess.run(["zbarimg", "-q", "--raw", png], capture_output=True, text=True, check=True)
+    assert decoded.stdout.strip() == link and Path(svg).is_file()
+    assert share_reader.open_link(link).manifest["title"] == "Proofs"
+
+    shown = home.cli("share", "show", "cli-proofs", check=True).stdout
+    assert f"link:    {link}" in shown and scan_terminal_qr(shown, tmp_path / "shown.png") == link
+
+    code, terminal = run_in_terminal([sys.executable, "-m", "shutterlock", "share", "add", "cli-proofs",
+                                      "DSCN0012.jpg", "DSCN0021.jpg"], home.env)
+    assert code == 0 and "encrypting and uploading" in terminal and "━" in terminal, terminal[-2000:]
+    listed = {i["name"]: i for i in world.cli_json("share", "ls")}
+    assert listed["cli-proofs"]["images"] == 3 and listed["cli-proofs"]["state"] == "active"
+    assert [i["name"] for i in share_reader.open_link(link).manifest["images"]] == [
+        "DSCN0010.jpg", "DSCN0012.jpg", "DSCN0021.jpg"]
+    removed = home.cli("share", "remove", "cli-proofs", "DSCN0012.jpg", check=True)
+    assert "note:    removed 1 picture(s)" in removed.stdout
+
+    secret = home.cli("share", "create", "cli-secret", "DSCN0010.jpg", "--password", "--json",
+                      input="très secret\n", check=True)
+    secret_link = json.loads(secret.stdout)["link"]
+    assert share_reader.open_link(secret_link, "très secret").manifest["images"]
+
+    revoked = home.cli("share", "revoke", "cli-proofs", check=True)
+    assert "revoked" in revoked.stdout and not Path(png).exists()
+    assert {i["name"]: i["state"] for i in world.cli_json("share", "ls")}["cli-proofs"] == "revoked"
+    unknown = home.cli("share", "show", "nope")
+    assert unknown.returncode == 2 and "no share named 'nope'" in unknown.stderr
+    bad = home.cli("share", "create", "later", "DSCN0010.jpg", "--expires", "next week")
+    assert bad.returncode == 2 and "use a duration (36h, 14d, 2w) or a date" in bad.stderr
+    doctor_run = home.cli("share", "doctor")
+    assert doctor_run.returncode == 1, "moto does not enforce POST policies, and the doctor says so"
+    report = doctor_run.stdout
+    assert re.search(r"^FAIL feedback form: this server accepted a presigned POST outside its prefix", report, re.M)
+    assert re.search(r"^OK   presigned GET:", report, re.M)
+
+
+def test_the_daemon_collects_feedback_and_ends_shares_on_time(tmp_path, key_template, server):
+    world = make_world(tmp_path / "d", key_template, server, PHOTOS[:2], prefix="daemon",
+                       share="check_minutes = 0.05\n")
+    try:
+        shares = world.shares()
+        lasting = shares.create("lasting", [PHOTOS[0].name])
+        brief = shares.create("brief", [PHOTOS[1].name], expires_at=time.time() + 15)
+        daemon = world.home.start_daemon()
+        try:
+            opened = share_reader.open_link(lasting.link)
+            message = {"v": 1, "visitor": "0a" * 8, "seq": 1, "name": "Mrs Smith", "note": "Lovely",
+                       "favourites": [opened.manifest["images"][0]["id"]], "comments": {}}
+            key = opened.manifest["feedback"]["prefix"] + "5" * 32
+            assert share_reader.post_form(opened, key, share_reader.feedback_message(opened, message)) < 300
+
+            def lasting_status() -> dict[str, Any]:
+                return next(s for s in world.home.status()["shares"] if s["name"] == "lasting")
+
+            wait_for(lambda: lasting_status()["new_feedback"] == 1, 30, message="feedback collected by the daemon")
+            status = world.home.status()
+            assert lasting.link.split("#")[1] not in json.dumps(status), "the status never carries a link"
+            # The tray's Shares submenu, built from that status, and what its items ask of the daemon.
+            entries = tray_menu.build(tray_menu.View(status=status, connected=True))
+            submenu = next(e for e in entries if e.label.startswith("Shares"))
+            assert submenu.visible and submenu.label == "Shares (1 new)"
+            item = next(c for c in submenu.children if c.label.startswith("lasting"))
+            assert item.label == "lasting — 1 new"
+            assert [(c.key, c.arg) for c in item.children if c.key] == [(tray_menu.COPY_LINK, "lasting"),
+                                                                         (tray_menu.SHOW_QR, "lasting")]
+            reply = ControlClient(world.home.socket).request("share_link", name="lasting")
+            assert reply["share"]["link"] == lasting.link and Path(reply["share"]["qr_png"]).is_file()
+            notices = Notices().observe(status, time.time())
+            assert [n.message for n in notices if n.kind == "feedback"] == [
+                "lasting: 1 new selection (shutterlock share feedback lasting)"]
+
+            brief_sid = share_reader.open_link(brief.link).sid
+            wait_for(lambda: list(bucket_under(server, brief_sid)) == [f"daemon/{brief_sid}/index.html"], 60,
+                     message="the daemon ended the brief share")
+            assert {i["name"]: i["state"] for i in world.cli_json("share", "ls")}["brief"] == "expired"
+            feedback = world.cli_json("share", "feedback", "lasting")
+            assert [(f["name"], f["note"], f["favourites"][0]["name"]) for f in feedback] == [
+                ("Mrs Smith", "Lovely", PHOTOS[0].name)]
+            wait_for(lambda: lasting_status()["new_feedback"] == 0, 10, message="seen, and the daemon was told")
+        finally:
+            assert stop(daemon) == 0
+    finally:
+        world.catalog.close()
+
+
 # --------------------------------------------------------------------------- refusing unprotected pictures
 
 
 def test_unprotected_pictures_are_refused_by_name(tmp_path, key_template, server):
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
-    world = make_world(tmp_path / "w", key_template, server, [PHOTOS[0]])
+    world = make_world(tmp_path / "w", key_template, server, [PHOTOS[0]], prefix="refused")
     try:
         shutil.copy2(SAMPLES / "hostile" / "truncated_jpeg.jpg", world.home.sources[0] / "broken.jpg")
         world.home.cli("run", "--once", check=True)
-        held = _replace_cloak(world, f'strength = "light"\nmodels_dir = "{no_weights}"\noffline = true')
-        with pytest.raises(ShareError) as refused:
-            held.shares(url="s3://photos/refused").create("unsafe", [])
-        message = str(refused.value)
-        assert "src/broken.jpg: no protected derivative (failed: truncated image data)" in message
-        assert f"src/{PHOTOS[0].name}: no protected derivative (held: not cloaked" in message
-        with pytest.raises(ShareError, match=f"src/{PHOTOS[0].name}: no protected derivative"):
-            held.shares(url="s3://photos/refused").create("unsafe", [PHOTOS[0].name], allow_uncloaked=True)
+        _replace_cloak(world, f'strength = "light"\nmodels_dir = "{no_weights}"\noffline = true')
+        world.home.env.pop("SHUTTERLOCK_MODELS_DIR")  # it would override models_dir
+        refused = world.home.cli("share", "create", "unsafe")
+        assert refused.returncode == 1 and not refused.stdout
+        assert "src/broken.jpg: no protected derivative (failed: truncated image data)" in refused.stderr
+        assert f"src/{PHOTOS[0].name}: no protected derivative (held: not cloaked" in refused.stderr
+        again = world.home.cli("share", "create", "unsafe", PHOTOS[0].name, "--allow-uncloaked")
+        assert again.returncode == 1 and f"src/{PHOTOS[0].name}: no protected derivative" in again.stderr
         assert not [k for k in server.all_objects("photos") if k.startswith("refused/")]
-        assert held.shares().list() == []
+        assert world.cli_json("share", "ls") == []
 
-        off = _replace_cloak(world, 'strength = "off"')
-        with pytest.raises(ShareError, match="is not cloaked"):
-            off.shares().create("plain", [PHOTOS[0].name])
-        info = off.shares().create("plain", [PHOTOS[0].name], allow_uncloaked=True)
-        assert info.uncloaked == 1
+        _replace_cloak(world, 'strength = "off"')
+        plain = world.home.cli("share", "create", "plain", PHOTOS[0].name)
+        assert plain.returncode == 1 and f"src/{PHOTOS[0].name}: its derivative is not cloaked" in plain.stderr
+        info = world.cli_json("share", "create", "plain", PHOTOS[0].name, "--allow-uncloaked")
+        assert info["uncloaked"] == 1
         with browser(tmp_path / "plain", DESKTOP) as driver:
-            driver.get(info.link)
+            driver.get(info["link"])
             wait_js(driver, LOADED_THUMBS + " === 1", message="uncloaked gallery")
             notice = driver.find_element("css selector", ".notice").text
             assert "not cloaked" in notice and driver.find_element("css selector", ".badge").text == "not cloaked"
@@ -502,14 +643,11 @@ def test_unprotected_pictures_are_refused_by_name(tmp_path, key_template, server
         world.catalog.close()
 
 
-def _replace_cloak(world: World, table: str) -> World:
+def _replace_cloak(world: World, table: str) -> None:
     text = world.home.config_file.read_text()
     start = text.index("[cloak]")
     end = text.index("\n[", start + 1) if "\n[" in text[start + 1:] else len(text)
     world.home.config_file.write_text(text[:start] + "[cloak]\n" + table + "\n" + text[end:])
-    config = config_module.parse(tomllib.loads(world.home.config_file.read_text()), world.home.config_file,
-                                 world.config.paths)
-    return World(world.home, world.server, config, world.catalog, world.keys)
 
 
 # --------------------------------------------------------------------------- SeaweedFS and the doctor
