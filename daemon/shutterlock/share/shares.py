@@ -30,7 +30,7 @@ from shutterlock.config import Config, ShareConfig
 from shutterlock.errors import ConfigError, OperationFailed, UsageError
 from shutterlock.restore import matches
 from shutterlock.share import crypto, feedback, images, qr, viewer
-from shutterlock.share.host import PRESIGN_MAX, ShareHost, Upload
+from shutterlock.share.host import PRESIGN_MAX, RULE_PREFIX, ShareHost, Upload
 from shutterlock.share.select import Picture, Progress, SelectionError, select
 from shutterlock.share.state import (
     ACTIVE,
@@ -199,8 +199,7 @@ class Shares:
         try:
             items = self._upload_pictures(row, share_keys, pictures, [], progress)
             self.state.replace_items(row, items)
-            rule_until = link_expires_at if link_expires_at is not None else expires_at
-            lifecycle = host.set_expiry_rule(sid, f"{sid}/", rule_until)
+            lifecycle = host.set_expiry_rule(sid, f"{sid}/", self._rule_until(row))
             if not lifecycle:
                 notes.append("this bucket has no lifecycle rules: the share is deleted at expiry only if "
                              "Shutterlock is running then (or at its next start)")
@@ -400,6 +399,13 @@ class Shares:
         for path in self._qr_paths(row):
             path.unlink(missing_ok=True)
 
+    def _rule_until(self, row: ShareRow) -> float:
+        """When the provider deletes what is left: an active share's end (a presigned one's link end: its content
+        URLs stop working at expiry anyway), or an ended share's ended page's end."""
+        if row.state in ENDED:
+            return self._ended_page_until(row, row.ended_at or time.time())
+        return row.link_expires_at if row.link_expires_at is not None else row.expires_at
+
     def _ended_page_until(self, row: ShareRow, ended_at: float) -> float:
         """A presigned link dies on its own; a public one says "ended" for a while, then nothing is left."""
         return row.link_expires_at if row.link_expires_at is not None else ended_at + ENDED_PAGE_DAYS * 86400
@@ -436,7 +442,25 @@ class Shares:
         for row in self.state.in_state(PUBLISHING):
             if row.created_at < now - STALE_PUBLISHING:
                 attempt(row, "clean up an interrupted publication", lambda row=row: self._discard(row))
+        self._restore_rules(attempt)
         return done
+
+    def _restore_rules(self, attempt: Callable[[ShareRow, str, Callable[[], object]], None]) -> None:
+        """A bucket's rules are one document that others edit too (another machine, a console, the CLI while
+        the daemon runs); put back any share rule lost on the way, so expiry never depends on this machine."""
+        rows = [r for r in self.state.in_state(ACTIVE, *ENDED) if r.lifecycle and r.cleared_at is None]
+        for where in {(r.host_url, r.endpoint) for r in rows}:
+            group = [r for r in rows if (r.host_url, r.endpoint) == where]
+            host = self._host(group[0])
+            try:
+                rules = host.expiry_rules()
+            except StoreError:
+                continue  # unreachable now: the next pass looks again
+            present = {str(rule.get("ID", "")) for rule in rules or []}
+            for row in group:
+                if rules is not None and RULE_PREFIX + row.sid not in present:
+                    attempt(row, "restore its lifecycle rule", lambda row=row, host=host: host.set_expiry_rule(
+                        row.sid, f"{row.sid}/", self._rule_until(row)))
 
     def _clear(self, row: ShareRow) -> None:
         host = self._host(row)
