@@ -39,6 +39,7 @@ from shutterlock import keystore
 from shutterlock.catalog import Catalog
 from shutterlock.config import ShareConfig
 from shutterlock.control import ControlClient
+from shutterlock.errors import ConfigError
 from shutterlock.share import ShareError, Shares, doctor, parse_expiry, qr
 from shutterlock.share.crypto import CryptoError, open_feedback, padme
 from shutterlock.share.expiry import ExpiryError
@@ -810,6 +811,24 @@ def test_revoked_and_expired_shares_leave_only_the_ended_page(world, tmp_path, a
 
 
 # --------------------------------------------------------------------------- small parts
+
+
+def test_the_share_table_is_validated(tmp_path):
+    paths = config_module.resolve_paths(tmp_path / "config.toml")
+
+    def parse(table: str) -> config_module.Config:
+        return config_module.parse(tomllib.loads(table), paths.config_file, paths)
+
+    assert parse("").share is None
+    share = parse('[share]\nurl = "s3://b/p"\npublic_url = "https://photos.example.com/p/"\n').share
+    assert share is not None and (share.bucket, share.prefix, share.public_url) == ("b", "p", "https://photos.example.com/p")
+    assert (share.expires_days, share.thumb_edge, share.feedback_bytes, share.check_minutes) == (30.0, 640, 65536, 10.0)
+    for table, problem in (('url = "b/p"', "[share] url: must look like s3://BUCKET/PREFIX"),
+                           ('url = "s3://b"\npublic_url = "ftp://x"', "[share] public_url: must be an http"),
+                           ('url = "s3://b"\nthumb_edge = 10', "[share] thumb_edge: must be between 160 and 2048"),
+                           ('url = "s3://b"\nexpire_days = 3', "[share] expire_days: unknown key")):
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            parse("[share]\n" + table + "\n")
 
 
 def test_padme_and_expiry_parsing():
