@@ -3,7 +3,7 @@
 Style and script are inlined (one request before the manifest, which matters for the first
 thumbnail) and pinned by their SHA-256 in a Content-Security-Policy meta tag: no other script can
 run, and the page can talk only to its own origin and the feedback form's, so even a hostile
-caption could not carry the key away. There is no third-party code at all.
+title could not carry the key away. There is no third-party code at all.
 """
 
 from __future__ import annotations

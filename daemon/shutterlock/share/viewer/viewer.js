@@ -248,7 +248,7 @@
       return object.u || new URL(object.n, location.href).href;
     }
     label(image, index) {
-      const parts = [image.caption || image.name || `Photo ${index + 1}`];
+      const parts = [image.name || `Photo ${index + 1}`];
       if (image.date) parts.push(formatDate(image.date));
       return parts.join(", ");
     }
@@ -570,7 +570,7 @@
     updateLightbox() {
       const image = this.images[this.current];
       const label = this.label(image, this.current);
-      this.where.replaceChildren(el("strong", { text: image.caption || image.name || `Photo ${this.current + 1}` }),
+      this.where.replaceChildren(el("strong", { text: image.name || `Photo ${this.current + 1}` }),
         el("span", { text: `${this.current + 1} of ${this.images.length}` + (image.date ? " · " + formatDate(image.date) : "") +
           (image.cloaked ? "" : " · not cloaked") }));
       this.fullImg.alt = label;
