@@ -46,6 +46,7 @@ from shutterlock.share.expiry import ExpiryError
 from shutterlock.share.select import select
 from shutterlock.share.viewer import ended_page
 from shutterlock.share.viewer import page as viewer_page
+from shutterlock.status import Status
 from shutterlock.vault.format import Keys
 from shutterlock_tray import menu as tray_menu
 from shutterlock_tray.notify import Notices
@@ -586,7 +587,8 @@ def test_the_daemon_collects_feedback_and_ends_shares_on_time(tmp_path, key_temp
             status = world.home.status()
             assert lasting.link.split("#")[1] not in json.dumps(status), "the status never carries a link"
             # The tray's Shares submenu, built from that status, and what its items ask of the daemon.
-            entries = tray_menu.build(tray_menu.View(status=status, connected=True))
+            typed = Status.from_dict(status)
+            entries = tray_menu.build(tray_menu.View(status=typed))
             submenu = next(e for e in entries if e.label.startswith("Shares"))
             assert submenu.visible and submenu.label == "Shares (1 new)"
             item = next(c for c in submenu.children if c.label.startswith("lasting"))
@@ -595,7 +597,7 @@ def test_the_daemon_collects_feedback_and_ends_shares_on_time(tmp_path, key_temp
                                                                          (tray_menu.SHOW_QR, "lasting")]
             reply = ControlClient(world.home.socket).request("share_link", name="lasting")
             assert reply["share"]["link"] == lasting.link and Path(reply["share"]["qr_png"]).is_file()
-            notices = Notices().observe(status, time.time())
+            notices = Notices().observe(typed, time.time())
             assert [n.message for n in notices if n.kind == "feedback"] == [
                 "lasting: 1 new selection (shutterlock share feedback lasting)"]
 

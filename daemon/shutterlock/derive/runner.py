@@ -128,6 +128,14 @@ class DeriveRunner:
             process.close()
 
     def close(self) -> None:
-        """Ask the worker to exit, killing it if it does not within a few seconds."""
-        with self._lock:
-            self._stop_worker(kill=False)
+        """Ask the worker to exit, killing it if it does not within a few seconds. A job still running (a
+        long cloak at shutdown) is not waited for: its worker is killed, and the job is redone next time."""
+        if self._lock.acquire(timeout=1.0):
+            try:
+                self._stop_worker(kill=False)
+            finally:
+                self._lock.release()
+            return
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shutterlock.config import Credential, Paths, ShareConfig
-from shutterlock.vault.s3 import classify, error_code, is_boto_error, make_client
+from shutterlock.config import Credential, Paths, S3Config, ShareConfig
+from shutterlock.vault.s3 import classify, client_for, error_code, is_boto_error
 from shutterlock.vault.store import StoreError
 
 PRESIGN_MAX = 7 * 24 * 3600  # SigV4: a presigned request is valid for at most seven days
@@ -41,7 +41,9 @@ class ShareHost:
 
     @classmethod
     def from_config(cls, config: ShareConfig, paths: Paths) -> ShareHost:
-        return cls(config, make_client(config.endpoint, config.region, config.addressing_style, paths), paths)
+        bucket = S3Config(url=config.url, endpoint=config.endpoint, region=config.region,
+                          addressing_style=config.addressing_style)
+        return cls(config, client_for(bucket, paths), paths)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
