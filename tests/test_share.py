@@ -51,6 +51,7 @@ from shutterlock.vault.format import Keys
 from shutterlock_tray import menu as tray_menu
 from shutterlock_tray.notify import Notices
 from test_s3 import camera_strings, leaked_words
+from test_tray import desktop, poll, start_tray  # noqa: F401 - desktop is a fixture
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -612,6 +613,49 @@ def test_the_daemon_collects_feedback_and_ends_shares_on_time(tmp_path, key_temp
         finally:
             assert stop(daemon) == 0
     finally:
+        world.catalog.close()
+
+
+def test_the_tray_shares_submenu_on_a_real_desktop(tmp_path, key_template, server, desktop):  # noqa: F811
+    """Xvfb, trayer, dunst and the real GTK menu (the tray tests' desktop): the feedback notice, the Shares
+    submenu, "Copy link" onto the clipboard and "Show QR code" handed to the desktop's opener."""
+    world = make_world(tmp_path / "t", key_template, server, PHOTOS[:1], prefix="tray",
+                       share="check_minutes = 0.05\n")
+    opener_log = tmp_path / "opened.txt"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        info = world.shares().create("Smith wedding", [PHOTOS[0].name])
+        opened = share_reader.open_link(info.link)
+        message = {"v": 1, "visitor": "0b" * 8, "seq": 1, "favourites": [opened.manifest["images"][0]["id"]],
+                   "comments": {}, "note": ""}
+        key = opened.manifest["feedback"]["prefix"] + "7" * 32
+        assert share_reader.post_form(opened, key, share_reader.feedback_message(opened, message)) < 300
+        processes.append(world.home.start_daemon())
+        processes.append(start_tray(world.home, desktop, tmp_path / "tray.log", opener_log))
+        poll(desktop.tray_icon, 30, "the tray icon")
+        wait_for(lambda: desktop.notified("Smith wedding: 1 new selection"), 60, message="the feedback notice")
+
+        def through_the_submenu(*keys: str) -> None:
+            desktop.open_menu("share-tray")
+            for step in ("Up", "Up", "Up", "Right", "Right", *keys):  # Shares is third from the bottom
+                desktop.x("xdotool", "key", step)
+                time.sleep(0.4)
+
+        through_the_submenu()
+        desktop.screenshot("share-tray").save(ARTIFACTS / "tray-shares-submenu.png")
+        desktop.x("xdotool", "key", "Return")  # "Copy link" is the first item it can act on
+        clipboard = [sys.executable, "-c", "import gi; gi.require_version('Gtk', '3.0'); from gi.repository import "
+                     "Gdk, Gtk; print(Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD).wait_for_text())"]
+        wait_for(lambda: subprocess.run(clipboard, env=desktop.env, capture_output=True, text=True, timeout=20
+                                        ).stdout.strip() == info.link, 20, message="the link on the clipboard")
+        through_the_submenu("Down", "Return")
+        wait_for(lambda: opener_log.exists() and opener_log.read_text().strip() == info.qr_png, 20,
+                 message="the QR code handed to the desktop")
+        log = (tmp_path / "tray.log").read_text()
+        assert "copying the link of share 'Smith wedding'" in log and info.link.split("#")[1] not in log
+    finally:
+        for process in reversed(processes):
+            stop(process)
         world.catalog.close()
 
 
