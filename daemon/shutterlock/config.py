@@ -294,6 +294,30 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ShareConfig:
+    """``[share]``: where private galleries are published (docs/SHARING.md); absent: no sharing."""
+
+    url: str  # s3://BUCKET/PREFIX
+    endpoint: str = ""
+    public_url: str = ""  # a public-read base serving PREFIX; empty: presigned links (at most 7 days)
+    region: str = ""
+    addressing_style: str = field(default="auto", metadata=rule(choices=ADDRESSING_STYLES))
+    expires_days: float = field(default=30.0, metadata=rule(low=0.01, high=1825.0))  # when --expires is not given
+    thumb_edge: int = field(default=640, metadata=rule(low=160, high=2048))  # the grid thumbnail's long edge
+    feedback_bytes: int = field(default=65536, metadata=rule(low=4096, high=1 << 20))  # per client message
+    check_minutes: float = field(default=10.0, metadata=rule(low=0.05, high=1440.0))  # feedback, expiry (daemon)
+
+    @property
+    def bucket(self) -> str:
+        return self.url[len("s3://"):].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.url[len("s3://"):].split("/", 1)
+        return rest[1].strip("/") if len(rest) > 1 else ""
+
+
+@dataclass(frozen=True)
 class ProvenanceConfig:
     """The key that signs every derivative's C2PA manifest. Both empty: the self-issued identity ``init``
     creates in the state directory. Both set: a chain from a real CA (PEM, the signing certificate first)
@@ -339,6 +363,7 @@ class Config:
     paths: Paths
     provenance: ProvenanceConfig = ProvenanceConfig()
     site: SiteConfig = SiteConfig()
+    share: ShareConfig | None = None
 
     def source_by_name(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -477,6 +502,22 @@ def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
     return _read_table(reader, S3Config, url=url, endpoint=endpoint)
 
 
+def _share(file: Path, raw: dict[str, Any]) -> ShareConfig | None:
+    if "share" not in raw:
+        return None
+    reader = _table(file, raw, "share")
+    url = reader.get("url", str, "")
+    if not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise reader.fail("url", f"must look like s3://BUCKET/PREFIX; got {url!r}")
+    given = {"url": url}
+    for key in ("endpoint", "public_url"):
+        value = reader.get(key, str, "")
+        if value and not value.startswith(("http://", "https://")):
+            raise reader.fail(key, f"must be an http:// or https:// URL; got {value!r}")
+        given[key] = value.rstrip("/") if key == "public_url" else value
+    return _read_table(reader, ShareConfig, **given)
+
+
 def _derive(file: Path, raw: dict[str, Any]) -> DeriveConfig:
     reader = _table(file, raw, "derive")
     outbox = reader.path("outbox", None)
@@ -556,7 +597,8 @@ def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     config = Config(sources=sources, vault=vault, s3=_s3(file, raw), derive=_derive(file, raw),
                     watermark=_watermark(file, raw), rights=_read_table(_table(file, raw, "rights"), RightsConfig),
                     cloak=_cloak(file, raw), engine=_read_table(_table(file, raw, "engine"), EngineConfig),
-                    paths=paths, provenance=_provenance(file, raw), site=_site(file, raw))
+                    paths=paths, provenance=_provenance(file, raw), site=_site(file, raw),
+                    share=_share(file, raw))
     if raw:
         raise ConfigError(f"{file.name}: [{sorted(raw)[0]}]: unknown table")
     return config
@@ -626,6 +668,8 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
     }
     if config.s3 is not None:
         doc["s3"] = table(config.s3)
+    if config.share is not None:
+        doc["share"] = table(config.share)
     return doc
 
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from rich.filesize import decimal as human_bytes
 
 __all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "LaneStatus",
-           "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status", "VaultStatus",
-           "human_bytes"]
+           "ProcessFacts", "ReplicaStatus", "ScrubReport", "ShareStatus", "SourceStatus", "State", "Status",
+           "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -151,6 +151,18 @@ class ProcessFacts:
 
 
 @dataclass(frozen=True)
+class ShareStatus:
+    """One private share, as the tray lists it; the link itself is a secret and never in the status."""
+
+    name: str
+    state: str  # publishing | active | expired | revoked
+    images: int
+    expires_at: float
+    visitors: int = 0
+    new_feedback: int = 0  # visitors whose latest selection the photographer has not looked at
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything a user interface shows about the daemon; ``state`` and ``summary`` follow from the rest."""
 
@@ -179,6 +191,7 @@ class Status:
     uptime: float | None = None
     healthy: bool = True
     process: ProcessFacts | None = None
+    shares: list[ShareStatus] = field(default_factory=list)
     state: State = field(init=False)
     summary: str = field(init=False)
 
