@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from rich.filesize import decimal as human_bytes
 
 __all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "IsolationStatus",
-           "LaneStatus", "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status",
-           "VaultStatus", "human_bytes"]
+           "LaneStatus", "ProcessFacts", "ReplicaStatus", "ScrubReport", "ShareStatus", "SourceStatus", "State",
+           "Status", "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -161,6 +161,18 @@ class ProcessFacts:
 
 
 @dataclass(frozen=True)
+class ShareStatus:
+    """One private share, as the tray lists it; the link itself is a secret and never in the status."""
+
+    name: str
+    state: str  # publishing | active | expired | revoked
+    images: int
+    expires_at: float
+    visitors: int = 0
+    new_feedback: int = 0  # visitors whose latest selection the photographer has not looked at
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything a user interface shows about the daemon; ``state`` and ``summary`` follow from the rest."""
 
@@ -189,6 +201,7 @@ class Status:
     uptime: float | None = None
     healthy: bool = True
     process: ProcessFacts | None = None
+    shares: list[ShareStatus] = field(default_factory=list)
     state: State = field(init=False)
     summary: str = field(init=False)
 
@@ -253,10 +266,16 @@ def summarise(status: Status, state: State) -> str:
         return "; ".join(parts) or f"sealing {_count(waiting, 'original')}"
     if state is State.DEGRADED:
         if status.cloak.error:
-            return f"all {sealed:,} originals sealed; {status.cloak.error}"
+            return f"{_all_sealed(sealed)}; {status.cloak.error}"
         warning = next(iter(status.warnings), "") or next(s.warning for s in status.sources if s.warning)
-        return f"all {sealed:,} originals sealed; {warning}"
-    return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
+        return f"{_all_sealed(sealed)}; {warning}"
+    return _all_sealed(sealed)
+
+
+def _all_sealed(sealed: int) -> str:
+    if sealed == 0:
+        return "watching; nothing to seal yet"
+    return "the one original is sealed" if sealed == 1 else f"all {sealed:,} originals sealed"
 
 
 _LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:"}

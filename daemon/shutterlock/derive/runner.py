@@ -48,7 +48,7 @@ from .render import DeriveJob, Outcome, Rendered
 log = logging.getLogger(__name__)
 
 NICE_INCREMENT = 10
-START_LIMIT = 60.0  # seconds a new worker has to confine itself and say so
+START_LIMIT = 120.0  # seconds a new worker may take to confine itself and import its libraries (busy machine)
 HEADER_LIMIT = 64 << 10  # bytes of a result's JSON header
 TEXT_LIMIT = 2000  # characters kept of any text a worker reports
 # A worker's lifetime CPU limit, in per-image budgets: past it, a fresh worker takes over (see _Worker).
