@@ -180,7 +180,7 @@ def test_status_says_how_the_worker_is_confined(make_home) -> None:
 def test_files_read_whole_are_refused_by_size_before_they_cost_memory(tmp_path: Path, secrets: dict[str, Path]) -> None:
     """Issue 16 item 7: a file that starts like a JPEG (or is a HEIF or RAW) used to be read whole into
     memory whatever its size; now the size is checked first (sparse files: no disk is spent here)."""
-    derive = DeriveConfig(outbox=tmp_path / "out", memory_limit=512)
+    derive = DeriveConfig(outbox=tmp_path / "out", memory_limit=1024)
     limit = (derive.memory_limit << 20) // 4
     heads = {"huge.jpg": b"\xff\xd8\xff\xe0", "huge.heic": b"\0\0\0\x18ftypheic", "huge.dng": b"II*\0"}
     with DeriveRunner(time_limit=30.0) as runner:

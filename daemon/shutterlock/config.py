@@ -253,7 +253,8 @@ class DeriveConfig:
     # Each derive process's address-space limit (RLIMIT_AS) in MB: a file that makes a decoder allocate
     # without end fails there. The cloak of a 24 MP photo peaks at ~1.8 GB of address space
     # (bench/worker_memory.py); HEIF and RAW files larger than a quarter of it are refused unread.
-    memory_limit: int = field(default=3072, metadata=rule(low=512, high=1 << 20))
+    # An idle worker maps ~0.5 GB of address space (numpy, Pillow, OpenCV), hence the floor.
+    memory_limit: int = field(default=3072, metadata=rule(low=1024, high=1 << 20))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ catalog and in ``status`` ("decompression bomb: … pixels > limit …", "trunca
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import mmap
 import os
@@ -120,6 +121,8 @@ def inspect(path: Path, handle: BinaryIO, max_bytes: int) -> None:
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 problem = jpeg_stream_problem(data)
         except (OSError, ValueError) as error:
+            if getattr(error, "errno", None) == errno.ENOMEM:
+                raise DeriveError("out of memory while mapping the file") from None
             raise DeriveError(f"cannot read file: {error}") from None
         if problem:
             raise DeriveError(problem)
