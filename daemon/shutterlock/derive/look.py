@@ -56,10 +56,15 @@ def srgb_icc_bytes() -> bytes:
     return bytes(data)
 
 
-def prepare(decoded: Decoded) -> Image.Image:
-    """The derivative's pixels: RGB, sRGB, flattened on white, at ``decoded.target_edge``, upright."""
+def prepare(decoded: Decoded, sharpening: str = "off") -> Image.Image:
+    """The derivative's pixels: RGB, sRGB, flattened on white, at ``decoded.target_edge``, upright.
+
+    ``sharpening``: the output sharpening (:func:`sharpen`), for when this is already the final size. It is
+    applied right after the resize, where it commutes with the orientation that follows and, to within a
+    level, with the colour conversion; after OpenCV's top-up it then saves a copy out of and back into Pillow.
+    """
     image = _flatten(_to_working_mode(decoded.image))
-    image = resize_long_edge(image, decoded.target_edge or max(image.size))
+    image = resize_long_edge(image, decoded.target_edge or max(image.size), sharpening)
     image = _to_srgb(image, decoded.icc_profile)
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -106,18 +111,30 @@ def sharpen(image: Image.Image, level: str) -> Image.Image:
     percent = SHARPEN_PERCENT[level]
     if not percent:
         return image
-    radius = max(0.5, 0.8 * max(image.size) / 2048)
     if image.mode not in ("RGB", "L"):
-        return image.filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=SHARPEN_THRESHOLD))
+        return image.filter(ImageFilter.UnsharpMask(radius=_radius(image.size), percent=percent,
+                                                    threshold=SHARPEN_THRESHOLD))
+    return Image.fromarray(_unsharp(np.array(image), level), image.mode)
+
+
+def _radius(size: tuple[int, int]) -> float:
+    return max(0.5, 0.8 * max(size) / 2048)
+
+
+def _unsharp(pixels: np.ndarray, level: str) -> np.ndarray:
+    """:func:`sharpen` on an OpenCV array, in place."""
+    percent = SHARPEN_PERCENT[level]
+    if not percent:
+        return pixels
     cv2 = resampler()
-    pixels = np.array(image)
+    radius = _radius((pixels.shape[1], pixels.shape[0]))
     side = 2 * math.ceil(2.5 * radius) + 1  # OpenCV's default, 3 sigma, adds taps that round to nothing in 8 bits
     blurred = cv2.GaussianBlur(pixels, (side, side), sigmaX=radius)
     gain = percent / 100
     sharpened = cv2.addWeighted(pixels, 1 + gain, blurred, -gain, 0)  # pixels + gain * (pixels - blurred)
     _, edges = cv2.threshold(cv2.absdiff(pixels, blurred), SHARPEN_THRESHOLD, 255, cv2.THRESH_BINARY)
     cv2.copyTo(sharpened, edges, pixels)  # per channel, where the difference is above the threshold
-    return Image.fromarray(pixels, image.mode)
+    return pixels
 
 
 def orient(image: Image.Image, orientation: int) -> Image.Image:
@@ -125,28 +142,29 @@ def orient(image: Image.Image, orientation: int) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def resize_long_edge(image: Image.Image, long_edge: int) -> Image.Image:
-    """Scale to ``long_edge`` exactly. Callers never ask for more than the original's resolution; an
-    upscale only happens for the last few percent after a tolerated JPEG draft (:func:`_top_up`)."""
+def resize_long_edge(image: Image.Image, long_edge: int, sharpening: str = "off") -> Image.Image:
+    """Scale to ``long_edge`` exactly, then :func:`sharpen`. Callers never ask for more than the original's
+    resolution; an upscale only happens for the last few percent after a tolerated JPEG draft (:func:`_top_up`)."""
     width, height = image.size
     longest = max(width, height)
     if longest == long_edge:
-        return image
+        return sharpen(image, sharpening)
     scale = long_edge / longest
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if scale > 1:
-        return _top_up(image, size)
-    return image.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP)
+        return _top_up(image, size, sharpening)
+    return sharpen(image.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP), sharpening)
 
 
-def _top_up(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+def _top_up(image: Image.Image, size: tuple[int, int], sharpening: str) -> Image.Image:
     """Bicubic, through OpenCV: a 12 MP photo's half-scale decode (2016 px) topped up to 2048 px costs
     ~7 ms there and ~50 ms in Pillow's resampler, which has no SIMD: the largest single cost of a
     derivative (bench/decode_paths.py). Same kernel family and pixel-centre convention as Pillow's."""
     if image.mode not in ("RGB", "L"):
-        return image.resize(size, Image.Resampling.BICUBIC)
+        return sharpen(image.resize(size, Image.Resampling.BICUBIC), sharpening)
     cv2 = resampler()
-    return Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_CUBIC))
+    pixels = cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_CUBIC)
+    return Image.fromarray(_unsharp(pixels, sharpening), image.mode)
 
 
 def resampler() -> ModuleType:

@@ -124,7 +124,10 @@ def render(job: DeriveJob, original: BinaryIO | None = None, sidecar: BinaryIO |
         timings["decode"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        image = look.sharpen(look.fit(look.prepare(decoded), size), job.derive.sharpen)
+        if size.width:  # fit crops and scales to the width: the sharpening comes after it
+            image = look.sharpen(look.fit(look.prepare(decoded), size), job.derive.sharpen)
+        else:  # the prepared image has its final size already
+            image = look.fit(look.prepare(decoded, job.derive.sharpen), size)
         resized_to = max(image.size) if max(image.size) < decoded.full_edge else 0
         del decoded
         timings["look"] = time.monotonic() - mark
