@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import ensure_dir
+from shutterlock.names import display, from_bytes, is_text, to_bytes
 from shutterlock.status import Event, FailedFile, FileCounts
 from shutterlock.vault.format import ObjectMeta
 
@@ -139,6 +140,16 @@ MIGRATIONS: list[str] = [
 ]
 
 
+def stored_name(relpath: str) -> str | bytes:
+    """A path as SQLite keeps it: text when it is UTF-8, else its exact bytes (a BLOB in the same column)."""
+    return relpath if is_text(relpath) else to_bytes(relpath)
+
+
+def loaded_name(value: str | bytes) -> str:
+    """The inverse of :func:`stored_name`."""
+    return from_bytes(value) if isinstance(value, bytes) else value
+
+
 def backoff(attempts: int) -> float:
     return min(BACKOFF_MAX, BACKOFF_BASE ** max(0, attempts))
 
@@ -249,7 +260,7 @@ class Catalog:
     def record_event(self, level: str, subject: str, message: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO events (at, level, subject, message) VALUES (?, ?, ?, ?)",
-                       (time.time(), level, subject, message))
+                       (time.time(), level, display(subject), display(message)))
             db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - 500")
 
     def recent_events(self, limit: int = 20) -> list[Event]:
@@ -266,11 +277,12 @@ class Catalog:
         """
         now = time.time()
         with self.transaction() as db:
+            name = stored_name(relpath)
             row = db.execute("SELECT id, size, mtime_ns, state FROM files WHERE source = ? AND relpath = ?",
-                             (source, relpath)).fetchone()
+                             (source, name)).fetchone()
             if row is None:
                 db.execute("INSERT INTO files (source, relpath, size, mtime_ns, state, discovered_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (source, relpath, size, mtime_ns, FileState.DISCOVERED, now))
+                           "VALUES (?, ?, ?, ?, ?, ?)", (source, name, size, mtime_ns, FileState.DISCOVERED, now))
                 return True
             if (row["size"], row["mtime_ns"]) == (size, mtime_ns) and row["state"] != FileState.FAILED:
                 return row["state"] in (FileState.DISCOVERED, FileState.SEALING)
@@ -282,7 +294,7 @@ class Catalog:
     def known_stat(self, source: str) -> dict[str, tuple[int, int, str]]:
         """relpath -> (size, mtime_ns, state) for a source; lets a rescan skip unchanged files cheaply."""
         rows = self._query("SELECT relpath, size, mtime_ns, state FROM files WHERE source = ?", (source,))
-        return {row["relpath"]: (row["size"], row["mtime_ns"], row["state"]) for row in rows}
+        return {loaded_name(row["relpath"]): (row["size"], row["mtime_ns"], row["state"]) for row in rows}
 
     def reset_interrupted(self) -> int:
         """After a crash, work that was in flight is due again."""
@@ -317,7 +329,7 @@ class Catalog:
             db.execute("INSERT INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at, capture_time) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET mtime_ns = excluded.mtime_ns, "
                        "sealed_at = excluded.sealed_at",
-                       (file.source, file.relpath, content_id, size, mtime_ns, now, capture_time))
+                       (file.source, stored_name(file.relpath), content_id, size, mtime_ns, now, capture_time))
             db.execute("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) VALUES (?, ?, ?, ?)",
                        (content_id, size, stored_size, now))
             db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
@@ -334,7 +346,7 @@ class Catalog:
         wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, attempts = ?, not_before = ?, error = ? WHERE id = ?",
-                       (FileState.DISCOVERED, attempts, time.time() + wait, error, file.id))
+                       (FileState.DISCOVERED, attempts, time.time() + wait, display(error), file.id))
         return True
 
     def requeue_file(self, file: FileRow) -> None:
@@ -345,7 +357,8 @@ class Catalog:
 
     def fail_file(self, file: FileRow, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FileState.FAILED, error, file.id))
+            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?",
+                       (FileState.FAILED, display(error), file.id))
 
     def forget_file(self, file: FileRow) -> None:
         """The file vanished before it could be sealed; nothing to keep."""
@@ -366,7 +379,12 @@ class Catalog:
             "  SELECT source, relpath, MAX(sealed_at) AS at FROM versions GROUP BY source, relpath"
             ") latest ON v.source = latest.source AND v.relpath = latest.relpath AND v.sealed_at = latest.at "
             "ORDER BY v.source, v.relpath")
-        return [Version(**dict(row)) for row in rows]
+        return [_version(row) for row in rows]
+
+    def all_versions(self) -> list[Version]:
+        """Every version of every path, oldest first per path (``ls --versions``, ``restore --at``)."""
+        rows = self._query("SELECT * FROM versions ORDER BY source, relpath, sealed_at")
+        return [_version(row) for row in rows]
 
     def object_ids(self) -> list[str]:
         return [row["content_id"] for row in self._query("SELECT content_id FROM objects ORDER BY content_id")]
@@ -395,12 +413,13 @@ class Catalog:
                        (content_id, time.time()))
             if db.execute("SELECT 1 FROM versions WHERE content_id = ?", (content_id,)).fetchone():
                 return
+            name = stored_name(meta.path)
             db.execute("INSERT OR IGNORE INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (meta.source, meta.path, content_id, meta.size, meta.mtime_ns,
+                       "VALUES (?, ?, ?, ?, ?, ?)", (meta.source, name, content_id, meta.size, meta.mtime_ns,
                                                      meta.sealed_at))
             db.execute("INSERT OR IGNORE INTO files (source, relpath, size, mtime_ns, state, content_id, "
                        "discovered_at, sealed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (meta.source, meta.path, meta.size, meta.mtime_ns, FileState.SEALED, content_id, meta.sealed_at,
+                       (meta.source, name, meta.size, meta.mtime_ns, FileState.SEALED, content_id, meta.sealed_at,
                         meta.sealed_at))
 
     def enqueue_missing_replicas(self, kind: str, store: str) -> int:
@@ -446,12 +465,13 @@ class Catalog:
         wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, attempts = ?, not_before = ?, error = ?, updated_at = ? "
-                       "WHERE id = ?", (JobState.PENDING, attempts, time.time() + wait, error, time.time(), job.id))
+                       "WHERE id = ?", (JobState.PENDING, attempts, time.time() + wait, display(error), time.time(),
+                                        job.id))
 
     def fail_job(self, job: Job, error: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = ?, permanent = 1, updated_at = ? WHERE id = ?",
-                       (JobState.DONE, error, time.time(), job.id))
+                       (JobState.DONE, display(error), time.time(), job.id))
 
     def expedite_files(self) -> None:
         with self.transaction() as db:
@@ -485,11 +505,12 @@ class Catalog:
                        "content_id = excluded.content_id, status = excluded.status, output = excluded.output, "
                        "reason = excluded.reason, cloaked = excluded.cloaked, strength = excluded.strength, "
                        "watermark = excluded.watermark, made_at = excluded.made_at",
-                       (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, time.time()))
+                       (file_id, content_id, status, None if output is None else stored_name(output), display(reason),
+                        int(cloaked), strength, watermark, time.time()))
 
     def derivative_of(self, file_id: int) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
-        return dict(rows[0]) if rows else None
+        return _derivative(rows[0]) if rows else None
 
     def latest_held_reason(self) -> str:
         """Why the cloak could not run for the derivative held back most recently."""
@@ -499,7 +520,7 @@ class Catalog:
     def derivatives(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT d.*, f.source, f.relpath FROM derivatives d JOIN files f ON f.id = d.file_id "
                            "ORDER BY f.source, f.relpath")
-        return [dict(row) for row in rows]
+        return [{**_derivative(row), "relpath": loaded_name(row["relpath"])} for row in rows]
 
     # ------------------------------------------------------------------ multipart uploads
 
@@ -555,7 +576,8 @@ class Catalog:
     def failed_files(self, limit: int = 20) -> list[FailedFile]:
         rows = self._query("SELECT source, relpath, error FROM files WHERE state = ? ORDER BY id DESC LIMIT ?",
                            (FileState.FAILED, limit))
-        return [FailedFile(source=row["source"], relpath=row["relpath"], error=row["error"] or "") for row in rows]
+        return [FailedFile(source=row["source"], relpath=display(loaded_name(row["relpath"])), error=row["error"] or "")
+                for row in rows]
 
     # ------------------------------------------------------------------ snapshots
 
@@ -572,8 +594,17 @@ def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: fl
                (kind, subject, JobState.PENDING, size, now, now))
 
 
+def _derivative(row: sqlite3.Row) -> dict[str, Any]:
+    output = row["output"]
+    return {**dict(row), "output": None if output is None else loaded_name(output)}
+
+
+def _version(row: sqlite3.Row) -> Version:
+    return Version(**{**dict(row), "relpath": loaded_name(row["relpath"])})
+
+
 def _file_row(row: sqlite3.Row) -> FileRow:
-    return FileRow(id=row["id"], source=row["source"], relpath=row["relpath"], size=row["size"],
+    return FileRow(id=row["id"], source=row["source"], relpath=loaded_name(row["relpath"]), size=row["size"],
                    mtime_ns=row["mtime_ns"], state=row["state"], content_id=row["content_id"],
                    attempts=row["attempts"], error=row["error"], sealed_at=row["sealed_at"])
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from shutterlock import keystore
-from shutterlock.catalog import Catalog
+from shutterlock.catalog import Catalog, Version
 from shutterlock.config import Config, parse, save, to_toml_dict, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
 from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
-from shutterlock.restore import Report, matches, restore, verify
+from shutterlock.names import b64, display, is_text
+from shutterlock.restore import Report, matches, plan, restore, verify
 from shutterlock.status import (
     Backlog,
     CloakStatus,
@@ -294,7 +295,8 @@ def set_paused_offline(config: Config, paused: bool) -> None:
 # --------------------------------------------------------------------------- originals
 
 
-def list_originals(config: Config) -> list[dict[str, Any]]:
+def list_originals(config: Config, *, versions: bool = False) -> list[dict[str, Any]]:
+    """What is sealed: the newest version of each path, or (``versions``) every version, numbered from 1."""
     with open_catalog(config) as catalog:
         replicas = catalog.replicas_of()
         derivatives = {(d["source"], d["relpath"]): d for d in catalog.derivatives()}
@@ -306,10 +308,22 @@ def list_originals(config: Config) -> list[dict[str, Any]]:
             return {"status": made["status"], "output": made["output"], "reason": made["reason"],
                     "cloaked": bool(made["cloaked"]), "strength": made["strength"]}
 
-        return [{"source": v.source, "path": v.relpath, "size": v.size, "sealed_at": v.sealed_at,
-                 "content_id": v.content_id, "replicas": replicas.get(v.content_id, []),
-                 "derivative": derivative(v.source, v.relpath)}
-                for v in catalog.latest_versions()]
+        rows = []
+        numbers: dict[tuple[str, str], int] = {}
+        for v in catalog.all_versions() if versions else catalog.latest_versions():
+            row = {"source": v.source, **path_fields(v.relpath), "size": v.size, "sealed_at": v.sealed_at,
+                   "mtime_ns": v.mtime_ns, "content_id": v.content_id, "replicas": replicas.get(v.content_id, [])}
+            if versions:
+                numbers[(v.source, v.relpath)] = row["version"] = numbers.get((v.source, v.relpath), 0) + 1
+            else:
+                row["derivative"] = derivative(v.source, v.relpath)
+            rows.append(row)
+        return rows
+
+
+def path_fields(relpath: str) -> dict[str, str]:
+    """A path for people and JSON: escaped to one printable line, plus its exact bytes when it is not UTF-8."""
+    return {"path": display(relpath)} | ({} if is_text(relpath) else {"path_b64": b64(relpath)})
 
 
 def select_store(config: Config, where: str, flag: str) -> Store:
@@ -329,20 +343,33 @@ def select_store(config: Config, where: str, flag: str) -> Store:
     return store
 
 
-def restore_originals(config: Config, patterns: list[str], dest: Path, where: str = "local",
-                      progress: Callable[[int], None] | None = None,
+def restore_originals(config: Config, patterns: list[str], dest: Path, where: str = "local", *,
+                      at: float | None = None, all_versions: bool = False, overwrite: bool = False,
+                      mode: int = 0o600, progress: Callable[[int], None] | None = None,
                       on_total: Callable[[int], None] | None = None) -> Report:
+    """Restore the newest version of each matching path; ``at``: the version current then (sealed at or
+    before it); ``all_versions``: every version, as NAME.vN.ext."""
     keys = load_keys(config)
     with open_catalog(config) as catalog:
-        versions = [v for v in catalog.latest_versions() if matches(v, patterns)]
+        versions = [v for v in (catalog.all_versions() if at is not None or all_versions
+                                else catalog.latest_versions()) if matches(v, patterns)]
     if patterns and not versions:
         raise OperationFailed(f"nothing in the catalog matches {' '.join(patterns)}")
+    if at is not None:
+        current: dict[tuple[str, str], Version] = {}
+        for version in versions:  # oldest first: the last one sealed by ``at`` wins
+            if version.sealed_at <= at:
+                current[(version.source, version.relpath)] = version
+        versions = list(current.values())
+        if not versions:
+            raise OperationFailed(f"nothing {'matching ' + ' '.join(patterns) + ' ' if patterns else ''}"
+                                  f"was sealed by {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}")
     if on_total is not None:
         on_total(sum(v.size for v in versions))
     by_source = len({v.source for v in versions}) > 1 or len(config.sources) > 1
-    ensure_dir(dest, 0o755)
-    return restore(versions, select_store(config, where, f"--from {where}"), keys, dest, by_source=by_source,
-                   progress=progress)
+    planned, report = plan(versions, by_source=by_source, numbered=all_versions)
+    store = select_store(config, where, f"--from {where}")
+    return restore(planned, store, keys, dest, overwrite=overwrite, mode=mode, report=report, progress=progress)
 
 
 def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Callable[[], bytes], dest: Path,

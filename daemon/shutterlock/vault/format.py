@@ -27,6 +27,7 @@ import nacl.bindings as sodium
 import nacl.hashlib
 
 from shutterlock.errors import ShutterlockError
+from shutterlock.names import b64, from_b64, is_text, to_bytes
 
 MAGIC = b"SHUTRLK\x00"
 VERSION = 1
@@ -63,13 +64,20 @@ class ObjectMeta:
     capture_time: str | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+        """UTF-8 JSON; a path that is not UTF-8 keeps its exact bytes in ``path_b64`` (``path`` then shows it
+        with U+FFFD for the undecodable bytes)."""
+        fields = asdict(self)
+        if not is_text(self.path):
+            fields["path"] = to_bytes(self.path).decode("utf-8", "replace")
+            fields["path_b64"] = b64(self.path)
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ObjectMeta:
         try:
             raw = json.loads(data)
-            return cls(source=str(raw["source"]), path=str(raw["path"]), size=int(raw["size"]),
+            path = from_b64(raw["path_b64"]) if "path_b64" in raw else str(raw["path"])
+            return cls(source=str(raw["source"]), path=path, size=int(raw["size"]),
                        mtime_ns=int(raw["mtime_ns"]), sealed_at=float(raw["sealed_at"]),
                        capture_time=raw.get("capture_time"))
         except (ValueError, KeyError, TypeError) as error:
