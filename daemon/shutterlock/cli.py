@@ -254,31 +254,56 @@ def reload(ctx: click.Context) -> None:
 
 @main.command(name="ls")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--versions", is_flag=True, help="Every sealed version of every path, numbered from the oldest.")
 @click.pass_context
-def list_command(ctx: click.Context, as_json: bool) -> None:
+def list_command(ctx: click.Context, as_json: bool, versions: bool) -> None:
     """The sealed originals."""
-    rows = facade.list_originals(load_config(ctx))
+    rows = facade.list_originals(load_config(ctx), versions=versions)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         sealed = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["sealed_at"]))
+        if versions:
+            click.echo(f"{row['source']}/{row['path']}\tv{row['version']}\t{row['size']}\t{sealed}\t"
+                       f"{row['content_id'][:12]}\t{','.join(row['replicas'])}")
+            continue
         made = row["derivative"] or {}
         shared = made.get("status", "-") + (" (cloaked)" if made.get("cloaked") else "")
         click.echo(f"{row['source']}/{row['path']}\t{row['size']}\t{sealed}\t{','.join(row['replicas'])}\t{shared}")
+
+
+def octal_mode(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777 or not mode & 0o600 == 0o600:
+        raise click.BadParameter(f"{value!r}: an octal mode such as 600 or 644 (the owner must read and write)")
+    return mode
 
 
 @main.command()
 @click.argument("patterns", nargs=-1)
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
 @click.option("--from", "where", type=click.Choice(["local", "s3"]), default="local", show_default=True)
+@click.option("--at", type=click.DateTime(["%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]),
+              help='The versions current at this local time, "YYYY-MM-DD HH:MM".')
+@click.option("--all-versions", is_flag=True, help="Every version, each as NAME.vN.ext (N = 1 is the oldest).")
+@click.option("--overwrite", is_flag=True, help="Replace files already in the way (otherwise they are reported).")
+@click.option("--mode", default="600", show_default=True, callback=octal_mode,
+              help="Permissions of restored files (folders get the matching search bits).")
 @click.pass_context
-def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: str) -> None:
-    """Restore originals byte-identical, with their mtimes."""
+def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: str, at: Any, all_versions: bool,
+            overwrite: bool, mode: int) -> None:
+    """Restore originals byte-identical, with their mtimes, confined under --to."""
+    if at is not None and all_versions:
+        raise click.UsageError("--at and --all-versions exclude each other")
     config = load_config(ctx)
     with progress_bar("restoring", unit_bytes=True) as (advance, set_total):
-        report = facade.restore_originals(config, list(patterns), dest, where, progress=advance,
-                                          on_total=set_total)
+        report = facade.restore_originals(config, list(patterns), dest, where, at=at.timestamp() if at else None,
+                                          all_versions=all_versions, overwrite=overwrite, mode=mode,
+                                          progress=advance, on_total=set_total)
     finish_restore(report, dest, "restored")
 
 

@@ -18,7 +18,7 @@ from shutterlock.config import Config, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.replicate import CATALOG_LABEL
-from shutterlock.restore import Report, restore
+from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, open_blob
 from shutterlock.vault.local import LocalStore, open_local_vault
 from shutterlock.vault.s3 import CATALOG_KEY, ENVELOPE_KEY, S3Store
@@ -73,8 +73,9 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
                 _download(store, vault, keys, catalog, content_id)
         versions = catalog.latest_versions()
         missing = sorted({v.content_id for v in versions} - in_bucket)
-        report = restore([v for v in versions if v.content_id in in_bucket], vault, keys, dest,
-                         by_source=len({v.source for v in versions}) > 1, progress=progress)
+        planned, report = plan([v for v in versions if v.content_id in in_bucket],
+                               by_source=len({v.source for v in versions}) > 1)
+        restore(planned, vault, keys, dest, report=report, progress=progress)
         for content_id in missing:
             holders = ", ".join(f"{v.source}/{v.relpath}" for v in versions if v.content_id == content_id)
             report.bad.append((holders, f"object {content_id[:12]}… is not in the bucket"))
