@@ -83,11 +83,10 @@ def decrypt_object(raw: bytes, master: bytes) -> tuple[dict, bytes]:
 
 def open_blob(raw: bytes, master: bytes, label: bytes) -> tuple[int, int, bytes]:
     """Section 5: (generation, created_at, plaintext) of a sealed blob, version 1 or 2."""
-    assert raw[:8] == b"SHUTRLKB"
-    version = raw[8]
-    header = 9 if version == 1 else 25
-    generation, created = (0, 0) if version == 1 else struct.unpack(">QQ", raw[9:25])
-    nonce = raw[header:header + 24]
+    assert raw[:8] == b"SHUTRLKB" and raw[8] in (1, 2)
     plain = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        raw[header + 24:], raw[:header] + label, nonce, subkey(master, b"shutterlock/v1/catalog-snapshot"))
-    return generation, created, plain
+        raw[33:], raw[:9] + label, raw[9:33], subkey(master, b"shutterlock/v1/catalog-snapshot"))
+    if raw[8] == 1:
+        return 0, 0, plain
+    generation, created = struct.unpack(">QQ", plain[:16])
+    return generation, created, plain[16:]

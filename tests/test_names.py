@@ -12,9 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from conftest import Home, stop, wait_for
+from conftest import PASSPHRASE, Home, stop, wait_for
 from decryptor import decrypt_object, open_envelope, path_bytes
-from conftest import PASSPHRASE
 
 NAMES = [
     b"caf\xe9.jpg",                                   # Latin-1 (a card written by Windows in cp1252)

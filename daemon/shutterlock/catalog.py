@@ -14,6 +14,8 @@ The queue states live here and nowhere else.
 from __future__ import annotations
 
 import enum
+import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -25,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from shutterlock.errors import ShutterlockError
-from shutterlock.fsutil import ensure_dir
+from shutterlock.fsutil import ensure_dir, fsync_dir, fsync_file, temp_path_in
 from shutterlock.names import display, from_bytes, is_text, to_bytes
 from shutterlock.status import Event, FailedFile, FileCounts
 from shutterlock.vault.format import ObjectMeta
@@ -135,6 +137,15 @@ MIGRATIONS: list[str] = [
         level TEXT NOT NULL,
         subject TEXT NOT NULL,
         message TEXT NOT NULL
+    );
+    """,
+    # Objects a reconcile found missing from a store (a lost or emptied bucket), until they are back.
+    """
+    CREATE TABLE missing_replicas (
+        content_id TEXT NOT NULL,
+        store TEXT NOT NULL,
+        found_at REAL NOT NULL,
+        PRIMARY KEY (content_id, store)
     );
     """,
 ]
@@ -386,6 +397,11 @@ class Catalog:
         rows = self._query("SELECT * FROM versions ORDER BY source, relpath, sealed_at")
         return [_version(row) for row in rows]
 
+    def all_paths(self) -> list[tuple[str, str]]:
+        """Every (source, path) that was ever sealed."""
+        return [(row["source"], loaded_name(row["relpath"]))
+                for row in self._query("SELECT DISTINCT source, relpath FROM versions")]
+
     def object_ids(self) -> list[str]:
         return [row["content_id"] for row in self._query("SELECT content_id FROM objects ORDER BY content_id")]
 
@@ -399,6 +415,36 @@ class Catalog:
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
                        (content_id, store, time.time()))
+            db.execute("DELETE FROM missing_replicas WHERE content_id = ? AND store = ?", (content_id, store))
+
+    def reconcile_replicas(self, store: str, present: set[str], kind: str) -> int:
+        """Make the replica rows of ``store`` agree with its listing: objects it lost are queued for upload
+        again (and remembered as missing until they are back), objects it holds are recorded. Returns how
+        many objects the store lost since the last reconcile."""
+        now = time.time()
+        with self.transaction() as db:
+            ids = {row[0] for row in db.execute("SELECT content_id FROM objects")}
+            recorded = {row[0] for row in db.execute("SELECT content_id FROM replicas WHERE store = ?", (store,))}
+            lost = sorted((ids - present) & recorded)
+            for content_id in lost:
+                db.execute("DELETE FROM replicas WHERE content_id = ? AND store = ?", (content_id, store))
+                db.execute("INSERT OR IGNORE INTO missing_replicas (content_id, store, found_at) VALUES (?, ?, ?)",
+                           (content_id, store, now))
+            for content_id in sorted((ids & present) - recorded):
+                db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
+                           (content_id, store, now))
+                db.execute("DELETE FROM missing_replicas WHERE content_id = ? AND store = ?", (content_id, store))
+            db.executemany(
+                "INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) "
+                "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE content_id = ? "
+                "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, attempts = 0, "
+                "not_before = 0, error = NULL WHERE jobs.state = ?",
+                [(kind, JobState.PENDING, now, now, content_id, JobState.DONE) for content_id in sorted(ids - present)])
+        return len(lost)
+
+    def missing_count(self, store: str) -> int:
+        """Objects a reconcile found missing from ``store`` that are not back yet."""
+        return self._query("SELECT COUNT(*) AS n FROM missing_replicas WHERE store = ?", (store,))[0]["n"]
 
     def forget_replicas(self, store: str) -> None:
         with self.transaction() as db:
@@ -487,12 +533,13 @@ class Catalog:
         rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE state = ? AND error IS NOT NULL", (JobState.PENDING,))
         return rows[0]["n"]
 
-    def job_backlog(self, kind: str, *, due_only: bool = False) -> tuple[int, int]:
+    def job_backlog(self, kind: str, *, due_only: bool = False, besides: str = "") -> tuple[int, int]:
         """Jobs of a kind not yet done, and their bytes; ``due_only`` leaves out those waiting out a delay
-        (a back-off, a held derivative) — the lane is not busy with those."""
+        (a back-off, a held derivative) — the lane is not busy with those; ``besides``: a subject not counted."""
         rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM jobs WHERE kind = ? AND "
-                           "(state = ? OR (state = ? AND not_before <= ?))",
-                           (kind, JobState.RUNNING, JobState.PENDING, time.time() if due_only else float("inf")))
+                           "(state = ? OR (state = ? AND not_before <= ?)) AND subject != ?",
+                           (kind, JobState.RUNNING, JobState.PENDING, time.time() if due_only else float("inf"),
+                            besides))
         return rows[0]["n"], rows[0]["bytes"]
 
     # ------------------------------------------------------------------ derivatives
@@ -581,10 +628,76 @@ class Catalog:
 
     # ------------------------------------------------------------------ snapshots
 
+    def identity(self) -> str:
+        """A random id given to this catalog when it was created; a snapshot of it carries the same id, so a
+        new, empty catalog is never taken for a later state of an old one."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = 'catalog_id'").fetchone()
+            if row is not None:
+                return row[0]
+            value = secrets.token_hex(16)
+            db.execute("INSERT INTO settings (key, value) VALUES ('catalog_id', ?)", (value,))
+            return value
+
+    def snapshot_generation(self) -> int:
+        """The generation of the newest snapshot of this catalog in the bucket (0: none yet)."""
+        return int(self.get_setting("snapshot_generation", "0"))
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file (before it is copied or renamed)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def snapshot_bytes(self) -> bytes:
         """A consistent copy of the whole database, for the encrypted off-site snapshot."""
         with self._lock:
             return self._db.serialize()
+
+
+def install_catalog(target: Path, data: bytes, settings: dict[str, str]) -> None:
+    """Make a database image (a snapshot, a rebuilt catalog) the catalog at ``target``, with ``settings``
+    written into it before it gets its name: a crash leaves the old catalog or the new one, complete."""
+    ensure_dir(target.parent)
+    tmp = temp_path_in(target.parent)
+    try:
+        tmp.write_bytes(data)
+        with Catalog(tmp) as catalog:
+            for key, value in settings.items():
+                catalog.set_setting(key, value)
+            catalog.checkpoint()
+        fsync_file(tmp)
+        for suffix in ("-wal", "-shm"):
+            target.with_name(target.name + suffix).unlink(missing_ok=True)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class SnapshotFacts:
+    """What a catalog snapshot says about itself, read without installing it."""
+
+    catalog_id: str
+    paths: frozenset[tuple[str, str]]
+    objects: frozenset[str]
+
+
+def snapshot_facts(data: bytes) -> SnapshotFacts:
+    """Open a snapshot's database in memory and read its identity, paths and objects."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.deserialize(data)
+        row = db.execute("SELECT value FROM settings WHERE key = 'catalog_id'").fetchone()
+        paths = frozenset((source, loaded_name(relpath))
+                          for source, relpath in db.execute("SELECT source, relpath FROM versions"))
+        objects = frozenset(row[0] for row in db.execute("SELECT content_id FROM objects"))
+    except sqlite3.DatabaseError as error:
+        raise CatalogError(f"the catalog snapshot is not a usable database: {error}") from None
+    finally:
+        db.close()
+    return SnapshotFacts(catalog_id=row[0] if row else "", paths=paths, objects=objects)
 
 
 def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: float) -> None:

@@ -98,6 +98,8 @@ def progress_bar(label: str, unit_bytes: bool) -> Iterator[tuple[Callable[[int],
 
 def finish_restore(report: Report, dest: Path, verb: str) -> None:
     """Name every refused file, sum up, exit 1 if anything could not be restored."""
+    for note in report.notes:
+        click.echo(note)
     for label, reason in report.bad:
         click.echo(f"REFUSED {label}: {reason}", err=True)
     click.echo(f"{verb} {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"

@@ -7,6 +7,7 @@ and where the one status document is produced, for a running daemon and for the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from shutterlock.catalog import Catalog, Version
 from shutterlock.config import Config, parse, save, to_toml_dict, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
-from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed
+from shutterlock.errors import ConfigError, DaemonNotRunning, KeyProblem, OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.names import b64, display, is_text
 from shutterlock.restore import Report, matches, plan, restore, verify
@@ -81,32 +82,47 @@ def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path]
 
 
 def publish_envelope(config: Config) -> str | None:
-    """Copy the key envelope to the bucket, if one is configured; returns why it could not be, or None."""
+    """Bring the bucket's copy of the key envelope up to date, if a bucket is configured; returns why it could
+    not be, or None."""
     if config.s3 is None:
         return None
-    from shutterlock.replicate import open_replica
-    from shutterlock.replicate import publish_envelope as put_envelope
+    from shutterlock.replicate import open_replica, sync_envelopes
 
     try:
-        put_envelope(open_replica(config), config.paths.envelope_file)
+        problem = sync_envelopes(config.paths.envelope_file, open_vault(config), open_replica(config),
+                                 load_keys(config))
     except StoreError as error:
         return str(error)
-    return None
+    return problem or None
 
 
 def change_passphrase(config: Config, old: bytes, new: bytes) -> None:
-    """Re-wrap the master key (no object is re-encrypted) and replace every copy of the envelope."""
+    """Re-wrap the master key (no object is re-encrypted) as the next generation of the envelope, and replace
+    every copy; an older copy can then never win over it (docs/FORMAT.md section 2)."""
     envelope_file = config.paths.envelope_file
     master = keystore.unwrap(keystore.read_envelope(envelope_file), old)
-    data = keystore.wrap(master, new).to_json()
-    atomic_write_bytes(envelope_file, data)
     vault = LocalStore(config.vault.path)
+    copies = [envelope_file, vault.envelope_path]
+    generations = [keystore.read_envelope(path).generation for path in copies if path.exists()]
+    if config.s3 is not None:
+        from shutterlock.replicate import open_replica
+        from shutterlock.vault.s3 import ENVELOPE_KEY
+
+        try:
+            remote = open_replica(config).get_bytes_if_any(ENVELOPE_KEY)
+        except StoreError:
+            remote = None  # the bucket gets the new generation when it is reachable again
+        if remote is not None:
+            with contextlib.suppress(KeyProblem):
+                generations.append(keystore.Envelope.from_json(remote, "the bucket").generation)
+    data = keystore.wrap(master, new, generation=max(generations, default=0) + 1).to_json()
+    atomic_write_bytes(envelope_file, data)
     if vault.root.is_dir():
         atomic_write_bytes(vault.envelope_path, data)
     problem = publish_envelope(config)
     if problem is not None:
-        raise OperationFailed(f"passphrase changed locally, but the bucket still has the old envelope: {problem}; "
-                              "run `shutterlock key passwd` again when it is reachable")
+        raise OperationFailed(f"passphrase changed locally, but the bucket's key envelope is not updated yet: "
+                              f"{problem}; the daemon will update it when the bucket is reachable")
 
 
 def check_passphrase(config: Config, passphrase: bytes) -> None:
@@ -242,11 +258,13 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None)
 
 
 def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:
+    from shutterlock.replicate import RECONCILE
+
     items, size = catalog.seal_backlog()
     lanes = [LaneStatus(name="seal", waiting=items, waiting_bytes=size)]
     for name, wanted in (("replicate", config.s3 is not None), ("derive", config.derive.enabled)):
         if wanted:
-            waiting, waiting_bytes = catalog.job_backlog(name, due_only=True)
+            waiting, waiting_bytes = catalog.job_backlog(name, due_only=True, besides=RECONCILE)
             lanes.append(LaneStatus(name=name, waiting=waiting, waiting_bytes=waiting_bytes))
     return lanes
 
@@ -254,9 +272,12 @@ def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:
 def _offline_replica(config: Config, catalog: Catalog) -> ReplicaStatus:
     if config.s3 is None:
         return ReplicaStatus(configured=False)
-    waiting, waiting_bytes = catalog.job_backlog("replicate")
+    from shutterlock.replicate import RECONCILE
+
+    waiting, waiting_bytes = catalog.job_backlog("replicate", besides=RECONCILE)
     return ReplicaStatus(configured=True, url=config.s3.url, waiting=waiting, waiting_bytes=waiting_bytes,
-                         failed=catalog.jobs_failed("replicate"))
+                         failed=catalog.jobs_failed("replicate"), lost=catalog.missing_count("s3"),
+                         snapshot_generation=catalog.snapshot_generation())
 
 
 def process_facts() -> ProcessFacts:

@@ -1,9 +1,10 @@
 """The replicate lane and everything that keeps the bucket sufficient on its own.
 
-Besides copying each sealed object, the lane keeps the key envelope and an encrypted catalog
-snapshot in the bucket, tracks whether the bucket is reachable (an outage only grows the queue;
-it drains by itself when the bucket returns), aborts stale multipart uploads and runs the
-scheduled scrub.
+Besides copying each sealed object, the lane keeps the key envelope and dated, numbered catalog
+snapshots in the bucket, tracks whether the bucket is reachable (an outage only grows the queue; it
+drains by itself when the bucket returns), reconciles the catalog with a listing of the bucket (a lost
+or emptied bucket is refilled, and status says so until it is whole), aborts stale multipart uploads
+and runs the scheduled scrub.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from shutterlock.catalog import Catalog, Job, JobQueue
+from shutterlock import keystore
+from shutterlock.catalog import Catalog, CatalogError, Job, JobQueue, snapshot_facts
 from shutterlock.config import Config
 from shutterlock.engine import Periodic, StageError, WorkerState
+from shutterlock.errors import KeyProblem
+from shutterlock.fsutil import atomic_write_bytes
 from shutterlock.restore import verify
 from shutterlock.status import ReplicaStatus, ScrubReport
-from shutterlock.vault.format import Keys, seal_blob
+from shutterlock.vault.format import Blob, FormatError, Keys, open_dated_blob, seal_blob
 from shutterlock.vault.local import LocalStore
 from shutterlock.vault.s3 import CATALOG_KEY, ENVELOPE_KEY, OfflineError, S3Store
 from shutterlock.vault.store import StoreError
@@ -26,6 +31,8 @@ from shutterlock.vault.store import StoreError
 log = logging.getLogger(__name__)
 
 CATALOG_LABEL = b"catalog"
+SNAPSHOTS = "catalog/snapshots/"
+RECONCILE = "reconcile"  # the replicate job that compares the bucket with the catalog
 OFFLINE_RETRY = (5.0, 60.0)  # first and longest wait between probes of an unreachable bucket
 SNAPSHOT_DEBOUNCE = 20.0
 
@@ -36,32 +43,103 @@ def open_replica(config: Config) -> S3Store:
     return S3Store.from_config(config.s3, config.paths)
 
 
-def publish_envelope(store: S3Store, envelope_file: Path) -> None:
-    """Put the key envelope in the bucket: with the passphrase, it is all a recovery needs."""
-    store.put_bytes(ENVELOPE_KEY, envelope_file.read_bytes())
+def snapshot_name(generation: int) -> str:
+    return f"{SNAPSHOTS}{generation:020d}"
 
 
-def snapshot_blob(catalog: Catalog, keys: Keys) -> bytes:
-    return seal_blob(keys.catalog, catalog.snapshot_bytes(), CATALOG_LABEL)
+def generation_of(name: str) -> int | None:
+    """The generation a snapshot's key claims (unauthenticated: only a hint of what to open)."""
+    tail = name[len(SNAPSHOTS):] if name.startswith(SNAPSHOTS) else ""
+    return int(tail) if tail.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    blob: Blob
+
+
+def bucket_snapshots(store: S3Store, keys: Keys, *, above: int = -1) -> tuple[list[Snapshot], list[str]]:
+    """The authentic catalog snapshots in the bucket whose key claims a generation above ``above``, newest
+    first, and the names of those that did not authenticate (damaged, or not ours). The legacy
+    ``catalog/latest`` of the first version counts as generation 0."""
+    names = [n for n in store.list_names("catalog/") if (generation_of(n) or 0) > above or
+             (n == CATALOG_KEY and above < 0)]
+    found, refused = [], []
+    for name in names:
+        try:
+            blob = open_dated_blob(keys.catalog, store.get_bytes(name), CATALOG_LABEL)
+        except FormatError:
+            refused.append(name)
+            continue
+        if name != CATALOG_KEY and blob.generation != generation_of(name):
+            refused.append(name)  # an authentic snapshot copied under another generation's name
+            continue
+        found.append(Snapshot(name, blob))
+    found.sort(key=lambda s: s.blob.generation, reverse=True)
+    return found, refused
+
+
+def sync_envelopes(paths_envelope: Path, vault: LocalStore, store: S3Store | None, keys: Keys) -> str:
+    """Bring every copy of the key envelope (state, vault, bucket) to the newest one this key vouches for.
+
+    Returns a problem worth showing in status, or "". Never overwrites a newer copy it cannot vouch for.
+    """
+    copies: dict[str, bytes | None] = {
+        "the state directory": _read_or_none(paths_envelope),
+        "the vault": _read_or_none(vault.envelope_path),
+    }
+    if store is not None:
+        copies["the bucket"] = store.get_bytes_if_any(ENVELOPE_KEY)
+    try:
+        result = keystore.reconcile_envelopes(copies, keys)
+    except KeyProblem as error:
+        return str(error)
+    for place in result.stale:
+        if place == "the bucket":
+            assert store is not None
+            store.put_bytes(ENVELOPE_KEY, result.winner)
+        else:
+            atomic_write_bytes(paths_envelope if place == "the state directory" else vault.envelope_path,
+                               result.winner)
+        if copies[place] is not None:
+            log.info("key envelope in %s replaced by the newer one", place)
+    return result.problem
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+class _UploadQueue(JobQueue):
+    """The replicate jobs; the reconcile among them is housekeeping, not an object waiting to go up."""
+
+    def backlog(self) -> tuple[int, int]:
+        return self.catalog.job_backlog(self.kind, due_only=True, besides=RECONCILE)
 
 
 class ReplicateStage:
-    """The S3 lane: one job per sealed object; an outage only grows the queue."""
+    """The S3 lane: one job per sealed object, plus the reconcile job; an outage only grows the queue."""
 
     name = "replicate"
     workers = 3
 
     def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore):
         self.catalog, self.keys, self.vault = catalog, keys, vault
-        self.queue = JobQueue(catalog, self.name)
+        self.queue = _UploadQueue(catalog, self.name)
         self._lock = threading.Lock()
         self.online = True
         self.offline_since: float | None = None
         self.error = ""
+        self.key_problem = ""
+        self.snapshot_problem = ""
         self._next_probe = 0.0
         self._probe_wait = OFFLINE_RETRY[0]
         self._dirty_since: float | None = None
-        self._envelope_published = False
+        self._keys_synced = False
         self.last_snapshot: float | None = None
         self.scrub: ScrubReport | None = None
         self._use(config, open_replica(config))
@@ -71,10 +149,11 @@ class ReplicateStage:
         self.config, self.s3, self.store = config, config.s3, store
         self.attempts = config.s3.max_attempts
         self.stall_limit = config.engine.stall_seconds
-        self._envelope_published = False
+        self._keys_synced = False
         queued = self.catalog.enqueue_missing_replicas(self.name, store.name)
         if queued:
             log.info("%d object(s) queued for the replica", queued)
+        self.catalog.enqueue(self.name, RECONCILE)  # replica rows are not trusted forever: check the bucket
 
     def reload(self, config: Config) -> str:
         """A changed bucket or endpoint takes effect at once: a new client, and every object queued for it."""
@@ -96,24 +175,51 @@ class ReplicateStage:
             if not self.online and time.monotonic() < self._next_probe:
                 raise StageError(self.error, transient=True, delay=self._next_probe - time.monotonic(), count=False)
         try:
-            if not self._envelope_published:
-                publish_envelope(self.store, self.config.paths.envelope_file)
-                self._envelope_published = True
-            path = self.vault.path_of(job.subject)
-            if not path.exists():
-                raise StageError(f"object {job.subject[:12]}… is not in the local vault", transient=False)
-            self.store.put_file(job.subject, path, journal=self.catalog)
-            worker.tick()
+            if job.subject == RECONCILE:
+                self.reconcile()
+            else:
+                if not self._keys_synced:
+                    self.sync_keys()
+                self._upload(job, worker)
         except StoreError as error:
             self._went_wrong(error)
             if isinstance(error, OfflineError) or not error.transient:
                 # Configuration or outage: keep the job, nothing is lost; probe again later.
                 raise StageError(str(error), transient=True, delay=self._probe_wait, count=False) from None
             raise StageError(str(error), transient=True) from None
-        self.catalog.add_replica(job.subject, self.store.name)
         self._back_online()
+
+    def _upload(self, job: Job, worker: WorkerState) -> None:
+        path = self.vault.path_of(job.subject)
+        if not path.exists():
+            raise StageError(f"object {job.subject[:12]}… is not in the local vault", transient=False)
+        self.store.put_file(job.subject, path, journal=self.catalog)
+        worker.tick()
+        self.catalog.add_replica(job.subject, self.store.name)
         with self._lock:
             self._dirty_since = self._dirty_since or time.monotonic()
+
+    def sync_keys(self) -> None:
+        """Every copy of the key envelope current (the bucket's too, also when it was lost or emptied)."""
+        self.key_problem = sync_envelopes(self.config.paths.envelope_file, self.vault, self.store, self.keys)
+        if self.key_problem:
+            log.error("%s", self.key_problem)
+            self.catalog.record_event("error", "key envelope", self.key_problem)
+        self._keys_synced = True
+
+    def reconcile(self) -> None:
+        """Compare the catalog with a listing of the bucket: re-upload what it lost, keys and snapshot included."""
+        self.sync_keys()
+        lost = self.catalog.reconcile_replicas(self.store.name, set(self.store.list()), self.name)
+        if lost:
+            message = f"the bucket lost {lost} object(s); re-uploading"
+            log.warning("%s", message)
+            self.catalog.record_event("error", "replica", message)
+        generation = self.catalog.snapshot_generation()
+        if generation == 0 or snapshot_name(generation) not in self.store.list_names(SNAPSHOTS):
+            with self._lock:
+                self._dirty_since = self._dirty_since or time.monotonic() - SNAPSHOT_DEBOUNCE
+        self.queue.expedite()
 
     def _went_wrong(self, error: StoreError) -> None:
         with self._lock:
@@ -136,28 +242,70 @@ class ReplicateStage:
         self.queue.expedite()
 
     def describe(self, job: Job) -> str:
-        return f"upload {job.subject[:12]}…"
+        return "compare the bucket with the catalog" if job.subject == RECONCILE else f"upload {job.subject[:12]}…"
 
     def status(self) -> ReplicaStatus:
-        waiting, waiting_bytes = self.catalog.job_backlog(self.name)
+        waiting, waiting_bytes = self.catalog.job_backlog(self.name, besides=RECONCILE)
         return ReplicaStatus(configured=True, url=self.s3.url, online=self.online, error=self.error,
                              offline_since=self.offline_since, waiting=waiting, waiting_bytes=waiting_bytes,
                              failed=self.catalog.jobs_failed(self.name), last_snapshot=self.last_snapshot,
-                             scrub=self.scrub)
+                             scrub=self.scrub, lost=self.catalog.missing_count(self.store.name),
+                             snapshot_generation=self.catalog.snapshot_generation(),
+                             problem="; ".join(p for p in (self.key_problem, self.snapshot_problem) if p))
 
     # ------------------------------------------------------------------ snapshots and housekeeping
 
     def upload_snapshot(self) -> None:
+        """Upload the catalog as the next generation, unless the bucket holds a newer or richer one."""
         try:
-            self.store.put_bytes(CATALOG_KEY, snapshot_blob(self.catalog, self.keys))
-        except StoreError as error:
-            self._went_wrong(error)
+            problem = self._snapshot()
+        except (StoreError, CatalogError) as error:
+            if isinstance(error, StoreError):
+                self._went_wrong(error)
             log.warning("catalog snapshot not uploaded: %s", error)
             return
-        self.last_snapshot = time.time()
+        if problem != self.snapshot_problem and problem:
+            log.error("catalog snapshot not uploaded: %s", problem)
+            self.catalog.record_event("error", "catalog snapshot", problem)
+        self.snapshot_problem = problem
+
+    def _snapshot(self) -> str:
+        ours = self.catalog.identity()
+        generation = self.catalog.snapshot_generation()
+        newer, _ = bucket_snapshots(self.store, self.keys, above=generation)
+        for snapshot in newer:
+            if snapshot_facts(snapshot.blob.data).catalog_id != ours:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(snapshot.blob.created_at))
+                return (f"the bucket holds a newer catalog (generation {snapshot.blob.generation} of {when}) than "
+                        f"{self.config.paths.catalog}; it is kept. Run `shutterlock catalog rebuild` to start "
+                        "from it")
+            generation = max(generation, snapshot.blob.generation)  # ours, uploaded just before a crash
+        if generation == 0:
+            legacy = self.store.get_bytes_if_any(CATALOG_KEY)
+            if legacy is not None:
+                try:
+                    facts = snapshot_facts(open_dated_blob(self.keys.catalog, legacy, CATALOG_LABEL).data)
+                except FormatError:
+                    facts = None
+                if facts is not None and facts.paths - set(self.catalog.all_paths()):
+                    return (f"the bucket's catalog snapshot knows files {self.config.paths.catalog} does not; it "
+                            "is kept. Run `shutterlock catalog rebuild` to start from it")
         with self._lock:
             self._dirty_since = None
-        log.info("catalog snapshot uploaded")
+        blob = seal_blob(self.keys.catalog, self.catalog.snapshot_bytes(), CATALOG_LABEL, generation=generation + 1)
+        self.store.put_bytes(snapshot_name(generation + 1), blob)
+        self.catalog.set_setting("snapshot_generation", str(generation + 1))
+        self.last_snapshot = time.time()
+        log.info("catalog snapshot %d uploaded", generation + 1)
+        self._prune_snapshots(generation + 1)
+        return ""
+
+    def _prune_snapshots(self, newest: int) -> None:
+        """Keep the newest ``snapshots_kept`` generations: a rollback then needs every one of them deleted."""
+        names = sorted((n for n in self.store.list_names(SNAPSHOTS) if (generation_of(n) or 0) <= newest),
+                       key=lambda n: generation_of(n) or 0)
+        for name in names[:-self.s3.snapshots_kept]:
+            self.store.delete_name(name)
 
     def snapshot_if_dirty(self) -> None:
         with self._lock:
@@ -194,6 +342,7 @@ class ReplicateStage:
         s3 = self.s3
         return [Periodic("snapshot-debounced", 10, self.snapshot_if_dirty),
                 Periodic("snapshot", s3.snapshot_minutes * 60, self.upload_snapshot),
+                Periodic("reconcile", s3.reconcile_minutes * 60, lambda: self.catalog.enqueue(self.name, RECONCILE)),
                 Periodic("abort-stale", max(3600.0, s3.stale_upload_hours * 900), self.abort_stale),
                 Periodic("scrub", s3.scrub_days * 86400, self.run_scrub)]
 

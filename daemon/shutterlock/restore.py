@@ -28,6 +28,7 @@ class Report:
     ok: list[str] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     bytes: int = 0
+    notes: list[str] = field(default_factory=list)  # what the user should know besides (one line each)
 
     @property
     def failed(self) -> bool:
@@ -85,10 +86,11 @@ class Planned:
     label: str
 
 
-def plan(versions: list[Version], *, by_source: bool, numbered: bool = False) -> tuple[list[Planned], Report]:
+def plan(versions: list[Version], *, by_source: bool, numbered: bool = False,
+         report: Report | None = None) -> tuple[list[Planned], Report]:
     """Where each version goes; unsafe ones are in the report, not in the plan. ``numbered``: every version
     of a path is restored as NAME.vN.ext, N counting from the oldest."""
-    report, planned = Report(), []
+    report, planned = report or Report(), []
     counts: dict[tuple[str, str], int] = {}
     for version in sorted(versions, key=lambda v: (v.source, v.relpath, v.sealed_at)) if numbered else versions:
         label = display(f"{version.source}/{version.relpath}" if by_source else version.relpath)

@@ -97,6 +97,9 @@ class ReplicaStatus:
     failed: int = 0
     last_snapshot: float | None = None
     scrub: ScrubReport | None = None
+    lost: int = 0  # objects the bucket lost (found by a reconcile) that are not uploaded again yet
+    snapshot_generation: int = 0  # of the newest catalog snapshot this catalog put in the bucket
+    problem: str = ""  # the key envelope or the catalog snapshot could not be kept current, and why
 
 
 @dataclass(frozen=True)
@@ -206,9 +209,10 @@ def headline_state(status: Status) -> State:
         return State.ERROR
     if status.replica.configured and not status.replica.online:
         return State.OFFLINE
-    if status.backlog.items or status.pending or any(lane.waiting or lane.current for lane in status.lanes):
+    if status.backlog.items or status.pending or status.replica.lost or \
+            any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
-    if status.cloak.error or any(source.warning for source in status.sources):
+    if status.cloak.error or status.replica.problem or any(source.warning for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -234,10 +238,14 @@ def summarise(status: Status, state: State) -> str:
                 parts.append(_lane_phrase(lane))
         if status.pending and not any(lane.name == "seal" and lane.waiting for lane in status.lanes):
             parts.insert(0, f"{_count(status.pending, 'new file')} settling")
+        if status.replica.lost:
+            parts.insert(0, f"the bucket lost {_count(status.replica.lost, 'object')}; re-uploading")
         return "; ".join(parts) or f"sealing {_count(waiting, 'original')}"
     if state is State.DEGRADED:
         if status.cloak.error:
             return f"all {sealed:,} originals sealed; {status.cloak.error}"
+        if status.replica.problem:
+            return f"all {sealed:,} originals sealed; {status.replica.problem}"
         warning = next(source.warning for source in status.sources if source.warning)
         return f"all {sealed:,} originals sealed; {warning}"
     return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
@@ -46,6 +47,8 @@ MAX_META = 1 << 20
 LABEL_CONTENT_ID = b"shutterlock/v1/content-id"
 LABEL_OBJECT = b"shutterlock/v1/object"
 LABEL_CATALOG = b"shutterlock/v1/catalog-snapshot"
+LABEL_KEY_ID = b"shutterlock/v1/key-id"
+LABEL_ENVELOPE_MAC = b"shutterlock/v2/envelope-mac"
 
 
 class FormatError(ShutterlockError):
@@ -90,16 +93,19 @@ def derive_key(master: bytes, label: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Keys:
-    """The subkeys an object needs; built once from the master key."""
+    """The subkeys an object needs; built once from the master key (which is not kept)."""
 
     content_id: bytes
     object: bytes
     catalog: bytes
+    envelope_mac: bytes  # vouches for this key's envelopes (docs/FORMAT.md section 2)
+    key_id: str  # names the master key without saying anything about it
 
     @classmethod
     def from_master(cls, master: bytes) -> Keys:
         return cls(content_id=derive_key(master, LABEL_CONTENT_ID), object=derive_key(master, LABEL_OBJECT),
-                   catalog=derive_key(master, LABEL_CATALOG))
+                   catalog=derive_key(master, LABEL_CATALOG), envelope_mac=derive_key(master, LABEL_ENVELOPE_MAC),
+                   key_id=derive_key(master, LABEL_KEY_ID)[:16].hex())
 
     def hasher(self) -> nacl.hashlib.blake2b:
         return nacl.hashlib.blake2b(digest_size=32, key=self.content_id)
@@ -279,25 +285,50 @@ def authenticate(keys: Keys, handle: BinaryIO, expected_id: str) -> ObjectMeta:
     return reader.meta
 
 
-# Sealed blobs (the catalog snapshot): one XChaCha20-Poly1305 AEAD message.
+# Sealed blobs (catalog snapshots, retired keys): one XChaCha20-Poly1305 AEAD message. Version 2 starts the
+# plaintext with a generation and a creation time, so an older blob cannot pass for a newer one; they are
+# encrypted too, so the bytes in the bucket say nothing about them.
 BLOB_MAGIC = b"SHUTRLKB"
+BLOB_VERSION = 2
+BLOB_FACTS = struct.Struct(">QQ")  # generation, created_at (seconds since the epoch)
 
 
-def seal_blob(key: bytes, data: bytes, label: bytes) -> bytes:
+@dataclass(frozen=True)
+class Blob:
+    """An opened blob: what it says about itself (authenticated) and its plaintext."""
+
+    generation: int
+    created_at: int
+    data: bytes
+
+
+def seal_blob(key: bytes, data: bytes, label: bytes, *, generation: int = 0, created_at: int | None = None) -> bytes:
+    header = BLOB_MAGIC + bytes([BLOB_VERSION])
+    facts = BLOB_FACTS.pack(generation, int(time.time()) if created_at is None else created_at)
     nonce = os.urandom(sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES)
-    ad = BLOB_MAGIC + bytes([VERSION]) + label
-    return BLOB_MAGIC + bytes([VERSION]) + nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        data, ad, nonce, key)
+    return header + nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(facts + data, header + label, nonce,
+                                                                               key)
 
 
 def open_blob(key: bytes, blob: bytes, label: bytes) -> bytes:
+    return open_dated_blob(key, blob, label).data
+
+
+def open_dated_blob(key: bytes, blob: bytes, label: bytes) -> Blob:
+    """Version 1 blobs (no generation, no date) read as generation 0."""
     npub = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
     if len(blob) < 9 + npub or blob[:8] != BLOB_MAGIC:
         raise FormatError("not a Shutterlock sealed blob")
-    if blob[8] != VERSION:
+    if blob[8] not in (1, BLOB_VERSION):
         raise FormatError(f"unsupported blob version {blob[8]}")
-    nonce = blob[9:9 + npub]
     try:
-        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(blob[9 + npub:], blob[:9] + label, nonce, key)
+        plain = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(blob[9 + npub:], blob[:9] + label,
+                                                                    blob[9:9 + npub], key)
     except Exception as error:
         raise FormatError("blob failed authentication") from error
+    if blob[8] == 1:
+        return Blob(generation=0, created_at=0, data=plain)
+    if len(plain) < BLOB_FACTS.size:
+        raise FormatError("blob is too short")
+    generation, created = BLOB_FACTS.unpack(plain[:BLOB_FACTS.size])
+    return Blob(generation=generation, created_at=created, data=plain[BLOB_FACTS.size:])
