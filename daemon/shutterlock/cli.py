@@ -314,14 +314,17 @@ def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: st
 @click.option("--sample", type=click.FloatRange(0.01, 100), help="Check a random PERCENT of the objects.")
 @click.pass_context
 def verify(ctx: click.Context, remote: bool, sample: float | None) -> None:
-    """Authenticate stored objects; exit 1 if any is bad or missing."""
+    """Authenticate stored objects, repair bad ones from the other copy; exit 1 if any stays bad or missing."""
     config = load_config(ctx)
     with progress_bar("verifying", unit_bytes=False) as (advance, set_total):
         report = facade.verify_objects(config, remote=remote, sample=sample, progress=advance, on_total=set_total)
+    for note in report.notes:
+        click.echo(note, err=True)
     for label, reason in report.bad:
         click.echo(f"BAD {label}: {reason}", err=True)
     click.echo(f"verified {len(report.ok)} object(s) ({human_bytes(report.bytes)}): "
-               + ("all good" if not report.bad else f"{len(report.bad)} bad or missing"))
+               + ("all good" if not report.bad else f"{len(report.bad)} bad or missing")
+               + (f"; {len(report.repaired)} repaired" if report.repaired else ""))
     if report.failed:
         sys.exit(EXIT_FAILED)
 

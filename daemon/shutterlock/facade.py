@@ -23,7 +23,7 @@ from shutterlock.engine import Engine, Stage
 from shutterlock.errors import ConfigError, DaemonNotRunning, KeyProblem, OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.names import b64, display, is_text
-from shutterlock.restore import Report, matches, plan, restore, verify
+from shutterlock.restore import Report, matches, plan, repair, restore, verify
 from shutterlock.status import (
     Backlog,
     CloakStatus,
@@ -413,4 +413,17 @@ def verify_objects(config: Config, *, remote: bool = False, sample: float | None
     if on_total is not None:
         on_total(len(ids) if sample is None else max(1, round(len(ids) * sample / 100)) if ids else 0)
     store = select_store(config, "s3" if remote else "local", "--remote" if remote else "verify")
-    return verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
+    report = verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
+    if report.bad and (remote or config.s3 is not None):
+        # The other copy repairs what is missing or damaged here: the vault the bucket, the bucket the vault.
+        try:
+            other = LocalStore(config.vault.path) if remote else select_store(config, "s3", "verify")
+        except OperationFailed as error:
+            report.notes.append(f"cannot repair from the bucket: {error}")
+            return report
+        repair(report, store, other, keys)
+        if remote and report.repaired:
+            with open_catalog(config) as catalog:
+                for content_id in report.repaired:
+                    catalog.add_replica(content_id, store.name)
+    return report

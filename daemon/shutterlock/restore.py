@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import random
+import shutil
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from shutterlock.catalog import Version
 from shutterlock.fsutil import Confined, commit_at, staged_at
 from shutterlock.names import display, to_bytes
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
+from shutterlock.vault.local import LocalStore
 from shutterlock.vault.store import Store, StoreError
 
 NAME_MAX = 255  # bytes in one file name on every file system we restore to
@@ -29,6 +31,8 @@ class Report:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     bytes: int = 0
     notes: list[str] = field(default_factory=list)  # what the user should know besides (one line each)
+    bad_ids: list[str] = field(default_factory=list)  # verify: the objects behind ``bad``, in the same order
+    repaired: list[str] = field(default_factory=list)  # verify: objects replaced by a good copy from elsewhere
 
     @property
     def failed(self) -> bool:
@@ -195,6 +199,38 @@ def verify(object_ids: list[str], store: Store, keys: Keys, *, sample_percent: f
             report.bytes += meta.size
         except (FormatError, StoreError) as error:
             report.bad.append((label, str(error)))
+            report.bad_ids.append(object_id)
         if progress is not None:
             progress(1)
     return report
+
+
+def repair(report: Report, damaged: Store, source: Store, keys: Keys) -> None:
+    """Replace every bad object of ``damaged`` with an authenticated copy from ``source`` where it has a
+    good one; repaired objects move from ``report.bad`` to ``report.repaired`` (and a note)."""
+    for (label, reason), object_id in list(zip(report.bad, report.bad_ids, strict=True)):
+        try:
+            copy_object(source, damaged, object_id, keys)
+        except (FormatError, StoreError, OSError) as error:
+            report.notes.append(f"cannot repair {label} from {source.name}: {error}")
+            continue
+        report.bad.remove((label, reason))
+        report.bad_ids.remove(object_id)
+        report.notes.append(f"REPAIRED {label} ({reason}): copied from {source.name}")
+        report.repaired.append(object_id)
+
+
+def copy_object(source: Store, target: Store, object_id: str, keys: Keys) -> None:
+    """Put an authenticated copy of one object into the other store, replacing whatever is there."""
+    if isinstance(source, LocalStore):
+        path = source.path_of(object_id)
+        with open(path, "rb") as handle:
+            authenticate(keys, handle, object_id)
+        target.put_file(object_id, path, replace=True)
+        return
+    assert isinstance(target, LocalStore)
+    with target.staging() as (staged, out), source.open(object_id) as body:
+        shutil.copyfileobj(body, out, 1 << 20)
+        with open(staged, "rb") as handle:
+            authenticate(keys, handle, object_id)
+        target.adopt(staged, object_id, replace=True)

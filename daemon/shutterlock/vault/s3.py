@@ -186,15 +186,17 @@ class S3Store:
                 return False
             raise classify(error, self.bucket, self.config.endpoint) from error
 
-    def put_file(self, object_id: str, sealed: Path, journal: UploadJournal | None = None) -> bool:
+    def put_file(self, object_id: str, sealed: Path, journal: UploadJournal | None = None, *,
+                 replace: bool = False) -> bool:
+        """Upload unless the object is there (``replace``: a damaged copy is overwritten)."""
         key = self.object_key(object_id)
-        if self.exists_key(key):
+        if not replace and self.exists_key(key):
             if journal is not None:
                 journal.forget_upload(object_id, self.name)
             return False
         size = sealed.stat().st_size
         if size <= MULTIPART_THRESHOLD:
-            self._put_small(key, sealed, size)
+            self._put_small(key, sealed, size, conditional=not replace)
         else:
             self.upload_multipart(object_id, sealed, journal)
         return True
@@ -231,10 +233,10 @@ class S3Store:
     def _class_args(self) -> dict[str, str]:
         return {"StorageClass": self.config.storage_class} if self.config.storage_class else {}
 
-    def _put_small(self, key: str, sealed: Path, size: int) -> None:
+    def _put_small(self, key: str, sealed: Path, size: int, *, conditional: bool = True) -> None:
         """One streamed PUT, conditional where the service supports it."""
         self._throttle.spend(size)
-        if self._conditional_puts:
+        if conditional and self._conditional_puts:
             try:
                 with open(sealed, "rb") as body:
                     self._client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
