@@ -112,12 +112,12 @@ def test_damage_is_detected(store, tmp_path):
     object_id, path = sealed(tmp_path, (1 << 20) + 77)
     store.put_file(object_id, path)
     good = path.read_bytes()
-    for damaged, why in ((good[:-1], "truncated"), (good[:500] + bytes([good[500] ^ 1]) + good[501:], "flipped"),
-                         (good + b"\0", "extended")):
+    truncated, flipped, extended = good[:-1], good[:500] + bytes([good[500] ^ 1]) + good[501:], good + b"\0"
+    for damaged in (truncated, flipped, extended):
         overwrite_raw(store, object_id, damaged)
         with pytest.raises(FormatError), store.open(object_id) as handle:
             authenticate(KEYS, handle, object_id)
-    other_id, other = sealed(tmp_path, 999)
+    _, other = sealed(tmp_path, 999)
     overwrite_raw(store, object_id, other.read_bytes())  # a swapped object: authentic, but not this one
     with pytest.raises(FormatError), store.open(object_id) as handle:
         authenticate(KEYS, handle, object_id)
