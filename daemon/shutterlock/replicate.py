@@ -221,6 +221,15 @@ class ReplicateStage:
                 self._dirty_since = self._dirty_since or time.monotonic() - SNAPSHOT_DEBOUNCE
         self.queue.expedite()
 
+    def scheduled_reconcile(self) -> None:
+        try:
+            self.reconcile()
+        except StoreError as error:
+            self._went_wrong(error)
+            log.warning("could not compare the bucket with the catalog: %s", error)
+            return
+        self._back_online()
+
     def _went_wrong(self, error: StoreError) -> None:
         with self._lock:
             if self.online:
@@ -342,7 +351,7 @@ class ReplicateStage:
         s3 = self.s3
         return [Periodic("snapshot-debounced", 10, self.snapshot_if_dirty),
                 Periodic("snapshot", s3.snapshot_minutes * 60, self.upload_snapshot),
-                Periodic("reconcile", s3.reconcile_minutes * 60, lambda: self.catalog.enqueue(self.name, RECONCILE)),
+                Periodic("reconcile", s3.reconcile_minutes * 60, self.scheduled_reconcile),
                 Periodic("abort-stale", max(3600.0, s3.stale_upload_hours * 900), self.abort_stale),
                 Periodic("scrub", s3.scrub_days * 86400, self.run_scrub)]
 
