@@ -75,4 +75,6 @@ class DroppingProxy:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the other direction's thread, blocked in recv
+            with contextlib.suppress(OSError):
                 sock.close()

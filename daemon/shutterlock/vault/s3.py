@@ -36,6 +36,7 @@ CATALOG_KEY = "catalog/latest"
 
 READ_ATTEMPTS = 8  # consecutive broken reads (no byte received in between) before a download fails
 READ_BACKOFF = (0.25, 8.0)  # first and longest wait before a download is resumed
+READ_PIECE = 1 << 16
 
 OFFLINE_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                   "ProxyConnectionError", "SSLError")
@@ -411,7 +412,8 @@ class ResumingBody(io.RawIOBase):
             try:
                 if self._body is None:
                     self.connect()
-                data = self._body.read(min(len(buffer), self._length - self._offset))
+                # Small reads: what arrived before a connection broke is kept, not read again.
+                data = self._body.read(min(len(buffer), READ_PIECE, self._length - self._offset))
                 if not data:
                     raise ConnectionError(f"connection closed at byte {self._offset} of {self._length}")
             except ObjectMissing:
