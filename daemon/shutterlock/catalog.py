@@ -686,9 +686,12 @@ class SnapshotFacts:
 
 def snapshot_facts(data: bytes) -> SnapshotFacts:
     """Open a snapshot's database in memory and read its identity, paths and objects."""
+    image = bytearray(data)
+    if len(image) >= 20 and image[18:20] == b"\x02\x02":
+        image[18:20] = b"\x01\x01"  # a WAL database's image opens in memory only as a rollback-journal one
     db = sqlite3.connect(":memory:")
     try:
-        db.deserialize(data)
+        db.deserialize(bytes(image))
         row = db.execute("SELECT value FROM settings WHERE key = 'catalog_id'").fetchone()
         paths = frozenset((source, loaded_name(relpath))
                           for source, relpath in db.execute("SELECT source, relpath FROM versions"))
