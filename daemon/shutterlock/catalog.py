@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -203,6 +203,11 @@ class CatalogError(ShutterlockError):
     """The catalog cannot be opened or used; the message says which file and why."""
 
 
+def damaged(path: Path, error: Exception) -> CatalogError:
+    return CatalogError(f"{path}: the catalog is damaged ({error}); run `shutterlock catalog rebuild` to rebuild it "
+                        "from the vault and the bucket (the damaged file is kept beside it)")
+
+
 class Catalog:
     """Thread-safe access to the catalog; every method is one short transaction. Use it as a context manager."""
 
@@ -217,9 +222,14 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             path.chmod(0o600)
+            problem = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
             self._migrate()
         except sqlite3.DatabaseError as error:
-            raise CatalogError(f"{path}: the catalog cannot be opened: {error}") from None
+            with suppress(AttributeError):
+                self._db.close()
+            raise damaged(path, error) from None
 
     def __enter__(self) -> Self:
         return self
@@ -234,7 +244,7 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._intact():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -244,8 +254,18 @@ class Catalog:
             self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._intact():
             return self._db.execute(sql, args).fetchall()
+
+    @contextmanager
+    def _intact(self) -> Iterator[None]:
+        """Damage found while working (not only at opening) is one line that says what to run."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            if type(error) is not sqlite3.DatabaseError:  # locked, full disk, …: not damage
+                raise
+            raise damaged(self.path, error) from None
 
     def _migrate(self) -> None:
         with self.transaction() as db:
@@ -450,13 +470,13 @@ class Catalog:
         with self.transaction() as db:
             db.execute("DELETE FROM replicas WHERE store = ?", (store,))
 
-    def adopt_recovered(self, content_id: str, meta: ObjectMeta, staged_size: int) -> None:
-        """Register an object found in the bucket (recovery); its metadata names one path holding it."""
+    def adopt_recovered(self, content_id: str, meta: ObjectMeta, staged_size: int, holder: str = "local") -> None:
+        """Register an object found in a store (recovery, rebuild); its metadata names one path holding it."""
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) VALUES (?, ?, ?, ?)",
                        (content_id, meta.size, staged_size, meta.sealed_at))
-            db.execute("INSERT OR REPLACE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
-                       (content_id, time.time()))
+            db.execute("INSERT OR REPLACE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
+                       (content_id, holder, time.time()))
             if db.execute("SELECT 1 FROM versions WHERE content_id = ?", (content_id,)).fetchone():
                 return
             name = stored_name(meta.path)

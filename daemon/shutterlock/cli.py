@@ -393,6 +393,26 @@ def passwd(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file
     click.echo("passphrase changed")
 
 
+@main.group(name="catalog")
+def catalog_group() -> None:
+    """Look after the catalog."""
+
+
+@catalog_group.command(name="rebuild")
+@click.option("--from", "where", type=click.Choice(["local", "s3"]),
+              help="Start from the bucket's newest catalog snapshot (s3, the default with a bucket) or from the "
+                   "objects alone (local). Objects in the vault and the bucket are always read.")
+@click.pass_context
+def catalog_rebuild(ctx: click.Context, where: str | None) -> None:
+    """Rebuild a lost or damaged catalog (the daemon must be stopped; the old file is kept)."""
+    result = facade.rebuild_catalog(load_config(ctx), where)
+    for note in result.notes:
+        click.echo(note)
+    if result.kept is not None:
+        click.echo(f"the old catalog is kept as {result.kept}")
+    click.echo(f"catalog rebuilt: {result.paths:,} paths, {result.objects:,} objects")
+
+
 @main.command()
 @click.option("--autostart", type=click.Choice(["on", "off"]), help="Install or remove the login autostart entry.")
 @click.pass_context

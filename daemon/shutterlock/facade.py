@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
 
 from shutterlock import keystore
-from shutterlock.catalog import Catalog, Version
+from shutterlock.catalog import Catalog, CatalogError, Version
 from shutterlock.config import Config, parse, save, to_toml_dict, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
@@ -38,6 +40,9 @@ from shutterlock.status import (
 from shutterlock.vault.format import Keys
 from shutterlock.vault.local import LocalStore, open_local_vault
 from shutterlock.vault.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from shutterlock.rebuild import Rebuilt
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +140,56 @@ def load_keys(config: Config) -> Keys:
 
 
 def open_catalog(config: Config) -> Catalog:
-    return Catalog(config.paths.catalog)
+    """The catalog; a missing one is an error when the vault shows there was one (a fresh, empty catalog
+    would hide every sealed file's history), with the command that brings it back."""
+    path = config.paths.catalog
+    if not path.exists() and any(LocalStore(config.vault.path).list()):
+        raise CatalogError(f"{path}: the catalog is missing, but the vault ({config.vault.path}) holds sealed "
+                           "objects: run `shutterlock catalog rebuild` to rebuild it from the vault and the bucket")
+    return Catalog(path)
+
+
+def rebuild_catalog(config: Config, where: str | None = None) -> Rebuilt:
+    """``catalog rebuild``: a new catalog from the bucket's newest snapshot (``where="s3"``, the default when a
+    bucket is configured) and every object's own metadata, in the vault and the bucket."""
+    from shutterlock.rebuild import rebuild
+
+    keys = load_keys(config)
+    where = where or ("s3" if config.s3 is not None else "local")
+    if where == "s3" and config.s3 is None:
+        raise ConfigError(f"--from s3 needs a bucket, and {config.paths.config_file} has no [s3] table")
+    bucket = None
+    if config.s3 is not None:
+        from shutterlock.replicate import open_replica
+
+        try:
+            bucket = open_replica(config)
+            bucket.check()
+        except StoreError as error:
+            if where == "s3":
+                raise OperationFailed(str(error)) from None
+            bucket = None
+    with daemon_stopped(config):
+        result = rebuild(config.paths.catalog, LocalStore(config.vault.path), bucket, keys, from_bucket=where == "s3")
+    if config.s3 is not None and bucket is None:
+        result.notes.append("the bucket was not reachable: only the local vault was read")
+    return result
+
+
+@contextlib.contextmanager
+def daemon_stopped(config: Config) -> Iterator[None]:
+    """Hold the daemon's instance lock: operations that replace the catalog or the keys need it stopped."""
+    lock = FileLock(config.paths.lock_file, timeout=0, mode=0o600)
+    ensure_dir(config.paths.lock_file.parent)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OperationFailed("the daemon is running: stop it first (`systemctl --user stop shutterlock`, or "
+                              "Ctrl-C on `shutterlock run`)") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def open_vault(config: Config) -> LocalStore:
@@ -272,12 +326,12 @@ def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:
 def _offline_replica(config: Config, catalog: Catalog) -> ReplicaStatus:
     if config.s3 is None:
         return ReplicaStatus(configured=False)
-    from shutterlock.replicate import RECONCILE
+    from shutterlock.replicate import RECONCILE, replica_problem
 
     waiting, waiting_bytes = catalog.job_backlog("replicate", besides=RECONCILE)
     return ReplicaStatus(configured=True, url=config.s3.url, waiting=waiting, waiting_bytes=waiting_bytes,
                          failed=catalog.jobs_failed("replicate"), lost=catalog.missing_count("s3"),
-                         snapshot_generation=catalog.snapshot_generation())
+                         snapshot_generation=catalog.snapshot_generation(), problem=replica_problem(catalog))
 
 
 def process_facts() -> ProcessFacts:
@@ -297,7 +351,7 @@ def status(config: Config) -> Status:
         return control(config, "status")
     except DaemonNotRunning:
         pass
-    if not config.paths.catalog.exists():
+    if not config.paths.catalog.exists() and not any(LocalStore(config.vault.path).list()):
         raise OperationFailed(f"no catalog at {config.paths.catalog}: run `shutterlock init` first")
     with open_catalog(config) as catalog:
         return read_status(config, catalog)

@@ -20,7 +20,7 @@ from shutterlock.catalog import Catalog, CatalogError, install_catalog, snapshot
 from shutterlock.config import Config, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
-from shutterlock.replicate import Snapshot, bucket_snapshots
+from shutterlock.replicate import SNAPSHOT_DUE, Snapshot, bucket_snapshots
 from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
 from shutterlock.vault.local import LocalStore, open_local_vault
@@ -101,6 +101,7 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         for content_id in sorted({v.content_id for v in versions} - in_bucket):
             holders = ", ".join(f"{v.source}/{v.relpath}" for v in versions if v.content_id == content_id)
             report.bad.append((holders, f"object {content_id[:12]}… is not in the bucket"))
+        catalog.set_setting(SNAPSHOT_DUE, "1")
         if not report.bad:
             catalog.set_setting(RECOVERING, "")
         else:

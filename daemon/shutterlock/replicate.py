@@ -37,6 +37,15 @@ OFFLINE_RETRY = (5.0, 60.0)  # first and longest wait between probes of an unrea
 SNAPSHOT_DEBOUNCE = 20.0
 
 
+ENVELOPE_PROBLEM, SNAPSHOT_PROBLEM = "replica_envelope_problem", "replica_snapshot_problem"  # catalog settings
+SNAPSHOT_DUE = "snapshot_due"  # set when the catalog was rebuilt or recovered: it knows more than any snapshot
+
+
+def replica_problem(catalog: Catalog) -> str:
+    """Why the bucket's key envelope or catalog snapshot is not current, or ""."""
+    return "; ".join(p for p in (catalog.get_setting(ENVELOPE_PROBLEM), catalog.get_setting(SNAPSHOT_PROBLEM)) if p)
+
+
 def open_replica(config: Config) -> S3Store:
     if config.s3 is None:
         raise StoreError("no [s3] replica is configured", transient=False)
@@ -134,8 +143,6 @@ class ReplicateStage:
         self.online = True
         self.offline_since: float | None = None
         self.error = ""
-        self.key_problem = ""
-        self.snapshot_problem = ""
         self._next_probe = 0.0
         self._probe_wait = OFFLINE_RETRY[0]
         self._dirty_since: float | None = None
@@ -201,11 +208,16 @@ class ReplicateStage:
 
     def sync_keys(self) -> None:
         """Every copy of the key envelope current (the bucket's too, also when it was lost or emptied)."""
-        self.key_problem = sync_envelopes(self.config.paths.envelope_file, self.vault, self.store, self.keys)
-        if self.key_problem:
-            log.error("%s", self.key_problem)
-            self.catalog.record_event("error", "key envelope", self.key_problem)
+        self._note_problem(ENVELOPE_PROBLEM, "key envelope",
+                           sync_envelopes(self.config.paths.envelope_file, self.vault, self.store, self.keys))
         self._keys_synced = True
+
+    def _note_problem(self, setting: str, subject: str, problem: str) -> None:
+        """Kept in the catalog, so status says it also when no daemon runs, until it is solved."""
+        if problem and problem != self.catalog.get_setting(setting):
+            log.error("%s: %s", subject, problem)
+            self.catalog.record_event("error", subject, problem)
+        self.catalog.set_setting(setting, problem)
 
     def reconcile(self) -> None:
         """Compare the catalog with a listing of the bucket: re-upload what it lost, keys and snapshot included."""
@@ -216,7 +228,8 @@ class ReplicateStage:
             log.warning("%s", message)
             self.catalog.record_event("error", "replica", message)
         generation = self.catalog.snapshot_generation()
-        if generation == 0 or snapshot_name(generation) not in self.store.list_names(SNAPSHOTS):
+        if generation == 0 or self.catalog.get_setting(SNAPSHOT_DUE) or \
+                snapshot_name(generation) not in self.store.list_names(SNAPSHOTS):
             with self._lock:
                 self._dirty_since = self._dirty_since or time.monotonic() - SNAPSHOT_DEBOUNCE
         self.queue.expedite()
@@ -260,7 +273,7 @@ class ReplicateStage:
                              failed=self.catalog.jobs_failed(self.name), last_snapshot=self.last_snapshot,
                              scrub=self.scrub, lost=self.catalog.missing_count(self.store.name),
                              snapshot_generation=self.catalog.snapshot_generation(),
-                             problem="; ".join(p for p in (self.key_problem, self.snapshot_problem) if p))
+                             problem=replica_problem(self.catalog))
 
     # ------------------------------------------------------------------ snapshots and housekeeping
 
@@ -273,10 +286,7 @@ class ReplicateStage:
                 self._went_wrong(error)
             log.warning("catalog snapshot not uploaded: %s", error)
             return
-        if problem != self.snapshot_problem and problem:
-            log.error("catalog snapshot not uploaded: %s", problem)
-            self.catalog.record_event("error", "catalog snapshot", problem)
-        self.snapshot_problem = problem
+        self._note_problem(SNAPSHOT_PROBLEM, "catalog snapshot not uploaded", problem)
 
     def _snapshot(self) -> str:
         ours = self.catalog.identity()
@@ -304,6 +314,7 @@ class ReplicateStage:
         blob = seal_blob(self.keys.catalog, self.catalog.snapshot_bytes(), CATALOG_LABEL, generation=generation + 1)
         self.store.put_bytes(snapshot_name(generation + 1), blob)
         self.catalog.set_setting("snapshot_generation", str(generation + 1))
+        self.catalog.set_setting(SNAPSHOT_DUE, "")
         self.last_snapshot = time.time()
         log.info("catalog snapshot %d uploaded", generation + 1)
         self._prune_snapshots(generation + 1)
