@@ -60,21 +60,25 @@ def decrypt_object(raw: bytes, master: bytes) -> tuple[dict, bytes]:
     assert tag == TAG_MESSAGE and len(padded) % 256 == 0
     (json_len,) = struct.unpack(">I", padded[:4])
     meta = json.loads(padded[4:4 + json_len])
-    body, offset, data_done = [], 44 + meta_len, False
-    while True:
+    body, offset, size = [], 44 + meta_len, 0
+    while True:  # the data: chunk_size bytes per message; version 2 knows the last one's length from "size"
+        want = chunk_size if version == 1 else min(chunk_size, meta["size"] - size)
+        piece = raw[offset:offset + want + 17]
+        offset += len(piece)
+        plain, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(state, piece, None)
+        body.append(plain)
+        size += len(plain)
+        if tag == (TAG_FINAL if version == 1 else TAG_PUSH):
+            break
+        assert tag == TAG_MESSAGE and len(plain) == chunk_size
+    while version == 2:  # the padding: zeros in messages of chunk_size, the last one final and maybe shorter
         piece = raw[offset:offset + chunk_size + 17]
         offset += len(piece)
         plain, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(state, piece, None)
-        if data_done:  # version 2 padding: zeros, the last one final
-            assert plain == bytes(len(plain))
-        else:
-            body.append(plain)
+        assert plain == bytes(len(plain))
         if tag == TAG_FINAL:
             break
-        if version == 2 and tag == TAG_PUSH:
-            data_done = True
-        else:
-            assert tag == TAG_MESSAGE and (data_done or len(plain) == chunk_size)
+        assert tag == TAG_MESSAGE and len(plain) == chunk_size
     assert offset == len(raw), "bytes after the final chunk"
     plaintext = b"".join(body)
     assert len(plaintext) == meta["size"]

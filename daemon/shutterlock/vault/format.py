@@ -8,7 +8,9 @@ An object is one original, encrypted with libsodium's secretstream in fixed-size
     meta      secretstream message (TAG_MESSAGE, additional data = prelude):
               u32be json_len | UTF-8 JSON metadata | zero padding to a multiple of 256
     body      chunk_size plaintext bytes per message (+17 bytes each), the last one shorter
-              (possibly empty) and tagged TAG_FINAL
+              (possibly empty); version 1: tagged TAG_FINAL; version 2: tagged TAG_PUSH and followed
+              by padding messages of zeros, the last one TAG_FINAL, so that the whole object's size
+              is a Padmé bucket and the bucket does not learn the original's exact size
 
 The object's name is its content id: keyed BLAKE2b-256 of the plaintext. Readers recompute it,
 so a swapped, truncated or altered object is refused.
@@ -31,12 +33,14 @@ from shutterlock.errors import ShutterlockError
 from shutterlock.names import b64, from_b64, is_text, to_bytes
 
 MAGIC = b"SHUTRLK\x00"
-VERSION = 1
+VERSION = 2  # written; version 1 objects (no padding) are read forever
+VERSIONS = (1, 2)
 PRELUDE = struct.Struct(">8sB3xI")
 PRELUDE_SIZE = PRELUDE.size
 HEADER_SIZE = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES
 ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
 TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+TAG_PUSH = sodium.crypto_secretstream_xchacha20poly1305_TAG_PUSH
 TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
 META_PAD = 256
 DEFAULT_CHUNK = 1 << 20
@@ -115,6 +119,29 @@ def prelude(chunk_size: int) -> bytes:
     return PRELUDE.pack(MAGIC, VERSION, chunk_size)
 
 
+def padme(length: int) -> int:
+    """The Padmé size for ``length`` (Nikitin et al., PETS 2019): at most 12 % more, and a size reveals only
+    O(log log n) bits instead of the exact length."""
+    if length < 2:
+        return length
+    exponent = length.bit_length() - 1
+    low = exponent - exponent.bit_length()
+    mask = (1 << low) - 1
+    return (length + mask) & ~mask
+
+
+def padding_sizes(written: int, chunk_size: int) -> list[int]:
+    """Plaintext sizes of the padding messages that bring an object of ``written`` bytes (without padding)
+    to a Padmé size: full chunks, the last one (final) possibly shorter, so a reader finds their bounds
+    the way it finds the chunks of a version 1 body. A size that cannot be split so takes the next bucket."""
+    record = chunk_size + ABYTES
+    target = padme(written + ABYTES)
+    while 0 < (target - written) % record < ABYTES:
+        target = padme(target + 1)
+    full, rest = divmod(target - written, record)
+    return [chunk_size] * full + ([rest - ABYTES] if rest else [])
+
+
 def _pad_meta(meta: ObjectMeta) -> bytes:
     body = meta.to_json()
     framed = struct.pack(">I", len(body)) + body
@@ -148,7 +175,7 @@ def seal_stream(keys: Keys, meta: ObjectMeta, source: BinaryIO, out: BinaryIO,
         final = not following
         hasher.update(current)
         total += len(current)
-        ciphertext = push(state, current, None, TAG_FINAL if final else TAG_MESSAGE)
+        ciphertext = push(state, current, None, TAG_PUSH if final else TAG_MESSAGE)
         out.write(ciphertext)
         written += len(ciphertext)
         if progress is not None:
@@ -156,6 +183,12 @@ def seal_stream(keys: Keys, meta: ObjectMeta, source: BinaryIO, out: BinaryIO,
         if final:
             break
         current = following
+    sizes = padding_sizes(written, chunk_size)
+    zeros = bytes(max(sizes))
+    for index, size in enumerate(sizes):
+        ciphertext = push(state, zeros[:size], None, TAG_FINAL if index == len(sizes) - 1 else TAG_MESSAGE)
+        out.write(ciphertext)
+        written += len(ciphertext)
     return SealResult(content_id=hasher.hexdigest(), plain_size=total, stored_size=written)
 
 
@@ -183,6 +216,7 @@ class Head:
     """The clear-text start of an object: everything needed to find its parts without a key."""
 
     prelude: bytes
+    version: int
     chunk_size: int
     stream_header: bytes
     meta_len: int
@@ -204,14 +238,14 @@ def parse_head(raw: bytes) -> Head:
     magic, version, chunk_size = PRELUDE.unpack(raw[:PRELUDE_SIZE])
     if magic != MAGIC:
         raise FormatError("not a Shutterlock object (bad magic)")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise FormatError(f"unsupported object version {version}")
     if not 0 < chunk_size <= MAX_CHUNK:
         raise FormatError(f"chunk size out of range: {chunk_size}")
     (meta_len,) = struct.unpack(">I", raw[PRELUDE_SIZE + HEADER_SIZE:HEAD_SIZE])
     if not ABYTES < meta_len <= MAX_META + ABYTES:
         raise FormatError(f"metadata length out of range: {meta_len}")
-    return Head(prelude=raw[:PRELUDE_SIZE], chunk_size=chunk_size,
+    return Head(prelude=raw[:PRELUDE_SIZE], version=version, chunk_size=chunk_size,
                 stream_header=raw[PRELUDE_SIZE:PRELUDE_SIZE + HEADER_SIZE], meta_len=meta_len)
 
 
@@ -221,7 +255,7 @@ class ObjectReader:
     def __init__(self, keys: Keys, handle: BinaryIO, expected_id: str | None = None):
         self._keys, self._handle, self._expected = keys, handle, expected_id
         head = parse_head(_read_full(handle, HEAD_SIZE))
-        self.chunk_size = head.chunk_size
+        self.chunk_size, self.version = head.chunk_size, head.version
         self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
         sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, head.stream_header, keys.object)
         meta_ct = _read_full(handle, head.meta_len)
@@ -246,18 +280,22 @@ class ObjectReader:
         hasher = self._keys.hasher()
         size = 0
         while True:
-            ciphertext = _read_full(self._handle, self.chunk_size + ABYTES)
+            # Version 2: the data's last chunk is followed by padding, so its length comes from the metadata.
+            wanted = self.chunk_size if self.version == 1 else min(self.chunk_size, max(0, self.meta.size - size))
+            ciphertext = _read_full(self._handle, wanted + ABYTES)
             if len(ciphertext) < ABYTES:
                 raise FormatError("truncated: the final chunk is missing")
             plain, tag = self._pull(ciphertext)
             hasher.update(plain)
             size += len(plain)
-            if tag == TAG_FINAL:
+            if tag == (TAG_FINAL if self.version == 1 else TAG_PUSH):
+                if self.version > 1:
+                    self._skip_padding()
                 if self._handle.read(1):
                     raise FormatError("data after the final chunk")
                 break
-            if len(plain) != self.chunk_size:
-                raise FormatError("short chunk before the end")
+            if tag != TAG_MESSAGE or len(plain) != self.chunk_size:
+                raise FormatError("short or misplaced chunk before the end")
             yield plain
         actual = hasher.hexdigest()
         if self._expected is not None and actual != self._expected:
@@ -266,6 +304,20 @@ class ObjectReader:
             raise FormatError(f"size {size} differs from the recorded {self.meta.size}")
         self.content_id = actual
         yield plain
+
+    def _skip_padding(self) -> None:
+        """Version 2: authenticated messages of zeros after the data, the last one final."""
+        while True:
+            ciphertext = _read_full(self._handle, self.chunk_size + ABYTES)
+            if len(ciphertext) < ABYTES:
+                raise FormatError("truncated: the final chunk is missing")
+            plain, tag = self._pull(ciphertext)
+            if plain.count(0) != len(plain):
+                raise FormatError("padding is not zeros")
+            if tag == TAG_FINAL:
+                return
+            if tag != TAG_MESSAGE:
+                raise FormatError("misplaced tag in the padding")
 
     def copy_to(self, out: BinaryIO, progress: Callable[[int], None] | None = None) -> int:
         total = 0
