@@ -301,3 +301,16 @@ def test_two_gib_file_streams_in_bounded_memory(make_home):
     assert sha256(dest / "huge.tif") == expected
     print(f"peak RSS: seal {seal_rss_mb:.0f} MB, restore {restore_rss_mb:.0f} MB")
     assert seal_rss_mb < 200 and restore_rss_mb < 200
+
+
+def test_stored_sizes_do_not_reveal_exact_sizes(make_home):
+    """Issue 16 item 5: the bucket (and a disk thief) sees Padmé buckets, not each original's exact size."""
+    home = make_home()
+    for index in range(10):
+        (home.sources[0] / f"img{index}.jpg").write_bytes(os.urandom(1_000_000 + 37 * index))
+    home.cli("run", "--once", check=True)
+    sizes = {obj.stat().st_size for obj in vault_objects(home)}
+    assert len(vault_objects(home)) == 10
+    assert len(sizes) == 1, f"ten originals of different sizes stored as {sorted(sizes)}"
+    (stored,) = sizes
+    assert stored == padme(stored) and stored < 1_000_000 * 1.12
