@@ -148,6 +148,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (content_id, store)
     );
     """,
+    # Objects a key rotation has replaced by re-encrypted copies; deleted from every store, then forgotten.
+    """
+    CREATE TABLE retired_objects (content_id TEXT PRIMARY KEY, retired_at REAL NOT NULL);
+    """,
 ]
 
 
@@ -422,6 +426,9 @@ class Catalog:
         return [(row["source"], loaded_name(row["relpath"]))
                 for row in self._query("SELECT DISTINCT source, relpath FROM versions")]
 
+    def object_set(self) -> set[str]:
+        return set(self.object_ids())
+
     def object_ids(self) -> list[str]:
         return [row["content_id"] for row in self._query("SELECT content_id FROM objects ORDER BY content_id")]
 
@@ -461,6 +468,59 @@ class Catalog:
                 "not_before = 0, error = NULL WHERE jobs.state = ?",
                 [(kind, JobState.PENDING, now, now, content_id, JobState.DONE) for content_id in sorted(ids - present)])
         return len(lost)
+
+    def swap_object(self, old: str, new: str, stored_size: int, replicate: str | None) -> None:
+        """A key rotation re-encrypted ``old`` as ``new``: every reference moves to it, in one transaction,
+        ``new`` is queued for the bucket (``replicate``: its lane), and ``old`` waits to be deleted."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE OR IGNORE versions SET content_id = ? WHERE content_id = ?", (new, old))
+            db.execute("DELETE FROM versions WHERE content_id = ?", (old,))  # the path had ``new`` already
+            db.execute("UPDATE files SET content_id = ? WHERE content_id = ?", (new, old))
+            db.execute("UPDATE derivatives SET content_id = ? WHERE content_id = ?", (new, old))
+            db.execute("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) "
+                       "SELECT ?, size, ?, created_at FROM objects WHERE content_id = ?", (new, stored_size, old))
+            for table in ("objects", "replicas", "missing_replicas", "uploads"):
+                db.execute(f"DELETE FROM {table} WHERE content_id = ?", (old,))
+            db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
+                       (new, now))
+            if replicate is not None:
+                db.execute("DELETE FROM jobs WHERE kind = ? AND subject = ?", (replicate, old))
+                _enqueue(db, replicate, new, stored_size, now)
+            db.execute("INSERT OR IGNORE INTO retired_objects (content_id, retired_at) VALUES (?, ?)", (old, now))
+
+    def retired_object_ids(self) -> list[str]:
+        return [row["content_id"] for row in self._query("SELECT content_id FROM retired_objects ORDER BY 1")]
+
+    def forget_retired(self, content_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM retired_objects WHERE content_id = ?", (content_id,))
+
+    def enqueue_every_object(self, kind: str) -> int:
+        """A job per object not queued for ``kind`` yet, and again for those that failed for good (key rotation:
+        each object is looked at once, and a failure is retried at the next start)."""
+        now = time.time()
+        with self.transaction() as db:
+            return db.execute("INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) "
+                              "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE true "
+                              "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, "
+                              "attempts = 0, error = NULL WHERE jobs.permanent = 1",
+                              (kind, JobState.PENDING, now, now)).rowcount
+
+    def job_progress(self, kind: str, besides: str = "") -> tuple[int, int]:
+        """(done, total) of the jobs of a kind."""
+        rows = self._query("SELECT COUNT(*) AS total, COALESCE(SUM(state = ?), 0) AS done FROM jobs "
+                           "WHERE kind = ? AND subject != ?", (JobState.DONE, kind, besides))
+        return rows[0]["done"], rows[0]["total"]
+
+    def forget_jobs(self, kind: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE kind = ?", (kind,))
+
+    def objects_without(self, store: str) -> int:
+        """Objects the store has no copy of (yet)."""
+        return self._query("SELECT COUNT(*) AS n FROM objects WHERE content_id NOT IN "
+                           "(SELECT content_id FROM replicas WHERE store = ?)", (store,))[0]["n"]
 
     def missing_count(self, store: str) -> int:
         """Objects a reconcile found missing from ``store`` that are not back yet."""

@@ -214,6 +214,11 @@ def describe(info: Status) -> list[str]:
         lines.append(f"  now          {item}")
     for why in info.restart_needed:
         lines.append(f"  restart      {why}")
+    if info.rotation is not None:
+        lines.append(f"  key rotation {info.rotation.done:,} of {info.rotation.total:,} objects under the new key; "
+                     "the old key and its objects are deleted when all are")
+    if info.replica.problem:
+        lines.append(f"  ! bucket     {info.replica.problem}")
     for failed in info.failed_files:
         lines.append(f"  not sealed   {failed.source}/{failed.relpath}: {failed.error}")
     for event in info.errors[:5]:
@@ -411,6 +416,26 @@ def catalog_rebuild(ctx: click.Context, where: str | None) -> None:
     if result.kept is not None:
         click.echo(f"the old catalog is kept as {result.kept}")
     click.echo(f"catalog rebuilt: {result.paths:,} paths, {result.objects:,} objects")
+
+
+@key.command()
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help="The current passphrase.")
+@click.option("--new-passphrase-file", type=click.Path(path_type=Path),
+              help="The passphrase for the new key (may be the current one).")
+@click.pass_context
+def rotate(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file: Path | None) -> None:
+    """A new master key: new objects use it at once, the daemon re-encrypts the old ones in the background,
+    then deletes them, the old key and its envelope (the daemon must be stopped to start it)."""
+    config = load_config(ctx)
+    if new_passphrase_file is None and not sys.stdin.isatty():
+        raise KeyProblem("no new passphrase: give --new-passphrase-file FILE when not on a terminal")
+    old = passphrase_source(passphrase_file, confirm=False, prompt="Current passphrase")()
+    facade.check_passphrase(config, old)
+    new = read_passphrase_file(new_passphrase_file) if new_passphrase_file else \
+        passphrase_source(None, confirm=True, prompt="Passphrase for the new key")()
+    count = facade.rotate_key(config, old, new)
+    click.echo(f"new master key in use; {count:,} object(s) will be re-encrypted in the background when the daemon "
+               "runs (`shutterlock status` shows how far it is)")
 
 
 @main.command()

@@ -81,6 +81,11 @@ class Paths:
         return self.state_dir / "key-envelope.json"
 
     @property
+    def retired_keys(self) -> Path:
+        """The master keys an unfinished key rotation still needs, sealed under the current one."""
+        return self.state_dir / "retired-keys.blob"
+
+    @property
     def socket(self) -> Path:
         return self.runtime_dir / "control.sock"
 

@@ -33,6 +33,7 @@ from shutterlock.status import (
     LaneStatus,
     ProcessFacts,
     ReplicaStatus,
+    RotationStatus,
     SourceStatus,
     Status,
     VaultStatus,
@@ -94,8 +95,7 @@ def publish_envelope(config: Config) -> str | None:
     from shutterlock.replicate import open_replica, sync_envelopes
 
     try:
-        problem = sync_envelopes(config.paths.envelope_file, open_vault(config), open_replica(config),
-                                 load_keys(config))
+        problem = sync_envelopes(config.paths, open_vault(config), open_replica(config), load_keys(config))
     except StoreError as error:
         return str(error)
     return problem or None
@@ -130,13 +130,24 @@ def change_passphrase(config: Config, old: bytes, new: bytes) -> None:
                               f"{problem}; the daemon will update it when the bucket is reachable")
 
 
+def rotate_key(config: Config, passphrase: bytes, new_passphrase: bytes) -> int:
+    """``key rotate``: a new master key for everything sealed from now on, wrapped by ``new_passphrase``;
+    the daemon re-encrypts the existing objects in the background. Returns how many there are."""
+    from shutterlock import rotate
+
+    with daemon_stopped(config):
+        return rotate.begin(config, passphrase, new_passphrase)
+
+
 def check_passphrase(config: Config, passphrase: bytes) -> None:
     """Raise KeyProblem unless ``passphrase`` opens the key envelope (before asking for a new one)."""
     keystore.unwrap(keystore.read_envelope(config.paths.envelope_file), passphrase)
 
 
 def load_keys(config: Config) -> Keys:
-    return Keys.from_master(keystore.load_master_key(config.paths))
+    """The current key, with the retired ones of an unfinished rotation (objects under them still read)."""
+    current, *retired = keystore.load_keys(config.paths)
+    return Keys.from_master(current, tuple(retired))
 
 
 def open_catalog(config: Config) -> Catalog:
@@ -199,7 +210,7 @@ def open_vault(config: Config) -> LocalStore:
 def lane_names(config: Config) -> list[str]:
     """The lanes this config asks for, in the order data flows through them."""
     return ["seal", *(["replicate"] if config.s3 is not None else []),
-            *(["derive"] if config.derive.enabled else [])]
+            *(["derive"] if config.derive.enabled else []), "rotate"]
 
 
 def build_stages(config: Config, catalog: Catalog, keys: Keys, vault: LocalStore) -> list[Stage[Any]]:
@@ -214,6 +225,9 @@ def build_stages(config: Config, catalog: Catalog, keys: Keys, vault: LocalStore
         from shutterlock.derive.lane import DeriveStage
 
         later.append(DeriveStage(config, catalog, keys, vault))
+    from shutterlock.rotate import RotateStage
+
+    later.append(RotateStage(config, catalog, keys, vault))
     from shutterlock.seal import SealStage
 
     return [SealStage(config, catalog, keys, vault, later), *later]
@@ -308,7 +322,15 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None)
         uptime=live.uptime if live is not None else None,
         healthy=live.healthy if live is not None else True,
         process=live.process if live is not None else None,
+        rotation=_rotation(catalog),
     )
+
+
+def _rotation(catalog: Catalog) -> RotationStatus | None:
+    from shutterlock.rotate import FINISH
+
+    done, total = catalog.job_progress("rotate", besides=FINISH)
+    return RotationStatus(done=done, total=total) if total else None
 
 
 def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:

@@ -26,7 +26,7 @@ import nacl.pwhash
 from shutterlock.config import Credential, Paths
 from shutterlock.errors import KeyProblem
 from shutterlock.fsutil import atomic_write_bytes
-from shutterlock.vault.format import Keys
+from shutterlock.vault.format import FormatError, Keys, open_blob, seal_blob
 
 ENVELOPE_VERSION = 2
 KEY_BYTES = 32
@@ -160,8 +160,9 @@ def read_passphrase_file(path: Path) -> bytes:
     return passphrase
 
 
-def write_key_file(path: Path, master: bytes) -> None:
-    atomic_write_bytes(path, base64.b64encode(master) + b"\n", mode=0o600)
+def write_key_file(path: Path, master: bytes, retired: tuple[bytes, ...] = ()) -> None:
+    """One base64 key per line: the current master key first, then keys a rotation is replacing."""
+    atomic_write_bytes(path, b"".join(base64.b64encode(key) + b"\n" for key in (master, *retired)), mode=0o600)
 
 
 def _decode_key(data: bytes, origin: str) -> bytes:
@@ -175,6 +176,10 @@ def _decode_key(data: bytes, origin: str) -> bytes:
 
 
 def read_key_file(path: Path) -> bytes:
+    return read_key_ring(path)[0]
+
+
+def read_key_ring(path: Path) -> tuple[bytes, ...]:
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -183,9 +188,12 @@ def read_key_file(path: Path) -> bytes:
         raise KeyProblem(f"{path}: key file is readable by others (mode {info.st_mode & 0o777:o}); "
                         f"run `chmod 600 {path}`")
     try:
-        return _decode_key(path.read_bytes(), str(path))
+        lines = path.read_bytes().split()
     except OSError as error:
         raise KeyProblem(f"{path}: cannot read key file: {error.strerror}") from None
+    if not lines:
+        raise KeyProblem(f"{path}: not a Shutterlock key file")
+    return tuple(_decode_key(line, str(path)) for line in lines)
 
 
 def write_envelope(path: Path, envelope: Envelope) -> None:
@@ -200,14 +208,75 @@ def read_envelope(path: Path) -> Envelope:
 
 
 def load_master_key(paths: Paths) -> bytes:
-    """Unattended start: systemd credentials first (key, then passphrase), then the key file."""
+    return load_keys(paths)[0]
+
+
+def load_keys(paths: Paths) -> tuple[bytes, ...]:
+    """Unattended start: systemd credentials first (key, then passphrase), then the key file. The current
+    master key first, then the retired ones of an unfinished rotation."""
+    settle_rotation(paths)
     credential = paths.credential(Credential.MASTER_KEY)
     if credential is not None:
-        return _decode_key(credential.read_bytes(), str(credential))
+        return (_decode_key(credential.read_bytes(), str(credential)),)
     credential = paths.credential(Credential.PASSPHRASE)
     if credential is not None:
-        return unwrap(read_envelope(paths.envelope_file), read_passphrase_file(credential))
-    return read_key_file(paths.key_file)
+        master = unwrap(read_envelope(paths.envelope_file), read_passphrase_file(credential))
+        return (master, *read_retired(paths.retired_keys, Keys.from_master(master)))
+    return read_key_ring(paths.key_file)
+
+
+# --------------------------------------------------------------------------- key rotation
+#
+# The commit point of a rotation is the key file: written with the new key first and the old one after it.
+# Before it, the new envelope waits beside the current one (``.next``) and the retired-keys blob (the old
+# key, sealed under the new one, so the new passphrase alone reaches both) is written; after it, the new
+# envelope takes the current one's place. A crash anywhere leaves the old key in use, or the new one with
+# everything it needs; :func:`settle_rotation` finishes or undoes the half-done step at the next start.
+
+RETIRED_LABEL = b"retired-keys"
+
+
+def next_envelope(paths: Paths) -> Path:
+    return paths.envelope_file.with_name(paths.envelope_file.name + ".next")
+
+
+def seal_retired(keys: Keys, retired: tuple[bytes, ...], generation: int) -> bytes:
+    return seal_blob(keys.catalog, b"".join(retired), RETIRED_LABEL, generation=generation)
+
+
+def open_retired(keys: Keys, blob: bytes) -> tuple[bytes, ...]:
+    data = open_blob(keys.catalog, blob, RETIRED_LABEL)
+    if len(data) % KEY_BYTES:
+        raise KeyProblem("the retired-keys blob is damaged")
+    return tuple(data[i:i + KEY_BYTES] for i in range(0, len(data), KEY_BYTES))
+
+
+def read_retired(path: Path, keys: Keys) -> tuple[bytes, ...]:
+    try:
+        return open_retired(keys, path.read_bytes())
+    except FileNotFoundError:
+        return ()
+    except FormatError as error:
+        raise KeyProblem(f"{path}: {error}") from None
+
+
+def settle_rotation(paths: Paths) -> None:
+    """Finish (or undo) a rotation step a crash interrupted: see the comment above."""
+    pending = next_envelope(paths)
+    if not pending.exists() or not paths.key_file.exists():
+        return
+    ring = read_key_ring(paths.key_file)
+    current = Keys.from_master(ring[0])
+    try:
+        envelope = Envelope.from_json(pending.read_bytes(), str(pending))
+    except KeyProblem:
+        envelope = None
+    if envelope is not None and envelope.vouched_by(current):
+        os.replace(pending, paths.envelope_file)  # committed: the new envelope takes its place
+    else:
+        pending.unlink()  # never committed: the old key stays, the rotation can be started again
+        if len(ring) == 1:
+            paths.retired_keys.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

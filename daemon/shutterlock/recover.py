@@ -20,7 +20,7 @@ from shutterlock.catalog import Catalog, CatalogError, install_catalog, snapshot
 from shutterlock.config import Config, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
-from shutterlock.replicate import SNAPSHOT_DUE, Snapshot, bucket_snapshots
+from shutterlock.replicate import RETIRED_NAME, SNAPSHOT_DUE, Snapshot, bucket_snapshots
 from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
 from shutterlock.vault.local import LocalStore, open_local_vault
@@ -52,11 +52,15 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         raise OperationFailed(f"cannot read the bucket: {error}") from None
     envelope = keystore.Envelope.from_json(envelope_bytes, f"{s3_url}/{ENVELOPE_KEY}")
     master = keystore.unwrap(envelope, passphrase())
-    keys = Keys.from_master(master)
+    retired_blob = store.get_bytes_if_any(RETIRED_NAME)  # a key rotation under way: the old keys, sealed
+    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
+    keys = Keys.from_master(master, retired)
 
     ensure_dir(paths.state_dir)
     atomic_write_bytes(paths.envelope_file, envelope_bytes)
-    keystore.write_key_file(paths.key_file, master)
+    if retired_blob is not None:
+        atomic_write_bytes(paths.retired_keys, retired_blob)
+    keystore.write_key_file(paths.key_file, master, retired)
     if not paths.config_file.exists():
         save(config)
 

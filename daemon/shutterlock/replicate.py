@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog, CatalogError, Job, JobQueue, snapshot_facts
-from shutterlock.config import Config
+from shutterlock.config import Config, Paths
 from shutterlock.engine import Periodic, StageError, WorkerState
 from shutterlock.errors import KeyProblem
 from shutterlock.fsutil import atomic_write_bytes
@@ -89,13 +89,27 @@ def bucket_snapshots(store: S3Store, keys: Keys, *, above: int = -1) -> tuple[li
     return found, refused
 
 
-def sync_envelopes(paths_envelope: Path, vault: LocalStore, store: S3Store | None, keys: Keys) -> str:
-    """Bring every copy of the key envelope (state, vault, bucket) to the newest one this key vouches for.
+RETIRED_NAME = "retired-keys.blob"
 
-    Returns a problem worth showing in status, or "". Never overwrites a newer copy it cannot vouch for.
-    """
+
+def sync_envelopes(paths: Paths, vault: LocalStore, store: S3Store | None, keys: Keys) -> str:
+    """Bring every copy of the key material (state, vault, bucket) up to date: first the retired keys of an
+    unfinished rotation (so the new passphrase reaches them before the new envelope replaces the old), then
+    the newest key envelope this key vouches for. Returns a problem worth showing in status, or "".
+    Never overwrites a newer envelope it cannot vouch for."""
+    retired = _read_or_none(paths.retired_keys) if keys.retired else None
+    local_retired = vault.root / RETIRED_NAME
+    if retired is not None:
+        if _read_or_none(local_retired) != retired:
+            atomic_write_bytes(local_retired, retired)
+        if store is not None and store.get_bytes_if_any(RETIRED_NAME) != retired:
+            store.put_bytes(RETIRED_NAME, retired)
+    elif not keys.retired:  # a finished rotation: the old keys go from every copy
+        local_retired.unlink(missing_ok=True)
+        if store is not None and store.exists_key(store.key(RETIRED_NAME)):
+            store.delete_name(RETIRED_NAME)
     copies: dict[str, bytes | None] = {
-        "the state directory": _read_or_none(paths_envelope),
+        "the state directory": _read_or_none(paths.envelope_file),
         "the vault": _read_or_none(vault.envelope_path),
     }
     if store is not None:
@@ -109,11 +123,45 @@ def sync_envelopes(paths_envelope: Path, vault: LocalStore, store: S3Store | Non
             assert store is not None
             store.put_bytes(ENVELOPE_KEY, result.winner)
         else:
-            atomic_write_bytes(paths_envelope if place == "the state directory" else vault.envelope_path,
+            atomic_write_bytes(paths.envelope_file if place == "the state directory" else vault.envelope_path,
                                result.winner)
         if copies[place] is not None:
             log.info("key envelope in %s replaced by the newer one", place)
     return result.problem
+
+
+def upload_snapshot(store: S3Store, catalog: Catalog, keys: Keys, kept: int) -> str:
+    """Upload the catalog as the next generation, unless the bucket holds a newer snapshot of another
+    catalog or (first upload) a richer legacy one: then nothing is uploaded and the reason returned."""
+    ours = catalog.identity()
+    generation = catalog.snapshot_generation()
+    newer, _ = bucket_snapshots(store, keys, above=generation)
+    for snapshot in newer:
+        if snapshot_facts(snapshot.blob.data).catalog_id != ours:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(snapshot.blob.created_at))
+            return (f"the bucket holds a newer catalog (generation {snapshot.blob.generation} of {when}) than "
+                    f"{catalog.path}; it is kept. Run `shutterlock catalog rebuild` to start from it")
+        generation = max(generation, snapshot.blob.generation)  # ours, uploaded just before a crash
+    if generation == 0:
+        legacy = store.get_bytes_if_any(CATALOG_KEY)
+        if legacy is not None:
+            try:
+                facts = snapshot_facts(open_dated_blob(keys.catalog, legacy, CATALOG_LABEL).data)
+            except FormatError:
+                facts = None
+            if facts is not None and facts.paths - set(catalog.all_paths()):
+                return (f"the bucket's catalog snapshot knows files {catalog.path} does not; it is kept. "
+                        "Run `shutterlock catalog rebuild` to start from it")
+    blob = seal_blob(keys.catalog, catalog.snapshot_bytes(), CATALOG_LABEL, generation=generation + 1)
+    store.put_bytes(snapshot_name(generation + 1), blob)
+    catalog.set_setting("snapshot_generation", str(generation + 1))
+    catalog.set_setting(SNAPSHOT_DUE, "")
+    log.info("catalog snapshot %d uploaded", generation + 1)
+    names = sorted((n for n in store.list_names(SNAPSHOTS) if (generation_of(n) or 0) <= generation + 1),
+                   key=lambda n: generation_of(n) or 0)
+    for name in names[:-kept]:  # keep the newest: a rollback then needs every one of them deleted
+        store.delete_name(name)
+    return ""
 
 
 def _read_or_none(path: Path) -> bytes | None:
@@ -209,7 +257,7 @@ class ReplicateStage:
     def sync_keys(self) -> None:
         """Every copy of the key envelope current (the bucket's too, also when it was lost or emptied)."""
         self._note_problem(ENVELOPE_PROBLEM, "key envelope",
-                           sync_envelopes(self.config.paths.envelope_file, self.vault, self.store, self.keys))
+                           sync_envelopes(self.config.paths, self.vault, self.store, self.keys))
         self._keys_synced = True
 
     def _note_problem(self, setting: str, subject: str, problem: str) -> None:
@@ -284,48 +332,19 @@ class ReplicateStage:
         except (StoreError, CatalogError) as error:
             if isinstance(error, StoreError):
                 self._went_wrong(error)
+            with self._lock:
+                self._dirty_since = self._dirty_since or time.monotonic()  # tried again later
             log.warning("catalog snapshot not uploaded: %s", error)
             return
         self._note_problem(SNAPSHOT_PROBLEM, "catalog snapshot not uploaded", problem)
 
     def _snapshot(self) -> str:
-        ours = self.catalog.identity()
-        generation = self.catalog.snapshot_generation()
-        newer, _ = bucket_snapshots(self.store, self.keys, above=generation)
-        for snapshot in newer:
-            if snapshot_facts(snapshot.blob.data).catalog_id != ours:
-                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(snapshot.blob.created_at))
-                return (f"the bucket holds a newer catalog (generation {snapshot.blob.generation} of {when}) than "
-                        f"{self.config.paths.catalog}; it is kept. Run `shutterlock catalog rebuild` to start "
-                        "from it")
-            generation = max(generation, snapshot.blob.generation)  # ours, uploaded just before a crash
-        if generation == 0:
-            legacy = self.store.get_bytes_if_any(CATALOG_KEY)
-            if legacy is not None:
-                try:
-                    facts = snapshot_facts(open_dated_blob(self.keys.catalog, legacy, CATALOG_LABEL).data)
-                except FormatError:
-                    facts = None
-                if facts is not None and facts.paths - set(self.catalog.all_paths()):
-                    return (f"the bucket's catalog snapshot knows files {self.config.paths.catalog} does not; it "
-                            "is kept. Run `shutterlock catalog rebuild` to start from it")
         with self._lock:
             self._dirty_since = None
-        blob = seal_blob(self.keys.catalog, self.catalog.snapshot_bytes(), CATALOG_LABEL, generation=generation + 1)
-        self.store.put_bytes(snapshot_name(generation + 1), blob)
-        self.catalog.set_setting("snapshot_generation", str(generation + 1))
-        self.catalog.set_setting(SNAPSHOT_DUE, "")
-        self.last_snapshot = time.time()
-        log.info("catalog snapshot %d uploaded", generation + 1)
-        self._prune_snapshots(generation + 1)
-        return ""
-
-    def _prune_snapshots(self, newest: int) -> None:
-        """Keep the newest ``snapshots_kept`` generations: a rollback then needs every one of them deleted."""
-        names = sorted((n for n in self.store.list_names(SNAPSHOTS) if (generation_of(n) or 0) <= newest),
-                       key=lambda n: generation_of(n) or 0)
-        for name in names[:-self.s3.snapshots_kept]:
-            self.store.delete_name(name)
+        problem = upload_snapshot(self.store, self.catalog, self.keys, self.s3.snapshots_kept)
+        if not problem:
+            self.last_snapshot = time.time()
+        return problem
 
     def snapshot_if_dirty(self) -> None:
         with self._lock:

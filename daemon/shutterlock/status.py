@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from rich.filesize import decimal as human_bytes
 
 __all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "LaneStatus",
-           "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status", "VaultStatus",
-           "human_bytes"]
+           "ProcessFacts", "ReplicaStatus", "RotationStatus", "ScrubReport", "SourceStatus", "State", "Status",
+           "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -119,6 +119,14 @@ class CloakStatus:
 
 
 @dataclass(frozen=True)
+class RotationStatus:
+    """A key rotation under way: objects looked at (re-encrypted or already under the new key) of all."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class VaultStatus:
     path: str
     error: str = ""
@@ -176,6 +184,7 @@ class Status:
     uptime: float | None = None
     healthy: bool = True
     process: ProcessFacts | None = None
+    rotation: RotationStatus | None = None
     state: State = field(init=False)
     summary: str = field(init=False)
 
@@ -251,7 +260,8 @@ def summarise(status: Status, state: State) -> str:
     return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
 
 
-_LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:"}
+_LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:",
+               "rotate": "re-encrypting under the new key"}
 
 
 def _lane_phrase(lane: LaneStatus) -> str:

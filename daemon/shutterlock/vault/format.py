@@ -104,12 +104,14 @@ class Keys:
     catalog: bytes
     envelope_mac: bytes  # vouches for this key's envelopes (docs/FORMAT.md section 2)
     key_id: str  # names the master key without saying anything about it
+    retired: tuple[Keys, ...] = ()  # older master keys whose objects a key rotation has not replaced yet
 
     @classmethod
-    def from_master(cls, master: bytes) -> Keys:
+    def from_master(cls, master: bytes, retired: tuple[bytes, ...] = ()) -> Keys:
         return cls(content_id=derive_key(master, LABEL_CONTENT_ID), object=derive_key(master, LABEL_OBJECT),
                    catalog=derive_key(master, LABEL_CATALOG), envelope_mac=derive_key(master, LABEL_ENVELOPE_MAC),
-                   key_id=derive_key(master, LABEL_KEY_ID)[:16].hex())
+                   key_id=derive_key(master, LABEL_KEY_ID)[:16].hex(),
+                   retired=tuple(cls.from_master(old) for old in retired))
 
     def hasher(self) -> nacl.hashlib.blake2b:
         return nacl.hashlib.blake2b(digest_size=32, key=self.content_id)
@@ -253,15 +255,23 @@ class ObjectReader:
     """Streams an object's plaintext, refusing anything that does not authenticate."""
 
     def __init__(self, keys: Keys, handle: BinaryIO, expected_id: str | None = None):
-        self._keys, self._handle, self._expected = keys, handle, expected_id
+        self._handle, self._expected = handle, expected_id
         head = parse_head(_read_full(handle, HEAD_SIZE))
         self.chunk_size, self.version = head.chunk_size, head.version
-        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
-        sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, head.stream_header, keys.object)
         meta_ct = _read_full(handle, head.meta_len)
         if len(meta_ct) != head.meta_len:
             raise FormatError("truncated inside the metadata")
-        padded, tag = self._pull(meta_ct, head.prelude)
+        for candidate in (keys, *keys.retired):  # during a key rotation, objects under the old key too
+            self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+            sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, head.stream_header, candidate.object)
+            try:
+                padded, tag = self._pull(meta_ct, head.prelude)
+            except FormatError:
+                continue
+            self.keys = candidate  # the key this object is sealed under
+            break
+        else:
+            raise FormatError("authentication failed (altered, reordered or foreign data)")
         if tag != TAG_MESSAGE or len(padded) < 4:
             raise FormatError("metadata block is malformed")
         (json_len,) = struct.unpack(">I", padded[:4])
@@ -277,7 +287,7 @@ class ObjectReader:
 
     def chunks(self) -> Iterator[bytes]:
         """Yield plaintext chunks; raises FormatError on damage, truncation or a wrong content id."""
-        hasher = self._keys.hasher()
+        hasher = self.keys.hasher()
         size = 0
         while True:
             # Version 2: the data's last chunk is followed by padding, so its length comes from the metadata.
