@@ -23,14 +23,24 @@ def kek(passphrase: str, envelope: dict) -> bytes:
 
 
 def open_envelope(data: bytes, passphrase: str) -> bytes:
+    """Section 2.1: the master key (raises nacl's CryptoError for a wrong passphrase)."""
     envelope = json.loads(data)
     ad = b"shutterlock/v1/key-envelope"
     if envelope["version"] == 2:
         ad = b"shutterlock/v2/key-envelope" + struct.pack(">QQ", envelope["generation"], envelope["created_at"])
     else:
         assert envelope["version"] == 1
-    return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+    master = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
         base64.b64decode(envelope["wrapped_key"]), ad, base64.b64decode(envelope["nonce"]), kek(passphrase, envelope))
+    if envelope["version"] == 2:  # section 2.2: the MAC and the key id agree with the key inside
+        mac_key = subkey(master, b"shutterlock/v2/envelope-mac")
+        message = ad + base64.b64decode(envelope["salt"]) + base64.b64decode(envelope["nonce"]) + \
+            base64.b64decode(envelope["wrapped_key"]) + bytes.fromhex(envelope["key_id"]) + \
+            struct.pack(">QQ", envelope["opslimit"], envelope["memlimit"])
+        assert base64.b64decode(envelope["mac"]) == sodium.crypto_generichash_blake2b_salt_personal(
+            message, digest_size=32, key=mac_key)
+        assert envelope["key_id"] == subkey(master, b"shutterlock/v1/key-id")[:16].hex()
+    return master
 
 
 def subkey(master: bytes, label: bytes) -> bytes:
