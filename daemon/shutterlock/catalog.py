@@ -24,16 +24,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import ensure_dir, fsync_dir, fsync_file, temp_path_in
 from shutterlock.names import display, from_bytes, is_text, to_bytes
 from shutterlock.status import Event, FailedFile, FileCounts
 from shutterlock.vault.format import ObjectMeta
-
-if TYPE_CHECKING:
-    from shutterlock.engine import StageError
 
 
 class FileState(enum.StrEnum):
@@ -139,7 +136,15 @@ MIGRATIONS: list[str] = [
         message TEXT NOT NULL
     );
     """,
-    # Objects a reconcile found missing from a store (a lost or emptied bucket), until they are back.
+    # 2: which settings made each derivative, so `ls` can say which are stale after a settings change.
+    """
+    ALTER TABLE derivatives ADD COLUMN settings TEXT NOT NULL DEFAULT ''
+    """,
+    # 3: the original's star rating as the worker read it (None: unrated), for the site's rating threshold.
+    """
+    ALTER TABLE derivatives ADD COLUMN rating INTEGER
+    """,
+    # 4: objects a reconcile found missing from a store (a lost or emptied bucket), until they are back.
     """
     CREATE TABLE missing_replicas (
         content_id TEXT NOT NULL,
@@ -148,7 +153,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (content_id, store)
     );
     """,
-    # Objects a key rotation has replaced by re-encrypted copies; deleted from every store, then forgotten.
+    # 5: objects a key rotation has replaced by re-encrypted copies; deleted from every store, then forgotten.
     """
     CREATE TABLE retired_objects (content_id TEXT PRIMARY KEY, retired_at REAL NOT NULL);
     """,
@@ -603,6 +608,18 @@ class Catalog:
         with self.transaction() as db:
             db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (FileState.DISCOVERED,))
 
+    def retry_everything(self) -> tuple[int, int]:
+        """``shutterlock retry``: originals that failed are queued afresh, jobs that failed for good or wait
+        out a back-off are due now (the cause may be fixed: a permission, a bucket, the cloak's weights)."""
+        with self.transaction() as db:
+            files = db.execute("UPDATE files SET state = ?, attempts = 0, not_before = 0 WHERE state = ? OR "
+                               "(state = ? AND not_before > 0)",
+                               (FileState.DISCOVERED, FileState.FAILED, FileState.DISCOVERED)).rowcount
+            jobs = db.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, permanent = 0 "
+                              "WHERE permanent = 1 OR (state = ? AND not_before > 0)",
+                              (JobState.PENDING, JobState.PENDING)).rowcount
+        return files, jobs
+
     def expedite(self, kind: str) -> None:
         """Make every waiting job of a kind due now (the bucket is back)."""
         with self.transaction() as db:
@@ -625,15 +642,35 @@ class Catalog:
     # ------------------------------------------------------------------ derivatives
 
     def record_derivative(self, file_id: int, content_id: str, *, status: str, output: str | None, reason: str,
-                          cloaked: bool, strength: str, watermark: str) -> None:
+                          cloaked: bool, strength: str, watermark: str, settings: str = "",
+                          rating: int | None = None) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO derivatives (file_id, content_id, status, output, reason, cloaked, strength, "
-                       "watermark, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file_id) DO UPDATE SET "
+                       "watermark, settings, rating, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (file_id) DO UPDATE SET "
                        "content_id = excluded.content_id, status = excluded.status, output = excluded.output, "
                        "reason = excluded.reason, cloaked = excluded.cloaked, strength = excluded.strength, "
-                       "watermark = excluded.watermark, made_at = excluded.made_at",
+                       "watermark = excluded.watermark, settings = excluded.settings, rating = excluded.rating, "
+                       "made_at = excluded.made_at",
                        (file_id, content_id, status, None if output is None else stored_name(output), display(reason),
-                        int(cloaked), strength, watermark, time.time()))
+                        int(cloaked), strength, watermark, settings, rating, time.time()))
+
+    def file_ids(self, pairs: list[tuple[str, str]]) -> list[int]:
+        """The ids of these (source, relpath) originals."""
+        ids = []
+        for source, relpath in pairs:
+            rows = self._query("SELECT id FROM files WHERE source = ? AND relpath = ?", (source, stored_name(relpath)))
+            ids += [row["id"] for row in rows]
+        return ids
+
+    def files_named(self, source: str, folder: str, stem: str) -> list[FileRow]:
+        """Files in one folder of a source named ``stem`` or ``stem.EXT`` (the images an XMP sidecar speaks for)."""
+        prefix = f"{folder}/" if folder else ""
+        if not is_text(prefix + stem):
+            return []  # a sidecar whose name is not UTF-8 matches by exact bytes only, through file_ids
+        rows = self._query("SELECT * FROM files WHERE source = ? AND (relpath = ? OR relpath LIKE ? ESCAPE '\\')",
+                           (source, prefix + stem, _like_escape(prefix + stem) + ".%"))
+        return [_file_row(row) for row in rows if "/" not in loaded_name(row["relpath"])[len(prefix):]]
 
     def derivative_of(self, file_id: int) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
@@ -799,75 +836,11 @@ def _version(row: sqlite3.Row) -> Version:
     return Version(**{**dict(row), "relpath": loaded_name(row["relpath"])})
 
 
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _file_row(row: sqlite3.Row) -> FileRow:
     return FileRow(id=row["id"], source=row["source"], relpath=loaded_name(row["relpath"]), size=row["size"],
                    mtime_ns=row["mtime_ns"], state=row["state"], content_id=row["content_id"],
                    attempts=row["attempts"], error=row["error"], sealed_at=row["sealed_at"])
-
-
-# --------------------------------------------------------------------------- the engine's two queue flavours
-
-
-class FileQueue:
-    """The seal queue: originals in the ``files`` table.
-
-    The seal stage records each outcome itself (sealed together with its follow-up jobs, requeued after a
-    change, forgotten when the file vanished) in one transaction, so ``done`` has nothing left to do.
-    """
-
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
-
-    def claim(self) -> FileRow | None:
-        claimed = self.catalog.claim_files(1)
-        return claimed[0] if claimed else None
-
-    def next_due(self) -> float | None:
-        return self.catalog.next_file_due()
-
-    def done(self, item: FileRow) -> None:
-        pass
-
-    def retry(self, item: FileRow, error: StageError, limit: int) -> bool:
-        return self.catalog.retry_file(item, str(error), limit, count=error.count, delay=error.delay)
-
-    def fail(self, item: FileRow, reason: str) -> None:
-        self.catalog.fail_file(item, reason)
-
-    def backlog(self) -> tuple[int, int]:
-        return self.catalog.seal_backlog()
-
-    def expedite(self) -> None:
-        self.catalog.expedite_files()
-
-
-class JobQueue:
-    """A later stage's queue: the ``jobs`` rows of one kind."""
-
-    def __init__(self, catalog: Catalog, kind: str):
-        self.catalog, self.kind = catalog, kind
-
-    def claim(self) -> Job | None:
-        return self.catalog.claim_job(self.kind)
-
-    def next_due(self) -> float | None:
-        return self.catalog.next_job_due(self.kind)
-
-    def done(self, item: Job) -> None:
-        self.catalog.finish_job(item)
-
-    def retry(self, item: Job, error: StageError, limit: int) -> bool:
-        if error.count and item.attempts + 1 >= limit:
-            return False
-        self.catalog.retry_job(item, str(error), delay=error.delay, count=error.count)
-        return True
-
-    def fail(self, item: Job, reason: str) -> None:
-        self.catalog.fail_job(item, reason)
-
-    def backlog(self) -> tuple[int, int]:
-        """What the lane has to do now (not what waits out a delay)."""
-        return self.catalog.job_backlog(self.kind, due_only=True)
-
-    def expedite(self) -> None:
-        self.catalog.expedite(self.kind)

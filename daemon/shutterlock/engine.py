@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from shutterlock.catalog import Catalog
+from shutterlock.catalog import Catalog, FileRow, Job
 from shutterlock.config import SourceConfig
 from shutterlock.errors import ShutterlockError
 from shutterlock.status import LaneStatus
@@ -307,3 +307,71 @@ class Engine:
                                   done=progress.done if waiting or current else 0, rate=rate,
                                   eta_seconds=waiting / rate if rate and waiting else None, current=current))
         return out
+
+
+# --------------------------------------------------------------------------- the two queue flavours over the catalog
+
+
+class FileQueue:
+    """The seal queue: originals in the ``files`` table.
+
+    The seal stage records each outcome itself (sealed together with its follow-up jobs, requeued after a
+    change, forgotten when the file vanished) in one transaction, so ``done`` has nothing left to do.
+    """
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    def claim(self) -> FileRow | None:
+        claimed = self.catalog.claim_files(1)
+        return claimed[0] if claimed else None
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_file_due()
+
+    def done(self, item: FileRow) -> None:
+        pass
+
+    def retry(self, item: FileRow, error: StageError, limit: int) -> bool:
+        return self.catalog.retry_file(item, str(error), limit, count=error.count, delay=error.delay)
+
+    def fail(self, item: FileRow, reason: str) -> None:
+        self.catalog.fail_file(item, reason)
+
+    def backlog(self) -> tuple[int, int]:
+        return self.catalog.seal_backlog()
+
+    def expedite(self) -> None:
+        self.catalog.expedite_files()
+
+
+class JobQueue:
+    """A later stage's queue: the ``jobs`` rows of one kind."""
+
+    def __init__(self, catalog: Catalog, kind: str):
+        self.catalog, self.kind = catalog, kind
+
+    def claim(self) -> Job | None:
+        return self.catalog.claim_job(self.kind)
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_job_due(self.kind)
+
+    def done(self, item: Job) -> None:
+        self.catalog.finish_job(item)
+
+    def retry(self, item: Job, error: StageError, limit: int) -> bool:
+        if error.count and item.attempts + 1 >= limit:
+            return False
+        self.catalog.retry_job(item, str(error), delay=error.delay, count=error.count)
+        return True
+
+    def fail(self, item: Job, reason: str) -> None:
+        self.catalog.fail_job(item, reason)
+
+    def backlog(self) -> tuple[int, int]:
+        """What the lane has to do now (not what waits out a delay)."""
+        return self.catalog.job_backlog(self.kind, due_only=True)
+
+    def expedite(self) -> None:
+        self.catalog.expedite(self.kind)

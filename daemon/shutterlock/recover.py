@@ -17,15 +17,16 @@ from pathlib import Path
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog, CatalogError, install_catalog, snapshot_facts
-from shutterlock.config import Config, save, with_overrides
+from shutterlock.config import Choices, Config, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.provenance import IdentityError, identity
 from shutterlock.replicate import RETIRED_NAME, SNAPSHOT_DUE, Snapshot, bucket_snapshots
 from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
 from shutterlock.vault.local import LocalStore, open_local_vault
 from shutterlock.vault.s3 import ENVELOPE_KEY, S3Store
-from shutterlock.vault.store import StoreError
+from shutterlock.vault.store import ObjectMissing, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ RECOVERING = "recovering_from"  # catalog setting present while a recovery is un
 
 def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Callable[[], bytes], dest: Path,
             progress: Callable[[int], None] | None = None) -> Report:
-    config = with_overrides(config, s3_url=s3_url, s3_endpoint=s3_endpoint)
+    config = with_overrides(config, Choices(s3_url=s3_url, s3_endpoint=s3_endpoint))
     assert config.s3 is not None
     paths = config.paths
     resuming = False
@@ -65,6 +66,16 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         save(config)
 
     report = Report()
+    try:
+        identity.restore(paths.state_dir, keys.catalog, store.get_bytes(identity.SEALED_NAME),
+                         f"{s3_url}/{identity.SEALED_NAME}")
+        log.info("signing identity restored")
+    except ObjectMissing:
+        log.info("the bucket holds no signing identity; a new one is made when the first derivative is signed")
+    except IdentityError as error:  # the originals matter more; a new identity can sign from now on
+        log.warning("the signing identity in the bucket is unusable (%s); a new one will be made", error)
+    except StoreError as error:
+        raise OperationFailed(f"cannot read the bucket: {error}") from None
     try:
         snapshots, refused = bucket_snapshots(store, keys)
         in_bucket = set(store.list())

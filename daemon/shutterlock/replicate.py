@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shutterlock import keystore
-from shutterlock.catalog import Catalog, CatalogError, Job, JobQueue, snapshot_facts
+from shutterlock.catalog import Catalog, CatalogError, Job, snapshot_facts
 from shutterlock.config import Config, Paths
-from shutterlock.engine import Periodic, StageError, WorkerState
+from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
 from shutterlock.errors import KeyProblem
 from shutterlock.fsutil import atomic_write_bytes
+from shutterlock.provenance.identity import SEALED_NAME as SEALED_IDENTITY
 from shutterlock.restore import verify
 from shutterlock.status import ReplicaStatus, ScrubReport
 from shutterlock.vault.format import Blob, FormatError, Keys, open_dated_blob, seal_blob
@@ -54,6 +55,18 @@ def open_replica(config: Config) -> S3Store:
 
 def snapshot_name(generation: int) -> str:
     return f"{SNAPSHOTS}{generation:020d}"
+
+
+def publish_signing_identity(store: S3Store, vault_root: Path) -> bool:
+    """Copy the sealed signing identity from the vault to the bucket, unless it is there already; False while
+    there is none yet. A recovered machine then signs as this one did."""
+    sealed = vault_root / SEALED_IDENTITY
+    if not sealed.exists():
+        return False
+    data = sealed.read_bytes()
+    if store.get_bytes_if_any(SEALED_IDENTITY) != data:
+        store.put_bytes(SEALED_IDENTITY, data)
+    return True
 
 
 def generation_of(name: str) -> int | None:
@@ -195,6 +208,7 @@ class ReplicateStage:
         self._probe_wait = OFFLINE_RETRY[0]
         self._dirty_since: float | None = None
         self._keys_synced = False
+        self._identity_published = False  # the derive lane may create it after this lane started
         self.last_snapshot: float | None = None
         self.scrub: ScrubReport | None = None
         self._use(config, open_replica(config))
@@ -204,7 +218,7 @@ class ReplicateStage:
         self.config, self.s3, self.store = config, config.s3, store
         self.attempts = config.s3.max_attempts
         self.stall_limit = config.engine.stall_seconds
-        self._keys_synced = False
+        self._keys_synced = self._identity_published = False
         queued = self.catalog.enqueue_missing_replicas(self.name, store.name)
         if queued:
             log.info("%d object(s) queued for the replica", queued)
@@ -268,8 +282,10 @@ class ReplicateStage:
         self.catalog.set_setting(setting, problem)
 
     def reconcile(self) -> None:
-        """Compare the catalog with a listing of the bucket: re-upload what it lost, keys and snapshot included."""
+        """Compare the catalog with a listing of the bucket: re-upload what it lost, keys, signing identity and
+        snapshot included."""
         self.sync_keys()
+        self._identity_published = publish_signing_identity(self.store, self.vault.root)
         lost = self.catalog.reconcile_replicas(self.store.name, set(self.store.list()), self.name)
         if lost:
             message = f"the bucket lost {lost} object(s); re-uploading"
@@ -344,6 +360,11 @@ class ReplicateStage:
         problem = upload_snapshot(self.store, self.catalog, self.keys, self.s3.snapshots_kept)
         if not problem:
             self.last_snapshot = time.time()
+            if not self._identity_published:
+                try:
+                    self._identity_published = publish_signing_identity(self.store, self.vault.root)
+                except StoreError as error:
+                    log.warning("signing identity not uploaded: %s", error)
         return problem
 
     def snapshot_if_dirty(self) -> None:

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from shutterlock import keystore
-from shutterlock.catalog import Catalog, Job, JobQueue
+from shutterlock.catalog import Catalog, Job
 from shutterlock.config import Config
-from shutterlock.engine import Periodic, StageError, WorkerState
+from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
 from shutterlock.errors import KeyProblem, OperationFailed
 from shutterlock.fsutil import atomic_write_bytes
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, seal_stream

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shutterlock.catalog import Catalog, FileQueue, FileRow
+from shutterlock.catalog import Catalog, FileRow
 from shutterlock.config import Config
-from shutterlock.engine import Periodic, Stage, StageError, WorkerState
+from shutterlock.engine import FileQueue, Periodic, Stage, StageError, WorkerState
 from shutterlock.errors import ShutterlockError
 from shutterlock.vault.format import DEFAULT_CHUNK, Keys, ObjectMeta, seal_stream
 from shutterlock.vault.local import LocalStore, describe_os_error

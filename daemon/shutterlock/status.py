@@ -68,6 +68,11 @@ class LaneStatus:
     def total(self) -> int:
         return self.done + self.waiting
 
+    @property
+    def position(self) -> int:
+        """The item being worked on, counted from 1 (the "40" of "40 of 214"); ``done`` between items."""
+        return self.done + 1 if self.current else self.done
+
 
 @dataclass(frozen=True)
 class SourceStatus:
@@ -176,6 +181,7 @@ class Status:
     failed_files: list[FailedFile]
     outbox: str
     config_file: str
+    warnings: list[str] = field(default_factory=list)  # settings that work but surprise (an empty watermark)
     lanes: list[LaneStatus] = field(default_factory=list)
     pending: int = 0  # candidates still settling in the stability gate
     restart_needed: list[str] = field(default_factory=list)
@@ -221,7 +227,8 @@ def headline_state(status: Status) -> State:
     if status.backlog.items or status.pending or status.replica.lost or \
             any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
-    if status.cloak.error or status.replica.problem or any(source.warning for source in status.sources):
+    if status.cloak.error or status.replica.problem or status.warnings or \
+            any(source.warning for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -255,7 +262,7 @@ def summarise(status: Status, state: State) -> str:
             return f"all {sealed:,} originals sealed; {status.cloak.error}"
         if status.replica.problem:
             return f"all {sealed:,} originals sealed; {status.replica.problem}"
-        warning = next(source.warning for source in status.sources if source.warning)
+        warning = next(iter(status.warnings), "") or next(s.warning for s in status.sources if s.warning)
         return f"all {sealed:,} originals sealed; {warning}"
     return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
 
@@ -266,7 +273,7 @@ _LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making de
 
 def _lane_phrase(lane: LaneStatus) -> str:
     verb = _LANE_VERBS.get(lane.name, lane.name)
-    phrase = f"{verb} {lane.done + 1 if lane.current else lane.done} of {lane.total}"
+    phrase = f"{verb} {lane.position} of {lane.total}"
     if lane.waiting_bytes and lane.name != "derive":
         phrase += f" ({human_bytes(lane.waiting_bytes)} left)"
     if lane.eta_seconds is not None and lane.waiting > 1:

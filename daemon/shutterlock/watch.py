@@ -9,6 +9,7 @@ per gate tick. Walks (start-up scan, periodic rescans, polling) feed the same ga
 from __future__ import annotations
 
 import errno
+import fnmatch
 import logging
 import os
 import stat
@@ -34,16 +35,19 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs",
 POLL_SECONDS = 5.0
 
 
-def is_ignored(relpath: str) -> bool:
-    """Temporary and hidden names are not originals (yet): they are picked up once renamed."""
+def is_ignored(relpath: str, patterns: Iterable[str] = ()) -> bool:
+    """Temporary and hidden names are not originals (yet): they are picked up once renamed. ``patterns``:
+    a source's ``ignore`` list (file names such as Thumbs.db, matched in any case)."""
     parts = relpath.replace("\\", "/").split("/")
     if any(part.startswith((".", "~")) for part in parts):
         return True
-    return parts[-1].lower().endswith(TEMP_SUFFIXES)
+    name = parts[-1].lower()
+    return name.endswith(TEMP_SUFFIXES) or any(fnmatch.fnmatch(name, pattern.lower()) for pattern in patterns)
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+def walk(root: Path, ignore: Iterable[str] = ()) -> Iterator[tuple[str, os.stat_result]]:
     """Every regular, non-ignored file under ``root`` (symlinks are not followed)."""
+    ignore = tuple(ignore)
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -54,7 +58,7 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
             continue
         for entry in entries:
             relpath = Path(entry.path).relative_to(root).as_posix()
-            if is_ignored(relpath):
+            if is_ignored(relpath, ignore):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
@@ -79,7 +83,7 @@ def scan(sources: Iterable[SourceConfig], catalog: Catalog, found: Found) -> int
             log.warning("source %s is not available: %s", source.name, source.path)
             continue
         known = catalog.known_stat(source.name)
-        for relpath, info in walk(source.path):
+        for relpath, info in walk(source.path, source.ignore):
             previous = known.get(relpath)
             if previous is not None and previous[:2] == (info.st_size, info.st_mtime_ns) \
                     and previous[2] in (FileState.SEALED, FileState.SEALING):
@@ -202,7 +206,7 @@ class _Handler(FileSystemEventHandler):
         if not path.startswith(self._root):
             return
         relpath = Path(path).relative_to(self._source.path).as_posix()
-        if relpath == "." or is_ignored(relpath):
+        if relpath == "." or is_ignored(relpath, self._source.ignore):
             return
         if is_directory:
             self._on_folder(self._source, Path(path))
