@@ -71,10 +71,11 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def adopt(self, staged: Path, object_id: str) -> bool:
-        """Move a complete, synced staged file into place; False if the object already existed."""
+    def adopt(self, staged: Path, object_id: str, *, replace: bool = False) -> bool:
+        """Move a complete, synced staged file into place; False if the object already existed (``replace``:
+        a damaged copy is replaced)."""
         target = self.path_of(object_id)
-        if target.exists():
+        if target.exists() and not replace:
             return False
         try:
             with open(staged, "rb+") as handle:
@@ -89,13 +90,13 @@ class LocalStore:
             raise StoreError(describe_os_error(error, "store object in", target.parent)) from None
         return True
 
-    def put_file(self, object_id: str, sealed: Path) -> bool:
-        if self.exists(object_id):
+    def put_file(self, object_id: str, sealed: Path, *, replace: bool = False) -> bool:
+        if self.exists(object_id) and not replace:
             return False
         with self.staging() as (tmp, handle), open(sealed, "rb") as source:
             while chunk := source.read(1 << 20):
                 handle.write(chunk)
-            return self.adopt(tmp, object_id)
+            return self.adopt(tmp, object_id, replace=replace)
 
     def open(self, object_id: str) -> BinaryIO:
         try:

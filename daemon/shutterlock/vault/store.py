@@ -39,8 +39,9 @@ class Store(Protocol):
 
     name: str
 
-    def put_file(self, object_id: str, sealed: Path) -> bool:
-        """Store the sealed file under ``object_id``; False if it was already there (idempotent)."""
+    def put_file(self, object_id: str, sealed: Path, *, replace: bool = False) -> bool:
+        """Store the sealed file under ``object_id``; False if it was already there (idempotent). ``replace``
+        overwrites a copy known to be damaged."""
         ...
 
     def open(self, object_id: str) -> BinaryIO:
