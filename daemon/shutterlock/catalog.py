@@ -776,6 +776,11 @@ class Catalog:
                            (FileState.DISCOVERED, FileState.SEALING))
         return rows[0]["n"], rows[0]["bytes"]
 
+    def sealing_fingerprint(self) -> str:
+        """Changes whenever an original is sealed or a version added (cheap: two aggregates)."""
+        row = self._query("SELECT COUNT(*) AS n, MAX(sealed_at) AS last FROM versions")[0]
+        return f"{row['n']}:{row['last']}"
+
     def object_count(self) -> int:
         return self._query("SELECT COUNT(*) AS n FROM objects")[0]["n"]
 

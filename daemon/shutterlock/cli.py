@@ -438,18 +438,20 @@ def verify(ctx: click.Context, remote: bool, sample: float | None) -> None:
 
 
 @main.command()
-@click.option("--s3-url", required=True, help="s3://BUCKET/PREFIX of the replica.")
+@click.option("--s3-url", help="s3://BUCKET/PREFIX of the replica.")
 @click.option("--s3-endpoint", help="Endpoint URL of an S3-compatible service.")
+@click.option("--vault", "vault_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A vault folder (e.g. on an external drive), instead of a bucket; it is used in place.")
 @click.option("--passphrase-file", type=click.Path(path_type=Path))
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
 @click.pass_context
-def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase_file: Path | None,
-            dest: Path) -> None:
-    """Disaster recovery: rebuild local state from the bucket and restore every original."""
+def recover(ctx: click.Context, s3_url: str | None, s3_endpoint: str | None, vault_dir: Path | None,
+            passphrase_file: Path | None, dest: Path) -> None:
+    """Disaster recovery: rebuild local state from the bucket (or the vault) and restore every original."""
     config = load_config(ctx)
     with progress_bar("recovering", unit_bytes=True) as (advance, _):
-        report = facade.recover(config, s3_url, s3_endpoint, passphrase_source(passphrase_file, confirm=False), dest,
-                              progress=advance)
+        report = facade.recover(config, passphrase_source(passphrase_file, confirm=False), dest, s3_url=s3_url,
+                                s3_endpoint=s3_endpoint, vault=vault_dir, progress=advance)
     finish_restore(report, dest, "recovered")
 
 

@@ -22,7 +22,7 @@ from shutterlock.catalog import Catalog, CatalogError, Version
 from shutterlock.config import Choices, Config, parse, save, to_toml_dict, warnings, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
-from shutterlock.errors import ConfigError, ControlError, DaemonNotRunning, KeyProblem, OperationFailed
+from shutterlock.errors import ConfigError, ControlError, DaemonNotRunning, KeyProblem, OperationFailed, UsageError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.names import b64, display, is_text
 from shutterlock.restore import Report, matches, matches_path, plan, repair, restore, verify
@@ -265,9 +265,23 @@ def run_once(config: Config) -> tuple[int, Status]:
             engine.run_until_idle()
         finally:
             engine.close()
+        snapshot_vault(catalog, keys, vault)
         status = read_status(config, catalog)
         unfinished = status.backlog.items + catalog.jobs_retrying()
         return engine.failures + unfinished, status
+
+
+def snapshot_vault(catalog: Catalog, keys: Keys, vault: LocalStore) -> None:
+    """A sealed catalog snapshot in the vault too (the vault and the passphrase alone recover everything);
+    a problem is logged, never fatal: the originals are sealed either way."""
+    from shutterlock.replicate import snapshot_into_vault
+
+    try:
+        problem = snapshot_into_vault(vault, catalog, keys)
+    except (StoreError, CatalogError) as error:
+        problem = str(error)
+    if problem:
+        log.warning("no catalog snapshot in the vault: %s", problem)
 
 
 # --------------------------------------------------------------------------- status
@@ -546,11 +560,19 @@ def restore_originals(config: Config, patterns: list[str], dest: Path, where: st
     return restore(planned, store, keys, dest, overwrite=overwrite, mode=mode, report=report, progress=progress)
 
 
-def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Callable[[], bytes], dest: Path,
+def recover(config: Config, passphrase: Callable[[], bytes], dest: Path, *, s3_url: str | None = None,
+            s3_endpoint: str | None = None, vault: Path | None = None,
             progress: Callable[[int], None] | None = None) -> Report:
-    """Disaster recovery on a new machine: the bucket and the passphrase bring everything back."""
+    """Disaster recovery on a new machine: the bucket, or the vault, and the passphrase bring everything back."""
     from shutterlock.recover import recover as recover_from_bucket
+    from shutterlock.recover import recover_from_vault
 
+    if (s3_url is None) == (vault is None):
+        raise UsageError("recover needs where from: --s3-url s3://BUCKET/PREFIX (the bucket) or --vault DIR "
+                         "(the vault, e.g. on an external drive)")
+    if vault is not None:
+        return recover_from_vault(config, vault.expanduser().resolve(), passphrase, dest, progress=progress)
+    assert s3_url is not None
     return recover_from_bucket(config, s3_url, s3_endpoint, passphrase, dest, progress=progress)
 
 

@@ -1,4 +1,4 @@
-"""Disaster recovery: a new machine, the passphrase and the bucket bring every original back.
+"""Disaster recovery: a new machine, the passphrase and the bucket (or the vault) bring every original back.
 
 The key envelope and the newest authentic catalog snapshot (the highest generation, whatever
 ``catalog/latest`` says) come from the bucket. Objects sealed after that snapshot are found by
@@ -10,6 +10,7 @@ short is never kept; an interrupted recovery is simply run again and continues w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from shutterlock.provenance import IdentityError, identity
 from shutterlock.replicate import RETIRED_NAME, SNAPSHOT_DUE, Snapshot, bucket_snapshots
 from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
-from shutterlock.vault.local import LocalStore, open_local_vault
+from shutterlock.vault.local import VAULT_MARKER, LocalStore, open_local_vault
 from shutterlock.vault.s3 import ENVELOPE_KEY, S3Store
 from shutterlock.vault.store import ObjectMissing, StoreError
 
@@ -154,3 +155,77 @@ def _fetch(store: S3Store, vault: LocalStore, keys: Keys, catalog: Catalog, cont
             meta = ObjectReader(keys, handle, content_id).meta
         catalog.adopt_recovered(content_id, meta, staged_size=vault.size(content_id))
         known.add(content_id)
+
+
+def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[], bytes], dest: Path,
+                       progress: Callable[[int], None] | None = None) -> Report:
+    """A new machine with the vault (an external drive) and the passphrase, no bucket: the vault becomes this
+    machine's vault where it is (nothing is copied), the newest catalog snapshot in it becomes the catalog,
+    objects sealed after that snapshot are added from their own metadata, and every original is restored."""
+    vault = LocalStore(vault_dir)
+    if not (vault_dir / VAULT_MARKER).is_file():
+        raise OperationFailed(f"{vault_dir} is not a Shutterlock vault (no {VAULT_MARKER})")
+    config = with_overrides(config, Choices(vault=vault_dir))
+    paths = config.paths
+    if paths.catalog.exists():
+        with Catalog(paths.catalog) as existing:
+            if existing.latest_versions():
+                raise OperationFailed(f"{paths.catalog} already holds a catalog: recover is for an empty machine "
+                                      "(to restore from this vault, use `restore`)")
+    try:
+        envelope_bytes = vault.envelope_path.read_bytes()
+    except OSError as error:
+        raise OperationFailed(f"{vault.envelope_path}: cannot read the key envelope: {error.strerror}") from None
+    master = keystore.unwrap(keystore.Envelope.from_json(envelope_bytes, str(vault.envelope_path)), passphrase())
+    retired_blob = vault.get_bytes_if_any(RETIRED_NAME)
+    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
+    keys = Keys.from_master(master, retired)
+
+    ensure_dir(paths.state_dir)
+    atomic_write_bytes(paths.envelope_file, envelope_bytes)
+    if retired_blob is not None:
+        atomic_write_bytes(paths.retired_keys, retired_blob)
+    keystore.write_key_file(paths.key_file, master, retired)
+    save(config)
+
+    report = Report()
+    sealed_identity = vault.get_bytes_if_any(identity.SEALED_NAME)
+    if sealed_identity is not None:
+        try:
+            identity.restore(paths.state_dir, keys.catalog, sealed_identity, str(vault_dir / identity.SEALED_NAME))
+        except IdentityError as error:
+            log.warning("the signing identity in the vault is unusable (%s); a new one will be made", error)
+    snapshots, refused = bucket_snapshots(vault, keys)
+    for name in refused:
+        report.notes.append(f"warning: {name} in the vault is not an authentic catalog snapshot; ignored")
+    _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, str(vault_dir))
+    listed: set[str] = set()
+    for snapshot in snapshots:
+        with contextlib.suppress(CatalogError):
+            listed |= snapshot_facts(snapshot.blob.data).objects
+    with Catalog(paths.catalog) as catalog:
+        catalog.set_setting(RECOVERING, "")
+        in_vault = set(vault.list())
+        known = set(catalog.object_ids())
+        for content_id in sorted(in_vault - known):
+            try:
+                with vault.open(content_id) as handle:
+                    meta = ObjectReader(keys, handle, content_id).meta
+            except FormatError as error:
+                report.bad.append((f"object {content_id[:12]}…", f"not recovered: {error}"))
+                continue
+            catalog.adopt_recovered(content_id, meta, staged_size=vault.size(content_id))
+        unlisted = sorted(in_vault - listed)
+        if unlisted and snapshots:
+            report.notes.append(f"warning: {len(unlisted)} object(s) in the vault are listed by no catalog snapshot "
+                                "(sealed after the last one, or put there by someone holding the key); recovered "
+                                "under the names their own metadata gives")
+        versions = catalog.latest_versions()
+        planned, report = plan([v for v in versions if v.content_id in in_vault],
+                               by_source=len({v.source for v in versions}) > 1, report=report)
+        restore(planned, vault, keys, dest, report=report, progress=progress)
+        for content_id in sorted({v.content_id for v in versions} - in_vault):
+            holders = ", ".join(f"{v.source}/{v.relpath}" for v in versions if v.content_id == content_id)
+            report.bad.append((holders, f"object {content_id[:12]}… is not in the vault"))
+        catalog.set_setting(SNAPSHOT_DUE, "1")
+        return report

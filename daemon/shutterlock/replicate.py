@@ -27,7 +27,7 @@ from shutterlock.status import ReplicaStatus, ScrubReport
 from shutterlock.vault.format import Blob, FormatError, Keys, open_dated_blob, seal_blob
 from shutterlock.vault.local import LocalStore
 from shutterlock.vault.s3 import CATALOG_KEY, ENVELOPE_KEY, OfflineError, S3Store
-from shutterlock.vault.store import StoreError
+from shutterlock.vault.store import NamedBlobs, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ class Snapshot:
     blob: Blob
 
 
-def bucket_snapshots(store: S3Store, keys: Keys, *, above: int = -1) -> tuple[list[Snapshot], list[str]]:
-    """The authentic catalog snapshots in the bucket whose key claims a generation above ``above``, newest
-    first, and the names of those that did not authenticate (damaged, or not ours). The legacy
-    ``catalog/latest`` of the first version counts as generation 0."""
+def bucket_snapshots(store: NamedBlobs, keys: Keys, *, above: int = -1) -> tuple[list[Snapshot], list[str]]:
+    """The authentic catalog snapshots in the bucket (or the vault) whose name claims a generation above
+    ``above``, newest first, and the names of those that did not authenticate (damaged, or not ours). The
+    legacy ``catalog/latest`` of the first version counts as generation 0."""
     names = [n for n in store.list_names("catalog/") if (generation_of(n) or 0) > above or
              (n == CATALOG_KEY and above < 0)]
     found, refused = [], []
@@ -143,9 +143,10 @@ def sync_envelopes(paths: Paths, vault: LocalStore, store: S3Store | None, keys:
     return result.problem
 
 
-def upload_snapshot(store: S3Store, catalog: Catalog, keys: Keys, kept: int) -> str:
-    """Upload the catalog as the next generation, unless the bucket holds a newer snapshot of another
-    catalog or (first upload) a richer legacy one: then nothing is uploaded and the reason returned."""
+def upload_snapshot(store: NamedBlobs, catalog: Catalog, keys: Keys, kept: int) -> str:
+    """Upload the catalog as the next generation (to the bucket, or into the vault), unless the store holds a
+    newer snapshot of another catalog or (first upload) a richer legacy one: then nothing is uploaded and the
+    reason returned."""
     ours = catalog.identity()
     generation = catalog.snapshot_generation()
     newer, _ = bucket_snapshots(store, keys, above=generation)
@@ -175,6 +176,23 @@ def upload_snapshot(store: S3Store, catalog: Catalog, keys: Keys, kept: int) -> 
     for name in names[:-kept]:  # keep the newest: a rollback then needs every one of them deleted
         store.delete_name(name)
     return ""
+
+
+VAULT_SNAPSHOTS_KEPT = 30
+VAULT_SNAPSHOT_OF = "vault_snapshot_of"  # catalog setting: what the catalog held at the last vault snapshot
+
+
+def snapshot_into_vault(vault: LocalStore, catalog: Catalog, keys: Keys) -> str:
+    """Keep a sealed catalog snapshot in the vault as well, so the vault and the passphrase alone recover
+    every original's name and history (a vault on an external drive, with or without a bucket). Taken only
+    when something was sealed since the last one; returns why it could not be taken, or ""."""
+    facts = catalog.sealing_fingerprint()
+    if catalog.get_setting(VAULT_SNAPSHOT_OF) == facts:
+        return ""
+    problem = upload_snapshot(vault, catalog, keys, VAULT_SNAPSHOTS_KEPT)
+    if not problem:
+        catalog.set_setting(VAULT_SNAPSHOT_OF, facts)
+    return problem
 
 
 def _read_or_none(path: Path) -> bytes | None:
