@@ -107,6 +107,11 @@ class Paths:
         return self.state_dir / "key-envelope.json"
 
     @property
+    def retired_keys(self) -> Path:
+        """The master keys an unfinished key rotation still needs, sealed under the current one."""
+        return self.state_dir / "retired-keys.blob"
+
+    @property
     def socket(self) -> Path:
         return self.runtime_dir / SOCKET_NAME
 
@@ -212,6 +217,10 @@ class S3Config:
     # Transient errors (5xx, throttling) an upload survives before it fails for good; an unreachable
     # endpoint is an outage, not an attempt, and never fails an upload.
     max_attempts: int = field(default=32, metadata=rule(low=1, high=1000))
+    # How often the bucket's listing is compared with the catalog (a lost or emptied bucket is refilled),
+    # and how many dated catalog snapshots the bucket keeps (a rollback needs all of them deleted).
+    reconcile_minutes: float = field(default=60.0, metadata=rule(low=0.01))
+    snapshots_kept: int = field(default=30, metadata=rule(low=1, high=100000))
 
     @property
     def bucket(self) -> str:

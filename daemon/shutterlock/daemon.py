@@ -30,6 +30,8 @@ from shutterlock.watch import SourceWatcher, StabilityGate, scan, walk
 
 log = logging.getLogger(__name__)
 
+VAULT_SNAPSHOT_SECONDS = 600  # the vault's own catalog snapshot, when something was sealed since the last
+
 SHARE_CHECK_MINUTES = ShareConfig.__dataclass_fields__["check_minutes"].default
 
 
@@ -85,7 +87,7 @@ class Daemon:
         started: list[Any] = []
         try:
             keys = self.keys = facade.load_keys(self.config)
-            vault = facade.open_vault(self.config)
+            vault = self.vault = facade.open_vault(self.config)
             self.catalog = facade.open_catalog(self.config)
             started.append(self.catalog.close)
             self.engine = Engine(self.catalog, facade.build_stages(self.config, self.catalog, keys, vault))
@@ -134,6 +136,8 @@ class Daemon:
         # Shares end on time and feedback arrives even after [share] is removed: they live in their own buckets.
         every(60 * (self.config.share.check_minutes if self.config.share else SHARE_CHECK_MINUTES),
               self._look_after_shares, "shares")
+        every(VAULT_SNAPSHOT_SECONDS, lambda: facade.snapshot_vault(self.catalog, self.keys, self.vault),
+              "vault-snapshot")
         scheduler.start()
         return scheduler
 
@@ -205,6 +209,7 @@ class Daemon:
         self.gate.stop()
         clean = self.engine.stop(timeout=7.0)
         self.engine.close()
+        facade.snapshot_vault(self.catalog, self.keys, self.vault)
         self.control.stop()
         if not clean:
             log.warning("in-flight work was abandoned; it will be redone on the next start")

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from rich.filesize import decimal as human_bytes
 
 __all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "IsolationStatus",
-           "LaneStatus", "ProcessFacts", "ReplicaStatus", "ScrubReport", "ShareStatus", "SourceStatus", "State",
-           "Status", "VaultStatus", "human_bytes"]
+           "LaneStatus", "ProcessFacts", "ReplicaStatus", "RotationStatus", "ScrubReport", "ShareStatus",
+           "SourceStatus", "State", "Status", "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -102,6 +102,9 @@ class ReplicaStatus:
     failed: int = 0
     last_snapshot: float | None = None
     scrub: ScrubReport | None = None
+    lost: int = 0  # objects the bucket lost (found by a reconcile) that are not uploaded again yet
+    snapshot_generation: int = 0  # of the newest catalog snapshot this catalog put in the bucket
+    problem: str = ""  # the key envelope or the catalog snapshot could not be kept current, and why
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,14 @@ class CloakStatus:
     strength: str = "standard"
     held: int = 0
     error: str = ""
+
+
+@dataclass(frozen=True)
+class RotationStatus:
+    """A key rotation under way: objects looked at (re-encrypted or already under the new key) of all."""
+
+    done: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,7 @@ class Status:
     healthy: bool = True
     process: ProcessFacts | None = None
     shares: list[ShareStatus] = field(default_factory=list)
+    rotation: RotationStatus | None = None
     state: State = field(init=False)
     summary: str = field(init=False)
 
@@ -235,9 +247,11 @@ def headline_state(status: Status) -> State:
         return State.ERROR
     if status.replica.configured and not status.replica.online:
         return State.OFFLINE
-    if status.backlog.items or status.pending or any(lane.waiting or lane.current for lane in status.lanes):
+    if status.backlog.items or status.pending or status.replica.lost or \
+            any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
-    if status.cloak.error or status.warnings or any(source.warning for source in status.sources):
+    if status.cloak.error or status.replica.problem or status.warnings or \
+            any(source.warning for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -263,10 +277,14 @@ def summarise(status: Status, state: State) -> str:
                 parts.append(_lane_phrase(lane))
         if status.pending and not any(lane.name == "seal" and lane.waiting for lane in status.lanes):
             parts.insert(0, f"{_count(status.pending, 'new file')} settling")
+        if status.replica.lost:
+            parts.insert(0, f"the bucket lost {_count(status.replica.lost, 'object')}; re-uploading")
         return "; ".join(parts) or f"sealing {_count(waiting, 'original')}"
     if state is State.DEGRADED:
         if status.cloak.error:
             return f"{_all_sealed(sealed)}; {status.cloak.error}"
+        if status.replica.problem:
+            return f"{_all_sealed(sealed)}; {status.replica.problem}"
         warning = next(iter(status.warnings), "") or next(s.warning for s in status.sources if s.warning)
         return f"{_all_sealed(sealed)}; {warning}"
     return _all_sealed(sealed)
@@ -278,7 +296,8 @@ def _all_sealed(sealed: int) -> str:
     return "the one original is sealed" if sealed == 1 else f"all {sealed:,} originals sealed"
 
 
-_LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:"}
+_LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:",
+               "rotate": "re-encrypting under the new key"}
 
 
 def _lane_phrase(lane: LaneStatus) -> str:
