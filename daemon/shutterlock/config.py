@@ -260,7 +260,7 @@ class DeriveConfig:
     # machine's memory at memory_limit each (derive/lane.py:worker_count).
     workers: int = field(default=0, metadata=rule(low=0, high=64))
     # Each derive process's address-space limit (RLIMIT_AS) in MB: a file that makes a decoder allocate
-    # without end fails there. The cloak of a 24 MP photo peaks at ~1.8 GB of address space
+    # without end fails there. The cloak of a 24 MP photo peaks at ~2.3 GB of address space
     # (bench/worker_memory.py); HEIF and RAW files larger than a quarter of it are refused unread.
     # An idle worker maps ~0.5 GB of address space (numpy, Pillow, OpenCV), hence the floor.
     memory_limit: int = field(default=3072, metadata=rule(low=1024, high=1 << 20))
