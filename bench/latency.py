@@ -37,7 +37,7 @@ def main() -> None:
 def measure(ours: Installation, files: int) -> list[float]:
     """Write files one by one; time until each one's object (named by its content id) is in the vault."""
     from shutterlock import config as config_module
-    from shutterlock.keys import read_key_file
+    from shutterlock.keystore import read_key_file
     from shutterlock.vault.format import Keys
 
     os.environ.update({k: v for k, v in ours.env.items() if k.startswith(("XDG_", "SHUTTERLOCK_"))})

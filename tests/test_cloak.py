@@ -30,11 +30,6 @@ SAME_BUDGET_MARGIN = (0.12, 0.15)
 SSIM_FLOOR = 0.89
 
 
-@pytest.fixture(autouse=True)
-def _no_env_models_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(models.ENV_MODELS_DIR, raising=False)
-
-
 def cloak(im: Image.Image, strength: str = "standard", **kw: object) -> Image.Image:
     return cloak_image(im, strength, models_dir=MODELS, offline=True, **kw).image  # type: ignore[arg-type]
 
@@ -135,16 +130,15 @@ def test_modes_and_sizes(mode: str, size: tuple[int, int], out_mode: str) -> Non
 # --- weights ----------------------------------------------------------------------------------
 
 
-def test_wrong_hash_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_hash_refused(tmp_path: Path) -> None:
     entry = models.REGISTRY["taef2"]
     (tmp_path / entry.file).write_bytes(b"not the weights")
     with pytest.raises(WeightsError) as err:
         models.resolve_weights("taef2", tmp_path, offline=True)
     text = str(err.value)
     assert entry.file in text and entry.sha256 in text and "mismatch" in text
-    monkeypatch.setenv(models.ENV_MODELS_DIR, str(tmp_path))
     with pytest.raises(WeightsError, match="mismatch"):
-        cloak_image(photo(PHOTOS[0], 32), models_dir=MODELS, offline=True)
+        cloak_image(photo(PHOTOS[0], 32), models_dir=tmp_path, offline=True)
 
 
 def test_missing_weights_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import Home
+from shutterlock.config import load
+from shutterlock.errors import EXIT_USAGE, ConfigError
 
 CASES = [
     ('[vault]\npath = "{file}"\n', "config.toml: [vault] path: not a directory: {file}"),
@@ -20,16 +24,26 @@ CASES = [
 
 
 @pytest.mark.parametrize(("text", "message"), CASES)
-def test_config_errors_are_specific(make_home, text: str, message: str):
-    home: Home = make_home()
-    not_a_dir = home.base / "a-file"
+def test_config_errors_are_specific(tmp_path: Path, text: str, message: str):
+    not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")
-    home.config_file.write_text(text.format(file=not_a_dir))
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(text.format(file=not_a_dir))
+    with pytest.raises(ConfigError) as raised:
+        load(config_file)
+    assert message.format(file=not_a_dir) in str(raised.value)
+    assert raised.value.exit_code == EXIT_USAGE and "\n" not in str(raised.value)
+
+
+def test_the_cli_reports_a_config_error_in_one_line_and_exits_2(make_home):
+    """The parsing is tested above in-process; here, once, what the user sees from the real commands."""
+    home: Home = make_home()
+    home.config_file.write_text('[derive]\nlong_edge = 10\n')
     for command in (["status"], ["run", "--once"]):
         result = home.cli(*command)
         assert result.returncode == 2, (command, result.stderr)
-        assert message.format(file=not_a_dir) in result.stderr
-        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.strip() == \
+            "shutterlock: config.toml: [derive] long_edge: must be between 64 and 65535; got 10"
 
 
 def test_missing_explicit_config_file(make_home):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLES, Home, stop, wait_for
+from shutterlock.control import ControlClient
 
 
 def sealed_paths(home: Home) -> list[str]:
@@ -133,19 +134,26 @@ def test_pause_holds_work_and_survives_restart(make_home):
 
 
 def test_pause_takes_effect_within_a_second(make_home):
+    """After `pause` returns, work in flight may finish but no new item starts (checked by sealing times)."""
     home = make_home(settle=0.2)
-    block = os.urandom(8 << 20)
-    for index in range(150):
-        (home.sources[0] / f"f{index}.bin").write_bytes(block + index.to_bytes(4, "big"))
+    home.write_config("seal_workers = 1\n", settle=0.2)  # appended to [engine]: one item in flight at most
+    home.cli("pause", check=True)  # no daemon yet: it starts paused
     daemon = home.start_daemon()
     try:
-        wait_for(lambda: len(sealed_paths(home)) >= 2, 30, message="work started")
-        home.cli("pause", check=True)
-        time.sleep(1.0)
-        count = len(sealed_paths(home))
-        time.sleep(2.0)
-        assert len(sealed_paths(home)) == count, "work kept starting after pause"
-        assert count < 150
+        for index in range(40):
+            (home.sources[0] / f"f{index}.bin").write_bytes(os.urandom(4 << 20))
+        wait_for(lambda: home.status()["backlog"]["items"] == 40, 30, 0.05, message="queued while paused")
+        control = ControlClient(home.socket)  # in-process: a CLI start-up would outlast the whole batch
+        control.call("resume")
+        wait_for(lambda: control.call("status")["files"]["sealed"] >= 1, 30, 0.005, message="work started")
+        control.call("pause")
+        paused_at = time.time()
+        time.sleep(3.0)
+        sealed = [row for row in json.loads(home.cli("ls", "--json", check=True).stdout)]
+        assert 1 <= len(sealed) < 40, "the pause came too late to prove anything"
+        late = [row["path"] for row in sealed if row["sealed_at"] > paused_at + 1.0]
+        assert not late, f"sealed more than a second after the pause: {late}"
+        assert home.status()["backlog"]["items"] == 40 - len(sealed)
     finally:
         assert stop(daemon) == 0
 

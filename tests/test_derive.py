@@ -18,27 +18,23 @@ import numpy as np
 import pytest
 from PIL import Image
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
-from shutterlock.derive import (
-    FAILED,
-    HELD,
-    SKIPPED,
-    WRITTEN,
-    DeriveJob,
-    DeriveResult,
-    DeriveRunner,
-    derive_file,
-    pair_partner,
-    protect,
-    should_derive,
-)
+from shutterlock.derive import DeriveJob, DeriveRunner, Outcome, Rendered, render
 from shutterlock.derive.decode import decode
-from shutterlock.derive.runner import STALL_ENV
+from shutterlock.derive.outbox import dated_dir, place
+from shutterlock.derive.pairs import pair_partner, skip_reason
+from shutterlock.derive.protect import protect
 from shutterlock.derive.watermark import render_text
+from shutterlock.fsutil import TEMP_PREFIX
+from shutterlock.provenance import identity
+from stalling import stall_on_name
+
+WRITTEN, HELD, FAILED, SKIPPED = Outcome
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 EXIF_SAMPLES = SAMPLES / "exif-samples"
 HOSTILE = SAMPLES / "hostile"
 DAEMON_DIR = Path(__file__).resolve().parents[1] / "daemon"
+SIGNER = identity.create("Ada Lovelace")  # protect signs what it writes, as the daemon does
 PROHIBITION = "http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED-AIMLTRAINING"
 
 # Decodes, but its entropy-coded data is corrupt (libjpeg would silently paint grey garbage).
@@ -55,6 +51,9 @@ ALLOWED_TAGS = {
     "JFIF:JFIFVersion", "JFIF:ResolutionUnit", "JFIF:XResolution", "JFIF:YResolution",
     "XMP-dc:Creator", "XMP-dc:Rights", "XMP-xmpRights:Marked", "XMP-xmpRights:WebStatement",
     "XMP-plus:DataMining", "XMP-plus:OtherConstraints",
+    # The creator and copyright again, for sites that read only EXIF or IPTC-IIM (written by us, not copied).
+    "IFD0:Artist", "IFD0:Copyright", "IPTC:CodedCharacterSet", "IPTC:ApplicationRecordVersion", "IPTC:By-line",
+    "IPTC:CopyrightNotice", "File:ExifByteOrder", "File:CurrentIPTCDigest",  # exiftool's facts about them
     "ICC_Profile:ProfileDescription", "ICC_Profile:ProfileCopyright", "ICC_Profile:MediaWhitePoint",
     "ICC_Profile:ChromaticAdaptation", "ICC_Profile:RedMatrixColumn", "ICC_Profile:GreenMatrixColumn",
     "ICC_Profile:BlueMatrixColumn", "ICC_Profile:RedTRC", "ICC_Profile:GreenTRC", "ICC_Profile:BlueTRC",
@@ -95,11 +94,33 @@ def configs(outbox: Path,
 
 
 def job(source: Path, outbox: Path, *, cloak: CloakConfig | None = None,
-        watermark: WatermarkConfig | None = None, previous: Path | None = None,
-        **derive: object) -> DeriveJob:
+        watermark: WatermarkConfig | None = None, **derive: object) -> DeriveJob:
     d, w, r, c = configs(outbox, **derive)
-    return DeriveJob(source=source, derive=d, watermark=watermark or w, rights=r, cloak=cloak or c,
-                     previous_output=previous)
+    return DeriveJob(source=source, derive=d, watermark=watermark or w, rights=r, cloak=cloak or c)
+
+
+@dataclasses.dataclass(frozen=True)
+class Made:
+    """A rendered derivative and where it was placed: the two steps the daemon's derive lane takes."""
+
+    rendered: Rendered
+    output: Path | None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.rendered, name)
+
+
+def derive_file(job: DeriveJob, previous: Path | None = None) -> Made:
+    """In this process (the lane runs ``render`` in its worker): pair rule, render, place in the dated outbox."""
+    if reason := skip_reason(job.source, job.derive.pair_preference):
+        return Made(Rendered(job.source, Outcome.SKIPPED, reason=reason), None)
+    rendered = render(job)
+    if rendered.outcome is not Outcome.WRITTEN:
+        return Made(rendered, None)
+    assert rendered.jpeg is not None and rendered.capture_time is not None
+    own = previous if previous is not None and previous.is_relative_to(job.derive.outbox) else None
+    return Made(rendered, place(rendered.jpeg, dated_dir(job.derive.outbox, rendered.capture_time),
+                                job.source.stem, previous=own))
 
 
 def sample_images() -> list[Path]:
@@ -109,7 +130,7 @@ def sample_images() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def sample_results(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, DeriveResult]:
+def sample_results(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Made]:
     outbox = tmp_path_factory.mktemp("outbox")
     return {path: derive_file(job(path, outbox)) for path in sample_images()}
 
@@ -117,9 +138,9 @@ def sample_results(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Deriv
 # --------------------------------------------------------------------------- metadata allow-list
 
 
-def test_every_decodable_sample_gets_a_clean_derivative(sample_results: dict[Path, DeriveResult]) -> None:
+def test_every_decodable_sample_gets_a_clean_derivative(sample_results: dict[Path, Made]) -> None:
     assert len(sample_results) > 90
-    not_written = {p.name: r.reason for p, r in sample_results.items() if r.status != WRITTEN}
+    not_written = {p.name: r.reason for p, r in sample_results.items() if r.outcome != WRITTEN}
     assert not not_written
     outputs = [r.output for r in sample_results.values() if r.output is not None]
     assert len(set(outputs)) == len(outputs)
@@ -135,22 +156,24 @@ def test_every_decodable_sample_gets_a_clean_derivative(sample_results: dict[Pat
         assert record["File:ColorComponents"] == 3, name
         assert record["ICC-header:DeviceManufacturer"] == record["ICC-header:DeviceModel"] == "", name
         assert record["ICC-header:ProfileDateTime"] == "2024:01:01 00:00:00", name
+        assert record["IFD0:Artist"] == record["IPTC:By-line"] == "Ada Lovelace & <Co>", name
+        assert record["IPTC:CopyrightNotice"] == record["XMP-dc:Rights"] == record["IFD0:Copyright"], name
         for tag in record:
-            if tag.split(":", 1)[0] not in ("System", "ICC-header"):
+            if tag.split(":", 1)[0] not in ("System", "ICC-header") and tag not in ALLOWED_TAGS:
                 assert not any(word in tag.lower() for word in FORBIDDEN_WORDS), f"{name}: {tag}"
 
 
-def test_no_gps_or_camera_strings_survive(sample_results: dict[Path, DeriveResult]) -> None:
+def test_no_gps_or_camera_strings_survive(sample_results: dict[Path, Made]) -> None:
     """Belt and braces: the raw bytes of the GPS samples' derivatives hold no camera or GPS strings."""
     for path, result in sample_results.items():
         if path.parent.name != "gps":
             continue
         data = result.output.read_bytes()  # type: ignore[union-attr]
-        for needle in (b"NIKON", b"COOLPIX", b"GPS", b"Exif\x00\x00", b"MPF", b"Photoshop"):
+        for needle in (b"NIKON", b"COOLPIX", b"GPS", b"MPF", b"8BIM\x04\x0c"):  # 0x040C: a Photoshop thumbnail
             assert needle not in data, (path.name, needle)
 
 
-def test_dimensions_never_upscale_and_hit_the_long_edge(sample_results: dict[Path, DeriveResult]) -> None:
+def test_dimensions_never_upscale_and_hit_the_long_edge(sample_results: dict[Path, Made]) -> None:
     for path, result in sample_results.items():
         with Image.open(result.output) as out:  # type: ignore[arg-type]
             assert (out.width, out.height) == (result.width, result.height)
@@ -166,7 +189,7 @@ def test_dimensions_never_upscale_and_hit_the_long_edge(sample_results: dict[Pat
 
 
 @pytest.mark.parametrize("series", ["landscape", "portrait"])
-def test_orientation_samples_come_out_upright(sample_results: dict[Path, DeriveResult], series: str) -> None:
+def test_orientation_samples_come_out_upright(sample_results: dict[Path, Made], series: str) -> None:
     folder = EXIF_SAMPLES / "jpg" / "orientation"
     outputs = {n: sample_results[folder / f"{series}_{n}.jpg"].output for n in range(1, 9)}
     small = (32, 24) if series == "landscape" else (24, 32)
@@ -242,7 +265,7 @@ def test_non_srgb_profile_is_converted(tmp_path: Path, suffix: str) -> None:
     Image.new("RGB", (300, 200), patch).save(source, icc_profile=adobe_rgb_like_profile(),
                                              **({"quality": 100} if suffix == ".jpg" else {}))
     result = derive_file(job(source, tmp_path / "out", watermark=WatermarkConfig(enabled=False)))
-    assert result.status == WRITTEN, result.reason
+    assert result.outcome == WRITTEN, result.reason
     with Image.open(result.output) as out:  # type: ignore[arg-type]
         centre = np.asarray(out.convert("RGB"), dtype=float)[80:120, 130:170].reshape(-1, 3).mean(axis=0)
     expected = expected_srgb(patch)
@@ -262,7 +285,7 @@ def test_modes_alpha_palette_and_16_bit(tmp_path: Path) -> None:
                 "cmyk.tif": (255, 0, 0)}
     for name, colour in expected.items():
         result = derive_file(job(tmp_path / name, tmp_path / "out", watermark=WatermarkConfig(enabled=False)))
-        assert result.status == WRITTEN, (name, result.reason)
+        assert result.outcome == WRITTEN, (name, result.reason)
         with Image.open(result.output) as out:  # type: ignore[arg-type]
             assert out.mode == "RGB"
             mean = np.asarray(out, dtype=float).reshape(-1, 3).mean(axis=0)
@@ -300,7 +323,7 @@ def test_jpeg_draft_only_when_the_reduced_decode_still_covers_the_long_edge(tmp_
 ])
 def test_hostile_and_broken_files_fail_with_specific_reasons(tmp_path: Path, path: Path, reason: str) -> None:
     result = derive_file(job(path, tmp_path))
-    assert (result.status, result.reason, result.output) == (FAILED, reason, None)
+    assert (result.outcome, result.reason, result.output) == (FAILED, reason, None)
     assert not any(tmp_path.rglob("*.jpg"))
 
 
@@ -322,38 +345,35 @@ def test_other_bad_inputs(tmp_path: Path) -> None:
     }
     for name, expected in cases.items():
         result = derive_file(job(tmp_path / name, out))
-        assert (result.status, result.reason) == expected, name
+        assert (result.outcome, result.reason) == expected, name
     result = derive_file(job(tmp_path / "small.jpg", out, max_pixels=1000))
-    assert (result.status, result.reason) == (FAILED, "decompression bomb: 6800 pixels > limit 1000")
+    assert (result.outcome, result.reason) == (FAILED, "decompression bomb: 6800 pixels > limit 1000")
     assert not out.exists() or not any(out.rglob("*"))
 
 
-def test_runner_kills_a_stalled_image_and_keeps_going(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(STALL_ENV, "stall.jpg")
+def test_runner_kills_a_stalled_image_and_keeps_going(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", tmp_path / "stall.jpg")
     shutil.copy(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", tmp_path / "fine.jpg")
     out = tmp_path / "out"
-    with DeriveRunner(time_limit=3.0) as runner:
+    with DeriveRunner(time_limit=3.0, work=stall_on_name) as runner:
         first = runner.run(job(tmp_path / "fine.jpg", out))  # also warms the worker up
         stalled = runner.run(job(tmp_path / "stall.jpg", out))
         after = runner.run(job(tmp_path / "fine.jpg", out))
         bomb = runner.run(job(HOSTILE / "decompression_bomb.gif", out))
-    assert first.status == WRITTEN, first.reason
-    assert (stalled.status, stalled.reason) == (FAILED, "time limit exceeded (3 s); worker stopped")
+    assert first.outcome == WRITTEN, first.reason
+    assert (stalled.outcome, stalled.reason) == (FAILED, "time limit exceeded (3 s); worker stopped")
     assert 3.0 <= stalled.seconds < 10.0
-    assert after.status == WRITTEN, after.reason
-    assert bomb.status == FAILED and bomb.reason.startswith("decompression bomb")
+    assert after.outcome == WRITTEN, after.reason
+    assert bomb.outcome == FAILED and bomb.reason.startswith("decompression bomb")
     assert runner.restarts == 1
 
 
-def test_runner_survives_a_worker_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runner_survives_a_worker_crash(tmp_path: Path) -> None:
     """A native crash mid-job (simulated by SIGKILL during a stalled job) is one failed record."""
-    monkeypatch.setenv(STALL_ENV, "stall.jpg")
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", tmp_path / "stall.jpg")
     out = tmp_path / "out"
-    with DeriveRunner(time_limit=60.0) as runner:
-        assert runner.run(job(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", out)).status == WRITTEN
+    with DeriveRunner(time_limit=60.0, work=stall_on_name) as runner:
+        assert runner.run(job(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", out)).outcome == WRITTEN
         pid = runner.worker_pid
         assert pid is not None
         killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
@@ -362,9 +382,9 @@ def test_runner_survives_a_worker_crash(tmp_path: Path, monkeypatch: pytest.Monk
         killer.join()
         after = runner.run(job(EXIF_SAMPLES / "jpg" / "Nikon_D70.jpg", out))
     expected = f"derive worker crashed (exit code {-signal.SIGKILL})"
-    assert (crashed.status, crashed.reason) == (FAILED, expected)
+    assert (crashed.outcome, crashed.reason) == (FAILED, expected)
     assert crashed.seconds < 30
-    assert after.status == WRITTEN and runner.worker_pid != pid
+    assert after.outcome == WRITTEN and runner.worker_pid != pid
 
 
 # --------------------------------------------------------------------------- RAW
@@ -410,13 +430,14 @@ def test_raw_preview_and_demosaic_paths(tmp_path: Path) -> None:
     pytest.importorskip("rawpy")
     synthetic_dng(tmp_path / "IMG_0001.dng")
     plain = WatermarkConfig(enabled=False)
-    preview = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "a", watermark=plain, long_edge=64))
-    assert preview.status == WRITTEN, preview.reason
+    preview = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "a", watermark=plain, preset="custom",
+                              long_edge=64))
+    assert preview.outcome == WRITTEN, preview.reason
     with Image.open(preview.output) as out:  # type: ignore[arg-type]
         assert out.size == (64, 48)
         assert np.abs(np.asarray(out, dtype=float).mean(axis=(0, 1)) - (200, 100, 50)).max() <= 4
     demosaic = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "b", watermark=plain))
-    assert demosaic.status == WRITTEN, demosaic.reason
+    assert demosaic.outcome == WRITTEN, demosaic.reason
     assert (demosaic.width, demosaic.height) == (128, 96)  # the preview was too small: full decode
 
 
@@ -429,7 +450,7 @@ def test_broken_raw_files_fail_with_reasons(tmp_path: Path) -> None:
                 "fake.nef": "cannot decode camera RAW: unreadable or truncated RAW data"}
     for name, reason in expected.items():
         result = derive_file(job(tmp_path / name, tmp_path / "out"))
-        assert (result.status, result.reason) == (FAILED, reason), name
+        assert (result.outcome, result.reason) == (FAILED, reason), name
 
 
 def test_raw_jpeg_pair_yields_one_derivative(tmp_path: Path) -> None:
@@ -440,16 +461,17 @@ def test_raw_jpeg_pair_yields_one_derivative(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "IMG_0001.jpg")
     raw, jpeg = folder / "IMG_0001.DNG", folder / "IMG_0001.jpg"
     assert pair_partner(raw) == jpeg and pair_partner(jpeg) == raw
-    assert should_derive(jpeg) and not should_derive(raw)
-    assert should_derive(raw, "raw") and not should_derive(jpeg, "raw")
+    assert not skip_reason(jpeg) and skip_reason(raw) == "RAW+JPEG pair: IMG_0001.jpg is derived instead"
+    assert not skip_reason(raw, "raw")
+    assert skip_reason(jpeg, "raw") == "RAW+JPEG pair: IMG_0001.DNG is derived instead"
     out = tmp_path / "out"
     results = [derive_file(job(path, out)) for path in (raw, jpeg)]
-    assert [r.status for r in results] == [SKIPPED, WRITTEN]
+    assert [r.outcome for r in results] == [SKIPPED, WRITTEN]
     assert results[0].reason == "RAW+JPEG pair: IMG_0001.jpg is derived instead"
     assert len(list(out.rglob("*.jpg"))) == 1
     raw_out = tmp_path / "raw-out"
     preferring_raw = [derive_file(job(path, raw_out, pair_preference="raw")) for path in (raw, jpeg)]
-    assert [r.status for r in preferring_raw] == [WRITTEN, SKIPPED]
+    assert [r.outcome for r in preferring_raw] == [WRITTEN, SKIPPED]
 
 
 # --------------------------------------------------------------------------- outbox
@@ -480,7 +502,7 @@ def test_outbox_dates_collisions_and_rederive(tmp_path: Path) -> None:
 
     # Re-deriving an original (new watermark, say) replaces its own derivative and nothing else.
     before = b.output.read_bytes()  # type: ignore[union-attr]
-    again = derive_file(job(second, out, previous=b.output, watermark=WatermarkConfig(anchor="top-left")))
+    again = derive_file(job(second, out, watermark=WatermarkConfig(anchor="top-left")), previous=b.output)
     assert again.output == b.output
     assert again.output.read_bytes() != before  # type: ignore[union-attr]
     assert foreign.read_bytes() == b"someone else's file"
@@ -488,12 +510,12 @@ def test_outbox_dates_collisions_and_rederive(tmp_path: Path) -> None:
 
     # Without the catalog's previous path a re-derive never overwrites: it takes the next suffix.
     # A temp file left by a killed writer is swept once stale; a "previous" outside the outbox is ignored.
-    stale = out / "2008" / "2008-05-30" / ".shutterlock-killed.tmp"
+    stale = out / "2008" / "2008-05-30" / f"{TEMP_PREFIX}killed"
     stale.write_bytes(b"half a jpeg")
     os.utime(stale, (datetime(2020, 1, 1).timestamp(),) * 2)
     outsider = tmp_path / "not-in-outbox.jpg"
     outsider.write_bytes(b"keep me")
-    assert derive_file(job(first, out, previous=outsider)).output == out / "2008" / "2008-05-30" / "IMG-2.jpg"
+    assert derive_file(job(first, out), previous=outsider).output == out / "2008" / "2008-05-30" / "IMG-2.jpg"
     assert outsider.read_bytes() == b"keep me"
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
 
@@ -504,17 +526,18 @@ def test_protect_writes_flat_and_never_overwrites(tmp_path: Path) -> None:
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "one.jpg")
     (folder / "clip.mp4").write_bytes(b"\0")
     d, w, r, c = configs(tmp_path / "unused")
-    seen: list[DeriveResult] = []
-    first = protect([folder], tmp_path / "out", derive=d, watermark=w, rights=r, cloak=c, strength="off",
-                    on_result=seen.append)
+    seen: list[object] = []
+    first = protect([folder], tmp_path / "out", derive=d, watermark=w, rights=r, cloak=c, signer=SIGNER,
+                    strength="off", on_result=seen.append)
     second = protect([folder / "one.jpg", tmp_path / "nope.jpg"], tmp_path / "out", derive=d, watermark=w,
-                     rights=r, cloak=c, strength="off")
-    assert [(x.source.name, x.status) for x in first] == [("clip.mp4", SKIPPED), ("one.jpg", WRITTEN)]
+                     rights=r, cloak=c, signer=SIGNER, strength="off")
+    assert [(x.rendered.source.name, x.rendered.outcome) for x in first] == [("clip.mp4", SKIPPED),
+                                                                             ("one.jpg", WRITTEN)]
     assert seen == first
     assert first[1].output == tmp_path / "out" / "one.jpg"
-    assert [(x.status, x.output) for x in second] == [(WRITTEN, tmp_path / "out" / "one-2.jpg"),
-                                                      (FAILED, None)]
-    assert second[1].reason == "no such file"
+    assert [(x.rendered.outcome, x.output) for x in second] == [(WRITTEN, tmp_path / "out" / "one-2.jpg"),
+                                                               (FAILED, None)]
+    assert second[1].rendered.reason == "no such file"
 
 
 def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
@@ -524,10 +547,12 @@ def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
     synthetic_dng(folder / "IMG_7.dng")
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "IMG_7.JPG")
     d, w, r, c = configs(tmp_path / "unused")
-    both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c)
-    assert [(x.source.name, x.status) for x in both] == [("IMG_7.JPG", WRITTEN), ("IMG_7.dng", SKIPPED)]
-    only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c)
-    assert [x.status for x in only_raw] == [WRITTEN]
+    both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c, signer=SIGNER)
+    assert [(x.rendered.source.name, x.rendered.outcome) for x in both] == [("IMG_7.JPG", WRITTEN),
+                                                                            ("IMG_7.dng", SKIPPED)]
+    only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c,
+                       signer=SIGNER)
+    assert [x.rendered.outcome for x in only_raw] == [WRITTEN]
 
 
 # --------------------------------------------------------------------------- cloak slot and watermark
@@ -535,7 +560,7 @@ def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
 
 def test_cloak_off_is_recorded_as_not_cloaked(tmp_path: Path) -> None:
     result = derive_file(job(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", tmp_path))
-    assert (result.status, result.cloaked, result.cloak_strength, result.cloak_error) == (
+    assert (result.outcome, result.cloaked, result.cloak_strength, result.cloak_error) == (
         WRITTEN, False, "off", "strength off")
 
 
@@ -545,12 +570,12 @@ def test_cloak_failure_holds_the_derivative_back(tmp_path: Path) -> None:
     failing = CloakConfig(strength="light", models_dir=empty_models, offline=True)
     source = EXIF_SAMPLES / "jpg" / "Canon_40D.jpg"
     held = derive_file(job(source, tmp_path / "out", cloak=failing))
-    assert (held.status, held.output, held.cloaked, held.cloak_strength) == (HELD, None, False, "light")
+    assert (held.outcome, held.output, held.cloaked, held.cloak_strength) == (HELD, None, False, "light")
     assert held.cloak_error and held.cloak_error in held.reason
     assert "held back" in held.reason
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jpg"))
     released = derive_file(job(source, tmp_path / "out", cloak=failing, release_uncloaked=True))
-    assert (released.status, released.cloaked) == (WRITTEN, False)
+    assert (released.outcome, released.cloaked) == (WRITTEN, False)
     assert released.reason.startswith("not cloaked")
 
 
@@ -558,11 +583,11 @@ def test_torch_is_not_imported_without_the_cloak(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path\n"
         "from shutterlock.config import *\n"
-        "from shutterlock.derive import DeriveJob, derive_file\n"
-        f"r = derive_file(DeriveJob(Path({str(EXIF_SAMPLES / 'jpg' / 'Canon_40D.jpg')!r}), "
+        "from shutterlock.derive import DeriveJob, render\n"
+        f"r = render(DeriveJob(Path({str(EXIF_SAMPLES / 'jpg' / 'Canon_40D.jpg')!r}), "
         f"DeriveConfig(outbox=Path({str(tmp_path)!r})), WatermarkConfig(), RightsConfig(), "
         "CloakConfig(strength='off')))\n"
-        "assert r.status == 'written', r\n"
+        "assert r.outcome == 'written', r\n"
         "assert 'torch' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(DAEMON_DIR), os.environ.get("PYTHONPATH", "")])}
@@ -582,7 +607,7 @@ def test_watermark_anchor_logo_and_description(tmp_path: Path) -> None:
     Image.new("RGBA", (40, 20), (255, 0, 0, 255)).save(logo)
     config = WatermarkConfig(logo=logo, anchor="top-left", opacity=1.0)
     result = derive_file(job(grey, tmp_path / "out", watermark=config))
-    assert result.status == WRITTEN, result.reason
+    assert result.outcome == WRITTEN, result.reason
     year = datetime.fromtimestamp(grey.stat().st_mtime).year
     assert result.watermark == f"text '© Ada Lovelace & <Co> {year}' + logo logo.png at top-left, opacity 1"
     with Image.open(result.output) as out:  # type: ignore[arg-type]
@@ -618,3 +643,82 @@ def test_output_is_reproducible(tmp_path: Path) -> None:
     a = derive_file(job(source, tmp_path / "a"))
     b = derive_file(job(source, tmp_path / "b"))
     assert a.output.read_bytes() == b.output.read_bytes()  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- export settings (issue 13)
+
+WIDE = EXIF_SAMPLES / "jpg" / "mobile" / "HMD_Nokia_8.3_5G.jpg"  # 2.33:1, wider than Instagram allows
+
+
+def test_presets_size_and_aspect(tmp_path: Path) -> None:
+    web = derive_file(job(WIDE, tmp_path / "web"))
+    assert (web.width, web.height) == (2048, 878)
+    insta = derive_file(job(WIDE, tmp_path / "ig", preset="instagram-1080"))
+    assert insta.width == 1080 and abs(insta.width / insta.height - 1.91) < 0.01  # centre-cropped to 1.91:1
+    portrait = tmp_path / "tall.jpg"
+    with Image.open(WIDE) as image:
+        image.rotate(90, expand=True).save(portrait, quality=95)  # 1:2.33, taller than 4:5
+    tall = derive_file(job(portrait, tmp_path / "ig2", preset="instagram-1080"))
+    assert (tall.width, tall.height) == (1080, 1350)
+    custom = derive_file(job(WIDE, tmp_path / "c", preset="custom", long_edge=1000))
+    assert max(custom.width, custom.height) == 1000
+
+
+def test_sharpening_for_screen_adds_edge_contrast(tmp_path: Path) -> None:
+    plain = derive_file(job(WIDE, tmp_path / "a", sharpen="off"))
+    sharp = derive_file(job(WIDE, tmp_path / "b", sharpen="high"))
+
+    def edges(path: Path) -> float:
+        grey = np.asarray(Image.open(path).convert("L"), dtype=float)
+        return float(np.abs(np.diff(grey, axis=1)).mean())
+
+    assert edges(sharp.output) > 1.05 * edges(plain.output)  # type: ignore[arg-type]
+
+
+def test_capture_date_only_when_kept_and_rights_in_exif_and_iptc(tmp_path: Path) -> None:
+    d, w, _, c = configs(tmp_path / "a")
+    rights = RightsConfig(creator="José Müller-Lövgren")
+    dropped = derive_file(DeriveJob(source=WIDE, derive=d, watermark=w, rights=rights, cloak=c))
+    kept = derive_file(DeriveJob(source=WIDE, derive=dataclasses.replace(d, outbox=tmp_path / "b",
+                                                                         keep_capture_date=True),
+                                 watermark=w, rights=rights, cloak=c))
+    first, second = exif_json([dropped.output, kept.output])  # type: ignore[list-item]
+    assert "ExifIFD:DateTimeOriginal" not in first
+    assert second["ExifIFD:DateTimeOriginal"] == "2022:08:14 14:12:31"
+    for record in (first, second):
+        assert record["IFD0:Artist"] == record["IPTC:By-line"] == "José Müller-Lövgren"
+        assert record["IPTC:CopyrightNotice"] == record["IFD0:Copyright"] == "© 2022 José Müller-Lövgren"
+
+
+def test_the_watermark_font_has_every_letter_of_the_name() -> None:
+    from shutterlock.derive.watermark import _load, _missing, choose_font
+
+    for name in ("© Ada Lovelace 2024", "© José Müller-Lövgren 2024", "© Łukasz Žižek 2024"):
+        path, missing = choose_font(name, None)
+        assert missing == "", (name, path, missing)
+        assert _missing(_load(path, 32), name) == ""
+    # The check is real: Pillow's bundled font lacks "ö", so it would have drawn a box there.
+    assert "ö" in _missing(_load(None, 32), "Lövgren")
+
+
+def test_only_rated_originals_get_derivatives(tmp_path: Path) -> None:
+    from shutterlock.derive.rating import rating
+
+    rated = tmp_path / "rated.jpg"
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description xmp:Rating="4"/></rdf:RDF></x:xmpmeta>'
+    with Image.open(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg") as image:
+        image.save(rated, xmp=xmp)
+    plain = tmp_path / "plain.jpg"
+    shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", plain)
+    with rated.open("rb") as first, plain.open("rb") as second:
+        assert rating(first) == 4 and rating(second) is None
+    sidecar = tmp_path / "plain.xmp"
+    sidecar.write_bytes(b"<rdf:Description xmp:Rating='5'/>")
+    with plain.open("rb") as original, sidecar.open("rb") as side:
+        assert rating(original, side) == 5
+    d, w, r, c = configs(tmp_path / "out")
+    keep = render(DeriveJob(source=rated, derive=d, watermark=w, rights=r, cloak=c, min_rating=3))
+    skip = render(DeriveJob(source=plain, derive=d, watermark=w, rights=r, cloak=c, min_rating=3))
+    five = render(DeriveJob(source=plain, derive=d, watermark=w, rights=r, cloak=c, min_rating=3, sidecar=sidecar))
+    assert keep.outcome == WRITTEN and five.outcome == WRITTEN
+    assert (skip.outcome, skip.reason) == (SKIPPED, "not rated; this source makes derivatives of 3+ stars")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import time
+import zlib
+from pathlib import Path
 
 from conftest import SAMPLES, Home, stop, wait_for
 
@@ -81,22 +84,40 @@ def test_missing_weights_hold_the_derivative_back(make_home):
         stop(daemon)
 
 
+def huge_png(path: Path, width: int = 20000, height: int = 19000) -> None:
+    """A legitimate but slow image: 380 MP of one colour (a megabyte) that takes seconds to decode."""
+    row = b"\x00" + b"\x5a\x78\x96" * width
+    packer = zlib.compressobj(1)
+    data = b"".join(packer.compress(row * 500) for _ in range(height // 500)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height // 500 * 500, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
 def test_a_stuck_derivative_never_delays_sealing(make_home):
+    """A real slow file (no test hook): its derivative runs into the 1-s limit while sealing goes on."""
     home = make_home(derive=True)
-    home.config_file.write_text(home.config_file.read_text().replace("[derive]", "[derive]\ntime_limit = 8")
+    home.config_file.write_text(home.config_file.read_text()
+                                .replace("[derive]", "[derive]\ntime_limit = 1\nmax_pixels = 400000000")
                                 + '\n[cloak]\nstrength = "off"\n')
-    daemon = home.start_daemon(("SHUTTERLOCK_TEST_DERIVE_STALL", "stuck.jpg"))
+    huge_png(home.base / "stuck.png")
+    daemon = home.start_daemon()
     try:
-        shutil.copy2(GOOD, home.sources[0] / "stuck.jpg")
-        wait_for(lambda: home.status()["current"] == ["derivative of src/stuck.jpg"], 30, message="derive stuck")
+        shutil.copy2(home.base / "stuck.png", home.sources[0] / "stuck.png")
+        wait_for(lambda: home.status()["current"] == ["derivative of src/stuck.png"], 30, 0.05,
+                 message="the slow derivative running")
         started = time.monotonic()
         for index in range(5):
-            shutil.copy2(GOOD, home.sources[0] / f"next{index}.jpg")
             (home.sources[0] / f"next{index}.jpg").write_bytes(GOOD.read_bytes() + bytes([index]))
-        wait_for(lambda: home.status()["files"]["sealed"] == 6, 20, message="sealed while derive is stuck")
-        assert time.monotonic() - started < 8, "sealing waited for the stuck derivative"
+        wait_for(lambda: home.status()["files"]["sealed"] == 6, 20, message="sealed while derive is busy")
+        assert time.monotonic() - started < 8, "sealing waited for the slow derivative"
         wait_for(lambda: derived(home, 6), 60, message="the lane recovers")
-        reason = listing(home)["stuck.jpg"]["derivative"]["reason"]
-        assert "time limit exceeded" in reason
+        reason = listing(home)["stuck.png"]["derivative"]["reason"]
+        assert reason == "time limit exceeded (1 s); worker stopped"
+        assert all(row["derivative"]["status"] == "written" for name, row in listing(home).items()
+                   if name != "stuck.png")
     finally:
         assert stop(daemon) == 0

@@ -8,17 +8,25 @@ Errors name the file, the table, the key and the problem, e.g.
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import os
+import tempfile
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
+
+from shutterlock.errors import ConfigError
 
 APP = "shutterlock"
 
 WATCH_MODES = ("auto", "native", "polling")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+MODELS_DIR_ENV = "SHUTTERLOCK_MODELS_DIR"
 STRENGTHS = ("off", "light", "standard", "strong")
 ANCHORS = (
     "top-left", "top", "top-right",
@@ -38,10 +46,39 @@ DATA_MINING_VALUES = (
     "DMI-PROHIBITED-SEELINKEDRIGHTSEXPR",
 )
 PAIR_PREFERENCES = ("jpeg", "raw")
+SHARPENING = ("off", "low", "standard", "high")
 
 
-class ConfigError(Exception):
-    """A configuration problem the user must fix; the CLI prints it and exits 2."""
+@dataclass(frozen=True)
+class OutputSize:
+    """How big a derivative is: within ``long_edge``, or exactly ``width`` wide; an aspect ratio (width/height)
+    outside [min_aspect, max_aspect] is centre-cropped to the nearest bound first (what the platform allows)."""
+
+    long_edge: int = 0
+    width: int = 0
+    min_aspect: float = 0.0
+    max_aspect: float = float("inf")
+
+
+# Named like a Lightroom export preset; "custom" uses [derive] long_edge.
+OUTPUT_PRESETS = {
+    "web-2048": OutputSize(long_edge=2048),
+    "web-1200": OutputSize(long_edge=1200),
+    "instagram-1080": OutputSize(width=1080, min_aspect=4 / 5, max_aspect=1.91),  # 4:5 portrait to 1.91:1
+    "custom": OutputSize(),
+}
+# Never sealed: files operating systems leave in photo folders (hidden and temporary names are skipped anyway).
+DEFAULT_IGNORE = ("Thumbs.db", "ehthumbs.db", "desktop.ini")
+THEMES = ("auto", "dark", "light")
+
+
+class Credential(enum.StrEnum):
+    """The names of the secrets systemd hands over in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``)."""
+
+    MASTER_KEY = "shutterlock.key"
+    PASSPHRASE = "shutterlock.passphrase"
+    S3_ACCESS_KEY = "s3.access_key_id"
+    S3_SECRET_KEY = "s3.secret_access_key"
 
 
 # --------------------------------------------------------------------------- paths
@@ -70,12 +107,24 @@ class Paths:
         return self.state_dir / "key-envelope.json"
 
     @property
+    def retired_keys(self) -> Path:
+        """The master keys an unfinished key rotation still needs, sealed under the current one."""
+        return self.state_dir / "retired-keys.blob"
+
+    @property
     def socket(self) -> Path:
-        return self.runtime_dir / "control.sock"
+        return self.runtime_dir / SOCKET_NAME
 
     @property
     def lock_file(self) -> Path:
         return self.runtime_dir / "daemon.lock"
+
+    def credential(self, name: Credential) -> Path | None:
+        """The credential file systemd provides, or None (not under systemd, or not given)."""
+        if self.credentials_dir is None:
+            return None
+        path = self.credentials_dir / name
+        return path if path.exists() else None
 
 
 def _first_env_dir(name: str) -> Path | None:
@@ -92,11 +141,26 @@ def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
+# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux, 104 on macOS, each with the final NUL).
+SOCKET_PATH_MAX = 103
+SOCKET_NAME = "control.sock"
+
+
+def runtime_for_socket(runtime: Path) -> Path:
+    """``runtime``, or — for a deep home folder whose socket path would not fit — a short folder named after
+    it (created 0700 and checked to be ours by the control server), so the CLI, tray and daemon still agree."""
+    if len(os.fsencode(runtime / SOCKET_NAME)) <= SOCKET_PATH_MAX:
+        return runtime
+    tag = hashlib.blake2b(os.fsencode(runtime), digest_size=6).hexdigest()
+    return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 0}-{tag}"
+
+
 def resolve_paths(config_file: Path | None = None) -> Paths:
     runtime = _first_env_dir("RUNTIME_DIRECTORY")
     if runtime is None:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         runtime = Path(xdg) / APP if xdg else Path(platformdirs.user_state_dir(APP)) / "run"
+    runtime = runtime_for_socket(runtime)
     return Paths(
         config_file=config_file or default_config_file(),
         state_dir=_first_env_dir("STATE_DIRECTORY") or Path(platformdirs.user_data_dir(APP)),
@@ -111,13 +175,26 @@ def _pictures() -> Path:
 
 
 # --------------------------------------------------------------------------- schema
+#
+# Each table is a frozen dataclass: a field's default is the key's default, and its metadata (``rule``)
+# says what values are valid. One generic reader (:func:`_read_table`) turns a TOML table into it.
+
+
+def rule(*, low: float | None = None, high: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validation for one key: a numeric range, or the allowed words."""
+    return {"low": low, "high": high, "choices": choices}
 
 
 @dataclass(frozen=True)
 class SourceConfig:
     path: Path
-    watch_mode: str = "auto"
+    watch_mode: str = field(default="auto", metadata=rule(choices=WATCH_MODES))
     name: str = ""
+    ignore: tuple[str, ...] = DEFAULT_IGNORE  # file-name patterns never sealed (fnmatch, any case)
+    # Which originals get derivatives: those rated at least this many stars (0: all) …
+    derive_min_rating: int = field(default=0, metadata=rule(low=0, high=5))
+    # … and, when given, only those below one of these subfolders (patterns relative to the source).
+    derive_folders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,13 +207,20 @@ class S3Config:
     url: str
     endpoint: str = ""
     region: str = ""
-    addressing_style: str = "auto"  # auto | path | virtual
+    addressing_style: str = field(default="auto", metadata=rule(choices=ADDRESSING_STYLES))
     storage_class: str = ""
-    bandwidth_limit: int = 0  # bytes per second, 0 = unlimited
-    stale_upload_hours: float = 72.0
-    snapshot_minutes: float = 60.0
-    scrub_days: float = 7.0
-    scrub_percent: float = 5.0
+    bandwidth_limit: int = field(default=0, metadata=rule(low=0))  # bytes per second, 0 = unlimited
+    stale_upload_hours: float = field(default=72.0, metadata=rule(low=0.01))
+    snapshot_minutes: float = field(default=60.0, metadata=rule(low=0.01))
+    scrub_days: float = field(default=7.0, metadata=rule(low=0.0001))
+    scrub_percent: float = field(default=5.0, metadata=rule(low=0.0, high=100.0))
+    # Transient errors (5xx, throttling) an upload survives before it fails for good; an unreachable
+    # endpoint is an outage, not an attempt, and never fails an upload.
+    max_attempts: int = field(default=32, metadata=rule(low=1, high=1000))
+    # How often the bucket's listing is compared with the catalog (a lost or emptied bucket is refilled),
+    # and how many dated catalog snapshots the bucket keeps (a rollback needs all of them deleted).
+    reconcile_minutes: float = field(default=60.0, metadata=rule(low=0.01))
+    snapshots_kept: int = field(default=30, metadata=rule(low=1, high=100000))
 
     @property
     def bucket(self) -> str:
@@ -152,56 +236,133 @@ class S3Config:
 class DeriveConfig:
     enabled: bool = True
     outbox: Path = field(default_factory=lambda: _pictures() / "Outbox")
-    long_edge: int = 2048
-    jpeg_quality: int = 90
-    max_pixels: int = 200_000_000
-    time_limit: float = 300.0  # seconds per image, cloak included
-    pair_preference: str = "jpeg"  # which half of a RAW+JPEG pair is derived
+    preset: str = field(default="web-2048", metadata=rule(choices=tuple(OUTPUT_PRESETS)))
+    long_edge: int = field(default=2048, metadata=rule(low=64, high=65535))  # with preset = "custom"
+    # Output sharpening for screens, after the resize and before the cloak (as Lightroom's export does).
+    sharpen: str = field(default="low", metadata=rule(choices=SHARPENING))
+    # The capture date in the derivative's EXIF: off by default — with a face or a place it says where
+    # someone was and when; the outbox folders still sort by it.
+    keep_capture_date: bool = False
+    jpeg_quality: int = field(default=90, metadata=rule(low=1, high=100))
+    max_pixels: int = field(default=200_000_000, metadata=rule(low=1))
+    time_limit: float = field(default=300.0, metadata=rule(low=1.0))  # seconds per image, cloak included
+
+    @property
+    def size(self) -> OutputSize:
+        return OUTPUT_PRESETS[self.preset] if self.preset != "custom" else OutputSize(long_edge=self.long_edge)
+    # Which half of a RAW+JPEG pair is derived.
+    pair_preference: str = field(default="jpeg", metadata=rule(choices=PAIR_PREFERENCES))
     release_uncloaked: bool = False  # hold back derivatives whose cloak could not run
     # A JPEG may be decoded at a reduced scale that falls this much short of the long edge and be topped
     # up (4000 px → 2000 px → 2048 px): ~3× faster, 43 dB from a full decode, below JPEG q90's own loss.
-    draft_tolerance: float = 0.03
-    workers: int = 1  # derive processes (niced); 2 on an otherwise idle 2-core box doubles throughput
+    draft_tolerance: float = field(default=0.03, metadata=rule(low=0.0, high=0.25))
+    # Derive processes (niced, so sealing always goes first). 0: one per core, but no more than fit in the
+    # machine's memory at memory_limit each (derive/lane.py:worker_count).
+    workers: int = field(default=0, metadata=rule(low=0, high=64))
+    # Each derive process's address-space limit (RLIMIT_AS) in MB: a file that makes a decoder allocate
+    # without end fails there. The cloak of a 24 MP photo peaks at ~2.3 GB of address space
+    # (bench/worker_memory.py); HEIF and RAW files larger than a quarter of it are refused unread.
+    # An idle worker maps ~0.5 GB of address space (numpy, Pillow, OpenCV), hence the floor.
+    memory_limit: int = field(default=3072, metadata=rule(low=1024, high=1 << 20))
 
 
 @dataclass(frozen=True)
 class WatermarkConfig:
     enabled: bool = True
     text: str = "© {creator} {year}"
+    font: Path | None = None  # a TrueType/OpenType file; default: the first common font with every glyph
     logo: Path | None = None
-    anchor: str = "bottom-right"
-    inset: float = 0.03  # fraction of the short side
-    size: float = 0.035  # text height as a fraction of the short side
-    opacity: float = 0.6
+    anchor: str = field(default="bottom-right", metadata=rule(choices=ANCHORS))
+    inset: float = field(default=0.03, metadata=rule(low=0.0, high=0.45))  # fraction of the short side
+    size: float = field(default=0.035, metadata=rule(low=0.005, high=0.5))  # text height / short side
+    opacity: float = field(default=0.6, metadata=rule(low=0.0, high=1.0))
 
 
 @dataclass(frozen=True)
 class RightsConfig:
     creator: str = ""
     copyright: str = ""
-    data_mining: str = "DMI-PROHIBITED-AIMLTRAINING"
+    data_mining: str = field(default="DMI-PROHIBITED-AIMLTRAINING", metadata=rule(choices=DATA_MINING_VALUES))
     web_statement: str = ""
     other_constraints: str = "No use for training, fine-tuning or evaluating AI/ML models."
 
 
 @dataclass(frozen=True)
 class CloakConfig:
-    strength: str = "standard"
-    models_dir: Path | None = None
+    strength: str = field(default="standard", metadata=rule(choices=STRENGTHS))
+    models_dir: Path | None = None  # $SHUTTERLOCK_MODELS_DIR overrides it
     offline: bool = False
-    threads: int = 0  # 0 = all cores
-    seed: int = 0
-    time_budget: float = 60.0
+    threads: int = field(default=0, metadata=rule(low=0, high=1024))  # 0 = all cores
+    seed: int = field(default=0, metadata=rule(low=0))
+    time_budget: float = field(default=60.0, metadata=rule(low=0.1))
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    settle_seconds: float = 2.0
-    rescan_minutes: float = 15.0
-    seal_workers: int = 0  # 0 = one per core
-    max_attempts: int = 8
-    chunk_size: int = 1 << 20
-    stall_seconds: float = 300.0  # a busy worker silent this long stops the systemd watchdog pings
+    settle_seconds: float = field(default=2.0, metadata=rule(low=0.0, high=3600.0))
+    rescan_minutes: float = field(default=15.0, metadata=rule(low=0.05))
+    seal_workers: int = field(default=0, metadata=rule(low=0, high=256))  # 0 = one per core
+    max_attempts: int = field(default=8, metadata=rule(low=1, high=1000))
+    chunk_size: int = field(default=1 << 20, metadata=rule(low=4096, high=64 << 20))
+    # A busy worker silent this long stops the systemd watchdog pings.
+    stall_seconds: float = field(default=300.0, metadata=rule(low=1.0))
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """``[share]``: where private galleries are published (docs/SHARING.md); absent: no sharing."""
+
+    url: str  # s3://BUCKET/PREFIX
+    endpoint: str = ""
+    public_url: str = ""  # a public-read base serving PREFIX; empty: presigned links (at most 7 days)
+    region: str = ""
+    addressing_style: str = field(default="auto", metadata=rule(choices=ADDRESSING_STYLES))
+    expires_days: float = field(default=30.0, metadata=rule(low=0.01, high=1825.0))  # when --expires is not given
+    thumb_edge: int = field(default=640, metadata=rule(low=160, high=2048))  # the grid thumbnail's long edge
+    feedback_bytes: int = field(default=65536, metadata=rule(low=4096, high=1 << 20))  # per client message
+    check_minutes: float = field(default=10.0, metadata=rule(low=0.05, high=1440.0))  # feedback, expiry (daemon)
+
+    @property
+    def bucket(self) -> str:
+        return self.url[len("s3://"):].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.url[len("s3://"):].split("/", 1)
+        return rest[1].strip("/") if len(rest) > 1 else ""
+
+
+@dataclass(frozen=True)
+class ProvenanceConfig:
+    """The key that signs every derivative's C2PA manifest. Both empty: the self-issued identity ``init``
+    creates in the state directory. Both set: a chain from a real CA (PEM, the signing certificate first)
+    and its unencrypted private key (owner-only)."""
+
+    certificate: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The public portfolio. ``url``: ``s3://BUCKET/PREFIX`` or a folder (for rsync or any static host);
+    empty: ``site publish`` refuses. ``base_url``: the address it is served from, which makes the TDMRep
+    policy links absolute. ``include``: patterns choosing originals (empty: all with a derivative).
+    ``min_rating``: only originals rated at least this many stars (0: all). ``captions``: pattern → caption,
+    first match wins. ``widths``: renditions made below the derivative."""
+
+    url: str = ""
+    endpoint: str = ""
+    base_url: str = ""
+    title: str = ""
+    tagline: str = ""
+    about: str = ""
+    email: str = ""
+    links: tuple[str, ...] = ()
+    theme: str = field(default="auto", metadata=rule(choices=THEMES))
+    include: tuple[str, ...] = ()
+    min_rating: int = field(default=0, metadata=rule(low=0, high=5))  # only originals with this many stars
+    captions: tuple[tuple[str, str], ...] = ()
+    widths: tuple[int, ...] = (480, 960, 1600)
 
 
 @dataclass(frozen=True)
@@ -215,6 +376,9 @@ class Config:
     cloak: CloakConfig
     engine: EngineConfig
     paths: Paths
+    provenance: ProvenanceConfig = ProvenanceConfig()
+    site: SiteConfig = SiteConfig()
+    share: ShareConfig | None = None
 
     def source_by_name(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -251,19 +415,19 @@ class _Reader:
             raise self.fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
-    def number(self, key: str, default: float, *, low: float, high: float | None = None) -> float:
-        value = self.get(key, float, default)
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+    def number(self, key: str, kind: type, default: Any, low: float | None, high: float | None) -> Any:
+        value = self.get(key, kind, default)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"between {low} and {high}" if low is not None and high is not None else \
+                f"at least {low}" if low is not None else f"at most {high}"
             raise self.fail(key, f"must be {bound}; got {value}")
         return value
 
-    def integer(self, key: str, default: int, *, low: int, high: int | None = None) -> int:
-        value = self.get(key, int, default)
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise self.fail(key, f"must be {bound}; got {value}")
-        return value
+    def words(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, list(default))
+        if not all(isinstance(item, str) for item in value):
+            raise self.fail(key, f"expected a list of strings; got {value!r}")
+        return tuple(value)
 
     def path(self, key: str, default: Path | None) -> Path | None:
         value = self.get(key, str, None)
@@ -305,14 +469,39 @@ def _sources(file: Path, raw: dict[str, Any]) -> tuple[SourceConfig, ...]:
         if path is None:
             raise reader.fail("path", "missing")
         path = _existing_dir_or_creatable(reader, "path", path)
-        name = reader.get("name", str, "") or path.name or f"source{index + 1}"
+        source = _read_table(reader, SourceConfig, path=path)
+        name = source.name or path.name or f"source{index + 1}"
         if name in names:
             raise reader.fail("name", f"duplicate source name {name!r}; give each source a distinct name")
         names.add(name)
-        sources.append(SourceConfig(path=path, watch_mode=reader.choice("watch_mode", WATCH_MODES, "auto"),
-                                    name=name))
-        reader.done()
+        sources.append(replace(source, name=name))
     return tuple(sources)
+
+
+T = TypeVar("T")
+
+
+def _read_table(reader: _Reader, kind: type[T], **given: Any) -> T:
+    """Read every key of ``kind`` from the table (defaults and rules from its fields); unknown keys fail."""
+    hints = typing.get_type_hints(kind)
+    default = kind(**given)
+    values = dict(given)
+    for item in fields(kind):  # type: ignore[arg-type]
+        if item.name in given:
+            continue
+        current, hint, check = getattr(default, item.name), hints[item.name], item.metadata or rule()
+        if check["choices"]:
+            values[item.name] = reader.choice(item.name, check["choices"], current)
+        elif hint in (int, float):
+            values[item.name] = reader.number(item.name, hint, current, check["low"], check["high"])
+        elif hint in (Path, Path | None):
+            values[item.name] = reader.path(item.name, current) or current
+        elif hint == tuple[str, ...]:
+            values[item.name] = reader.words(item.name, current)
+        else:
+            values[item.name] = reader.get(item.name, hint, current)
+    reader.done()
+    return kind(**values)
 
 
 def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
@@ -325,19 +514,89 @@ def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
     endpoint = reader.get("endpoint", str, "")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise reader.fail("endpoint", f"must be an http:// or https:// URL; got {endpoint!r}")
-    config = S3Config(
-        url=url,
-        endpoint=endpoint,
-        region=reader.get("region", str, ""),
-        addressing_style=reader.choice("addressing_style", ("auto", "path", "virtual"), "auto"),
-        storage_class=reader.get("storage_class", str, ""),
-        bandwidth_limit=reader.integer("bandwidth_limit", 0, low=0),
-        stale_upload_hours=reader.number("stale_upload_hours", 72.0, low=0.01),
-        snapshot_minutes=reader.number("snapshot_minutes", 60.0, low=0.01),
-        scrub_days=reader.number("scrub_days", 7.0, low=0.0001),
-        scrub_percent=reader.number("scrub_percent", 5.0, low=0.0, high=100.0),
-    )
-    reader.done()
+    return _read_table(reader, S3Config, url=url, endpoint=endpoint)
+
+
+def _share(file: Path, raw: dict[str, Any]) -> ShareConfig | None:
+    if "share" not in raw:
+        return None
+    reader = _table(file, raw, "share")
+    url = reader.get("url", str, "")
+    if not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise reader.fail("url", f"must look like s3://BUCKET/PREFIX; got {url!r}")
+    given = {"url": url}
+    for key in ("endpoint", "public_url"):
+        value = reader.get(key, str, "")
+        if value and not value.startswith(("http://", "https://")):
+            raise reader.fail(key, f"must be an http:// or https:// URL; got {value!r}")
+        given[key] = value.rstrip("/") if key == "public_url" else value
+    return _read_table(reader, ShareConfig, **given)
+
+
+def _derive(file: Path, raw: dict[str, Any]) -> DeriveConfig:
+    reader = _table(file, raw, "derive")
+    outbox = reader.path("outbox", None)
+    if outbox is not None:
+        _existing_dir_or_creatable(reader, "outbox", outbox)
+        return _read_table(reader, DeriveConfig, outbox=outbox)
+    return _read_table(reader, DeriveConfig)
+
+
+def _watermark(file: Path, raw: dict[str, Any]) -> WatermarkConfig:
+    reader = _table(file, raw, "watermark")
+    logo = reader.path("logo", None)
+    if logo is not None and not logo.is_file():
+        raise reader.fail("logo", f"no such file: {logo}")
+    return _read_table(reader, WatermarkConfig, logo=logo)
+
+
+def _cloak(file: Path, raw: dict[str, Any]) -> CloakConfig:
+    """``$SHUTTERLOCK_MODELS_DIR`` overrides ``models_dir``; this is the only place that reads it."""
+    reader = _table(file, raw, "cloak")
+    models_dir = reader.path("models_dir", None)
+    env_models = os.environ.get(MODELS_DIR_ENV)
+    if env_models:
+        models_dir = Path(env_models).expanduser()
+    return _read_table(reader, CloakConfig, models_dir=models_dir)
+
+
+def _provenance(file: Path, raw: dict[str, Any]) -> ProvenanceConfig:
+    reader = _table(file, raw, "provenance")
+    config = _read_table(reader, ProvenanceConfig)
+    if (config.certificate is None) != (config.key is None):
+        missing = "key" if config.key is None else "certificate"
+        raise reader.fail(missing, "missing: a certificate from a CA needs both certificate and key")
+    for name in ("certificate", "key"):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            raise reader.fail(name, f"no such file: {path}")
+    return config
+
+
+def _strings(reader: _Reader, key: str) -> tuple[str, ...]:
+    values = reader.get(key, list, [])
+    if not all(isinstance(value, str) and value.strip() for value in values):
+        raise reader.fail(key, "expected a list of non-empty strings")
+    return tuple(values)
+
+
+def _site(file: Path, raw: dict[str, Any]) -> SiteConfig:
+    reader = _table(file, raw, "site")
+    captions = reader.get("captions", dict, {})
+    if not all(isinstance(text, str) for text in captions.values()):
+        raise reader.fail("captions", "expected a table of pattern = \"caption\"")
+    widths = reader.get("widths", list, list(SiteConfig().widths))
+    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and 64 <= w <= 8192 for w in widths):
+        raise reader.fail("widths", f"expected a list of pixel widths between 64 and 8192; got {widths!r}")
+    config = _read_table(reader, SiteConfig, links=_strings(reader, "links"), include=_strings(reader, "include"),
+                         captions=tuple(captions.items()), widths=tuple(sorted(set(widths))))
+    if config.url.startswith("s3://") and not config.url[5:].split("/")[0]:
+        raise ConfigError(f"{file.name}: [site] url: must look like s3://BUCKET/PREFIX or be a folder; "
+                          f"got {config.url!r}")
+    for key in ("endpoint", "base_url"):
+        value = getattr(config, key)
+        if value and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{file.name}: [site] {key}: must be an http:// or https:// URL; got {value!r}")
     return config
 
 
@@ -345,90 +604,19 @@ def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     """Validate a parsed TOML document; every key not understood is an error (typos matter)."""
     raw = dict(raw)
     sources = _sources(file, raw)
-
     reader = _table(file, raw, "vault")
-    vault_path = reader.path("path", paths.state_dir / "vault") or paths.state_dir / "vault"
-    vault = VaultConfig(path=_existing_dir_or_creatable(reader, "path", vault_path))
+    default_vault = paths.state_dir / "vault"
+    vault = VaultConfig(path=_existing_dir_or_creatable(
+        reader, "path", reader.path("path", default_vault) or default_vault))
     reader.done()
-
-    s3 = _s3(file, raw)
-
-    reader = _table(file, raw, "derive")
-    default = DeriveConfig()
-    derive = DeriveConfig(
-        enabled=reader.get("enabled", bool, True),
-        outbox=_existing_dir_or_creatable(reader, "outbox", reader.path("outbox", default.outbox) or default.outbox),
-        long_edge=reader.integer("long_edge", default.long_edge, low=64, high=65535),
-        jpeg_quality=reader.integer("jpeg_quality", default.jpeg_quality, low=1, high=100),
-        max_pixels=reader.integer("max_pixels", default.max_pixels, low=1),
-        time_limit=reader.number("time_limit", default.time_limit, low=1.0),
-        pair_preference=reader.choice("pair_preference", PAIR_PREFERENCES, default.pair_preference),
-        release_uncloaked=reader.get("release_uncloaked", bool, default.release_uncloaked),
-        draft_tolerance=reader.number("draft_tolerance", default.draft_tolerance, low=0.0, high=0.25),
-        workers=reader.integer("workers", default.workers, low=1, high=64),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "watermark")
-    default_wm = WatermarkConfig()
-    logo = reader.path("logo", None)
-    if logo is not None and not logo.is_file():
-        raise reader.fail("logo", f"no such file: {logo}")
-    watermark = WatermarkConfig(
-        enabled=reader.get("enabled", bool, True),
-        text=reader.get("text", str, default_wm.text),
-        logo=logo,
-        anchor=reader.choice("anchor", ANCHORS, default_wm.anchor),
-        inset=reader.number("inset", default_wm.inset, low=0.0, high=0.45),
-        size=reader.number("size", default_wm.size, low=0.005, high=0.5),
-        opacity=reader.number("opacity", default_wm.opacity, low=0.0, high=1.0),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "rights")
-    default_rights = RightsConfig()
-    rights = RightsConfig(
-        creator=reader.get("creator", str, ""),
-        copyright=reader.get("copyright", str, ""),
-        data_mining=reader.choice("data_mining", DATA_MINING_VALUES, default_rights.data_mining),
-        web_statement=reader.get("web_statement", str, ""),
-        other_constraints=reader.get("other_constraints", str, default_rights.other_constraints),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "cloak")
-    default_cloak = CloakConfig()
-    models_dir = reader.path("models_dir", None)
-    env_models = os.environ.get("SHUTTERLOCK_MODELS_DIR")
-    if env_models:
-        models_dir = Path(env_models).expanduser()
-    cloak = CloakConfig(
-        strength=reader.choice("strength", STRENGTHS, default_cloak.strength),
-        models_dir=models_dir,
-        offline=reader.get("offline", bool, False),
-        threads=reader.integer("threads", 0, low=0, high=1024),
-        seed=reader.integer("seed", 0, low=0),
-        time_budget=reader.number("time_budget", default_cloak.time_budget, low=0.1),
-    )
-    reader.done()
-
-    reader = _table(file, raw, "engine")
-    default_engine = EngineConfig()
-    engine = EngineConfig(
-        settle_seconds=reader.number("settle_seconds", default_engine.settle_seconds, low=0.0, high=3600.0),
-        rescan_minutes=reader.number("rescan_minutes", default_engine.rescan_minutes, low=0.05),
-        seal_workers=reader.integer("seal_workers", 0, low=0, high=256),
-        max_attempts=reader.integer("max_attempts", default_engine.max_attempts, low=1, high=1000),
-        chunk_size=reader.integer("chunk_size", default_engine.chunk_size, low=4096, high=64 << 20),
-        stall_seconds=reader.number("stall_seconds", default_engine.stall_seconds, low=1.0),
-    )
-    reader.done()
-
+    config = Config(sources=sources, vault=vault, s3=_s3(file, raw), derive=_derive(file, raw),
+                    watermark=_watermark(file, raw), rights=_read_table(_table(file, raw, "rights"), RightsConfig),
+                    cloak=_cloak(file, raw), engine=_read_table(_table(file, raw, "engine"), EngineConfig),
+                    paths=paths, provenance=_provenance(file, raw), site=_site(file, raw),
+                    share=_share(file, raw))
     if raw:
-        unknown = sorted(raw)[0]
-        raise ConfigError(f"{file.name}: [{unknown}]: unknown table")
-    return Config(sources=sources, vault=vault, s3=s3, derive=derive, watermark=watermark, rights=rights,
-                  cloak=cloak, engine=engine, paths=paths)
+        raise ConfigError(f"{file.name}: [{sorted(raw)[0]}]: unknown table")
+    return config
 
 
 def load(config_file: Path | None = None) -> Config:
@@ -449,6 +637,25 @@ def load(config_file: Path | None = None) -> Config:
     return parse(raw, file, paths)
 
 
+def warnings(config: Config) -> list[str]:
+    """Settings that work but will surprise the user (a watermark that renders empty, …)."""
+    found = []
+    mark = config.watermark
+    if config.derive.enabled and mark.enabled and "{creator}" in mark.text and not config.rights.creator.strip():
+        found.append("the watermark is empty because no creator is set: add `creator = \"Your Name\"` to "
+                     f"[rights] in {config.paths.config_file} (or run `shutterlock init` again)")
+    return found
+
+
+def save(config: Config) -> None:
+    """Write the config file (owner-only: it may name buckets and paths the user keeps private)."""
+    import tomli_w
+
+    from shutterlock.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(config.paths.config_file, tomli_w.dumps(to_toml_dict(config)).encode(), mode=0o600)
+
+
 def to_toml_dict(config: Config) -> dict[str, Any]:
     """The config as a TOML document, for ``init`` to write."""
 
@@ -460,7 +667,7 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
             value = getattr(obj, f.name)
             if value is None:
                 continue
-            out[f.name] = str(value) if isinstance(value, Path) else value
+            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         return out
 
     doc: dict[str, Any] = {
@@ -471,16 +678,40 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
         "rights": table(config.rights),
         "cloak": table(config.cloak),
         "engine": table(config.engine),
+        "provenance": table(config.provenance),
+        "site": {**table(config.site), "captions": dict(config.site.captions)},
     }
     if config.s3 is not None:
         doc["s3"] = table(config.s3)
+    if config.share is not None:
+        doc["share"] = table(config.share)
     return doc
 
 
-def with_overrides(config: Config, *, sources: list[Path] | None = None, vault: Path | None = None,
-                   outbox: Path | None = None, s3_url: str | None = None,
-                   s3_endpoint: str | None = None) -> Config:
-    """Apply ``init``'s flags on top of an existing or default config."""
+@dataclass(frozen=True)
+class Choices:
+    """What ``init`` was told (flags, or answers at its prompts); None leaves the config's value."""
+
+    sources: list[Path] | None = None
+    vault: Path | None = None
+    outbox: Path | None = None
+    s3_url: str | None = None
+    s3_endpoint: str | None = None
+    creator: str | None = None
+    copyright: str | None = None
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+def with_overrides(config: Config, choices: Choices) -> Config:
+    """Apply ``init``'s choices on top of an existing or default config."""
+    sources, vault, outbox = choices.sources, choices.vault, choices.outbox
+    s3_url, s3_endpoint = choices.s3_url, choices.s3_endpoint
+    if choices.creator is not None or choices.copyright is not None:
+        config = replace(config, rights=replace(
+            config.rights, creator=config.rights.creator if choices.creator is None else choices.creator.strip(),
+            copyright=config.rights.copyright if choices.copyright is None else choices.copyright.strip()))
     if sources:
         config = replace(config, sources=tuple(
             SourceConfig(path=p.expanduser().resolve(), name=_unique_name(p, i, sources))

@@ -4,9 +4,11 @@ Newline-delimited JSON over a Unix domain socket in an owner-only runtime direct
 socket is 0600 and, where the OS tells us, the peer's uid must be ours. Where AF_UNIX is not
 available (Windows), a loopback TCP port plus a random token in an owner-only file stands in.
 
-Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "stop"}`` and
-``{"op": "watch", "version": N, "timeout": S}``, which long-polls until the status changes.
-Replies: ``{"ok": true, "status": {...}}`` or ``{"ok": false, "error": "..."}``.
+Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "retry" | "wake" | "reload" | "stop"}``,
+``{"op": "watch", "version": N, "timeout": S}``, which long-polls until the status changes, and
+``{"op": "share_link", "name": NAME}`` (the share's link and QR code files, for the tray).
+Replies: ``{"ok": true, "status": {...}}`` (the status document of ``status.py``; ``share_link`` adds
+``"share": {...}``) or ``{"ok": false, "error": "..."}``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.errors import ControlError, DaemonNotRunning, ShutterlockError
+from shutterlock.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +35,16 @@ MAX_REQUEST = 64 * 1024
 HAVE_UNIX = hasattr(socket, "AF_UNIX")
 
 
-class DaemonNotRunning(Exception):
-    """No daemon answers on the control socket."""
-
-
 class ControlTarget(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> Status: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def rescan(self) -> None: ...
+    def retry(self) -> None: ...
+    def wake(self) -> None: ...
+    def request_reload(self) -> None: ...
     def request_stop(self) -> None: ...
+    def share_link(self, name: str) -> dict[str, Any]: ...
     def wait_for_change(self, version: int, timeout: float) -> None: ...
 
 
@@ -81,6 +84,7 @@ class _Handler(socketserver.StreamRequestHandler):
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         target: ControlTarget = self.server.target
         op = request.get("op")
+        extra: dict[str, Any] = {}
         try:
             if op == "watch":
                 timeout = min(max(float(request.get("timeout", 30)), 0.0), 300.0)
@@ -91,14 +95,24 @@ class _Handler(socketserver.StreamRequestHandler):
                 target.resume()
             elif op == "rescan":
                 target.rescan()
+            elif op == "retry":
+                target.retry()
+            elif op == "wake":  # new work was queued in the catalog by another process
+                target.wake()
+            elif op == "reload":
+                target.request_reload()
             elif op == "stop":
                 target.request_stop()
+            elif op == "share_link":
+                extra["share"] = target.share_link(str(request.get("name", "")))
             elif op != "status":
                 return {"ok": False, "error": f"unknown op {op!r}"}
-            return {"ok": True, "status": target.status()}
+            return {"ok": True, "status": target.status().to_dict(), **extra}
+        except ShutterlockError as error:
+            return {"ok": False, "error": str(error)}
         except Exception as error:
             log.exception("control request %r failed", op)
-            return {"ok": False, "error": str(error)}
+            return {"ok": False, "error": f"internal error: {error!r}"}
 
     def _reply(self, payload: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -124,7 +138,19 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        try:
+            self._listen()
+        except OSError as error:
+            raise ControlError(f"cannot listen on the control socket {self.path}: {error.strerror or error}") \
+                from None
+
+    def _listen(self) -> None:
+        # Imported here: clients (the tray) load the socket client and the status types, nothing more.
+        from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+
         ensure_dir(self.path.parent, 0o700)
+        if hasattr(os, "getuid") and self.path.parent.stat().st_uid != os.getuid():
+            raise ControlError(f"{self.path.parent} belongs to another user; refusing to put the socket there")
         self.path.parent.chmod(0o700)
         if HAVE_UNIX:
             with contextlib.suppress(FileNotFoundError):
@@ -164,7 +190,12 @@ class ControlClient:
         self.path, self.timeout = socket_path, timeout
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send one request; returns the status dict or raises DaemonNotRunning / RuntimeError."""
+        """Send one request; returns the status document as sent, or raises DaemonNotRunning / ControlError."""
+        status: dict[str, Any] = self.request(op, **args)["status"]
+        return status
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request; returns the whole reply (the status and whatever the op adds)."""
         request = {"op": op, **args}
         wait = float(args.get("timeout", 0)) if op == "watch" else 0.0
         try:
@@ -189,7 +220,11 @@ class ControlClient:
             raise DaemonNotRunning(f"{self.path}: {error}") from error
         if not line:
             raise DaemonNotRunning(f"{self.path}: the daemon closed the connection")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ControlError(f"{self.path}: the daemon sent a malformed reply") from None
         if not reply.get("ok"):
-            raise RuntimeError(reply.get("error", "request failed"))
-        return reply["status"]
+            raise ControlError(f"the daemon refused {op!r}: {reply.get('error', 'request failed')}")
+        answer: dict[str, Any] = reply
+        return answer

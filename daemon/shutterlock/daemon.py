@@ -12,72 +12,55 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from shutterlock import app
+from filelock import FileLock, Timeout
+
 from shutterlock import config as config_module
-from shutterlock.config import Config, SourceConfig
+from shutterlock import facade
+from shutterlock.config import Config, ShareConfig, SourceConfig
+from shutterlock.config import warnings as config_warnings
 from shutterlock.control import ControlServer
-from shutterlock.fsutil import ensure_dir
-from shutterlock.pipeline import Engine
+from shutterlock.engine import Engine
+from shutterlock.errors import AlreadyRunning, ConfigError, ShutterlockError
+from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.service import Notifier
-from shutterlock.watch import SourceWatcher, StabilityGate, walk
+from shutterlock.status import SourceStatus, Status
+from shutterlock.watch import SourceWatcher, StabilityGate, scan, walk
 
 log = logging.getLogger(__name__)
 
+VAULT_SNAPSHOT_SECONDS = 600  # the vault's own catalog snapshot, when something was sealed since the last
 
-class AlreadyRunning(Exception):
-    pass
-
-
-def _process_facts() -> dict[str, Any]:
-    """What the daemon costs: resident memory, and whether torch is loaded (it should not be when idle)."""
-    import sys
-
-    rss_mb = None
-    status_file = Path("/proc/self/status")
-    if status_file.exists():
-        for line in status_file.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss_mb = int(line.split()[1]) / 1024
-    return {"rss_mb": rss_mb, "torch_loaded": "torch" in sys.modules, "threads": threading.active_count()}
+SHARE_CHECK_MINUTES = ShareConfig.__dataclass_fields__["check_minutes"].default
 
 
 class _InstanceLock:
-    """An advisory lock so two daemons never share a catalog and vault."""
+    """An advisory lock (filelock: flock, or a lock file where flock is missing) so two daemons never
+    share a catalog and vault; the holder's pid sits beside it so the second one can say who holds it."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._handle: IO[str] | None = None
+        self.pid_file = path.with_suffix(".pid")
+        self._lock = FileLock(path, timeout=0, mode=0o600)
 
     def acquire(self) -> None:
         ensure_dir(self.path.parent, 0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        handle = os.fdopen(fd, "r+")
         try:
-            if os.name == "posix":
-                import fcntl
-
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            else:
-                import msvcrt
-
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            handle.seek(0)
-            other = handle.read().strip()
-            handle.close()
-            raise AlreadyRunning(f"another shutterlock daemon is running (pid {other or '?'})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
+            self._lock.acquire()
+        except Timeout:
+            try:
+                other = self.pid_file.read_text().strip()
+            except OSError:
+                other = "?"
+            raise AlreadyRunning(f"another shutterlock daemon is running (pid {other})") from None
+        atomic_write_bytes(self.pid_file, str(os.getpid()).encode())
 
     def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._lock.is_locked:
+            with contextlib.suppress(OSError):
+                self.pid_file.unlink()
+            self._lock.release()
 
 
 class Daemon:
@@ -89,68 +72,111 @@ class Daemon:
         self._lock = _InstanceLock(config.paths.lock_file)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._reloading = threading.Lock()
         self.started_at = time.time()
-        self.engine: Engine | None = None
+        self.restart_needed: list[str] = []
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Everything up to READY: lock, keys, vault, catalog, workers, watchers, socket, first scan."""
+        """Everything up to READY: lock, keys, vault, catalog, lanes, watchers, socket, first scan.
+
+        A failure part-way stops whatever had started, so nothing is left running behind the error.
+        """
         self._lock.acquire()
+        started: list[Any] = []
         try:
-            keys = app.load_keys(self.config)
-            vault = app.open_vault(self.config)
-            self.catalog = app.open_catalog(self.config)
-            self.engine = app.make_engine(self.config, self.catalog, keys, vault)
+            keys = self.keys = facade.load_keys(self.config)
+            vault = self.vault = facade.open_vault(self.config)
+            self.catalog = facade.open_catalog(self.config)
+            started.append(self.catalog.close)
+            self.engine = Engine(self.catalog, facade.build_stages(self.config, self.catalog, keys, vault))
+            started.append(self.engine.close)
             self.engine.start()
+            started.append(self.engine.stop)
             self.gate = StabilityGate(self.config.engine.settle_seconds, self.engine.discover)
             self.gate.start()
+            started.append(self.gate.stop)
             self.watcher = SourceWatcher(self.config.sources, self.gate, self._new_folder)
             self.watcher.start()
+            started.append(self.watcher.stop)
             self.control = ControlServer(self.config.paths.socket, self)
             self.control.start()
+            started.append(self.control.stop)
             self.scheduler = self._start_scheduler()
+            started.append(lambda: self.scheduler.shutdown(wait=False))
             self._scan_in_background("start-up scan")
         except BaseException:
+            for undo in reversed(started):
+                with contextlib.suppress(Exception):
+                    undo()
             self._lock.release()
             raise
         log.info("watching %s", ", ".join(f"{s.name} ({self.watcher.states[s.name].mode})"
                                           for s in self.config.sources))
+        for warning in config_warnings(self.config):
+            log.warning("%s", warning)
         self.notifier.ready()
 
     def _start_scheduler(self) -> Any:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         scheduler = BackgroundScheduler(daemon=True)
-        minutes = self.config.engine.rescan_minutes
-        scheduler.add_job(lambda: self._scan_in_background("periodic rescan"), "interval", minutes=minutes,
-                          jitter=max(1, int(minutes * 6)), id="rescan", coalesce=True, max_instances=1)
+
+        def every(seconds: float, job: Any, name: str) -> None:
+            # Jitter (a tenth of the period, at most an hour) keeps many installations off the same second.
+            scheduler.add_job(job, "interval", seconds=seconds, jitter=max(1, int(min(3600, seconds / 10))),
+                              id=name, coalesce=True, max_instances=1, replace_existing=True)
+
+        every(self.config.engine.rescan_minutes * 60, lambda: self._scan_in_background("periodic rescan"),
+              "rescan")
         for stage in self.engine.stages:
-            schedule = getattr(stage, "schedule", None)
-            if schedule is not None:
-                schedule(scheduler)
+            for periodic in stage.schedule():
+                every(periodic.seconds, periodic.run, f"{stage.name}:{periodic.name}")
+        # Shares end on time and feedback arrives even after [share] is removed: they live in their own buckets.
+        every(60 * (self.config.share.check_minutes if self.config.share else SHARE_CHECK_MINUTES),
+              self._look_after_shares, "shares")
+        every(VAULT_SNAPSHOT_SECONDS, lambda: facade.snapshot_vault(self.catalog, self.keys, self.vault),
+              "vault-snapshot")
         scheduler.start()
         return scheduler
 
+    def _look_after_shares(self) -> None:
+        """Expire, renew and clean up shares, collect client feedback; the tray hears of it through the status."""
+        try:
+            done, new = facade.share_maintenance(self.config, self.catalog, self.keys)
+        except ShutterlockError as error:
+            log.error("looking after shares: %s", error)
+            self.catalog.record_event("error", "shares", str(error))
+            return
+        for line in done:
+            log.info("share %s", line)
+        if new:
+            log.info("%d new feedback message(s) from clients", new)
+        if done or new:
+            self.engine.wake()
+
     def _scan_in_background(self, why: str) -> None:
-        def scan() -> None:
-            found = self.engine.scan(offer=self.gate.offer)
+        def offer(source: SourceConfig, relpath: str, _info: os.stat_result) -> None:
+            self.gate.offer(source, relpath)
+
+        def run() -> None:
+            found = scan(self.config.sources, self.catalog, offer)
             if found:
                 log.info("%s: %d new or changed file(s)", why, found)
 
-        threading.Thread(target=scan, name="scan", daemon=True).start()
+        threading.Thread(target=run, name="scan", daemon=True).start()
 
     def _new_folder(self, source: SourceConfig, folder: Path) -> None:
         """A folder appeared (or was moved in): its files may predate the watch on it."""
-        for relpath, _ in walk(folder):
+        for relpath, _ in walk(folder, source.ignore):
             self.gate.offer(source, (folder / relpath).relative_to(source.path).as_posix())
 
-    def run(self, install_signals: bool = True) -> None:
-        if install_signals:
-            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-            signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-            if hasattr(signal, "SIGHUP"):
-                signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         self.start()
         try:
             self._main_loop()
@@ -163,14 +189,16 @@ class Daemon:
         while not self._stop.wait(tick):
             if self.notifier.enabled and self.engine.version != seen:
                 seen = self.engine.version
-                self.notifier.status(self.status()["summary"])
+                self.notifier.status(self.status().summary)
             if self._reload.is_set():
                 self._reload.clear()
-                self.reload()
-            if self.engine.healthy():
+                with contextlib.suppress(ConfigError):  # logged and shown in status; the old config stays
+                    self.reload()
+            stalled = self.engine.stalled()
+            if not stalled:
                 self.notifier.watchdog()
             else:
-                log.error("a worker has made no progress for a long time; not pinging the watchdog")
+                log.error("not pinging the watchdog: %s", "; ".join(stalled))
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -180,9 +208,8 @@ class Daemon:
         self.watcher.stop()
         self.gate.stop()
         clean = self.engine.stop(timeout=7.0)
-        for stage in self.engine.stages:
-            with contextlib.suppress(Exception):
-                stage.close()
+        self.engine.close()
+        facade.snapshot_vault(self.catalog, self.keys, self.vault)
         self.control.stop()
         if not clean:
             log.warning("in-flight work was abandoned; it will be redone on the next start")
@@ -191,50 +218,65 @@ class Daemon:
         log.info("stopped")
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; watchers and engine settings follow it."""
+        """SIGHUP or the ``reload`` request: re-read the config; what cannot change live is named in status."""
+        with self._reloading:
+            self._reload_config()
+
+    def _reload_config(self) -> None:
         self.notifier.reloading()
         try:
             new = config_module.load(self.config.paths.config_file)
-        except config_module.ConfigError as error:
+        except ConfigError as error:
             log.error("reload failed, keeping the running config: %s", error)
+            self.catalog.record_event("error", "reload", str(error))
             self.notifier.ready()
-            return
-        if new.s3 != self.config.s3 or new.vault != self.config.vault:
-            log.warning("changes to [s3] or [vault] take effect after a restart")
+            raise
+        needs_restart = []
+        if new.vault != self.config.vault:
+            needs_restart.append("a new [vault] path takes effect after a restart")
+        if facade.lane_names(new) != [stage.name for stage in self.engine.stages]:
+            needs_restart.append("turning [s3] or [derive] on or off takes effect after a restart")
+        for stage in self.engine.stages:
+            if why := stage.reload(new):
+                needs_restart.append(why)
         self.watcher.stop()
         self.config = new
-        self.engine.config = new
-        for stage in self.engine.stages:
-            stage.config = new
         self.gate.settle = new.engine.settle_seconds
         self.watcher = SourceWatcher(new.sources, self.gate, self._new_folder)
         self.watcher.start()
+        self.scheduler.shutdown(wait=False)
+        self.scheduler = self._start_scheduler()
+        self.restart_needed = needs_restart
+        for why in needs_restart + config_warnings(new):
+            log.warning("%s", why)
         self._scan_in_background("rescan after reload")
         log.info("configuration reloaded")
+        self.engine.wake()
         self.notifier.ready()
 
     # ------------------------------------------------------------------ control target
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         engine = self.engine
-        status = app.offline_status(self.config, self.catalog)
-        status.update({
-            "running": True,
-            "pid": os.getpid(),
-            "version": engine.version,
-            "uptime": time.time() - self.started_at,
-            "pending": len(self.gate),
-            "current": engine.current_items(),
-            "healthy": engine.healthy(),
-            "process": _process_facts(),
-            "sources": [{"name": s.name, "path": str(s.path), "watch_mode": self.watcher.states[s.name].mode,
-                         "configured_mode": s.watch_mode, "warning": self.watcher.states[s.name].warning}
-                        for s in self.config.sources if s.name in self.watcher.states],
-        })
-        for kind, extra in engine.stage_status().items():
-            key = "replica" if kind == "replicate" else kind
-            status[key] = {**status.get(key, {}), **extra}
-        return app.finish_status(status)
+        replicate = engine.stage("replicate")
+        derive = engine.stage("derive")
+        live = facade.LiveFacts(
+            pid=os.getpid(),
+            version=engine.version,
+            uptime=time.time() - self.started_at,
+            pending=len(self.gate),
+            lanes=engine.lanes(),
+            healthy=not engine.stalled(),
+            process=facade.process_facts(),
+            sources=[SourceStatus(name=s.name, path=str(s.path), watch_mode=self.watcher.states[s.name].mode,
+                                  configured_mode=s.watch_mode, warning=self.watcher.states[s.name].warning)
+                     for s in self.config.sources if s.name in self.watcher.states],
+            replica=replicate.status() if replicate is not None else None,  # type: ignore[attr-defined]
+            cloak_problem=derive.cloak_problem if derive is not None else None,  # type: ignore[attr-defined]
+            restart_needed=self.restart_needed,
+            isolation=derive.isolation if derive is not None else None,  # type: ignore[attr-defined]
+        )
+        return facade.read_status(self.config, self.catalog, live)
 
     def pause(self) -> None:
         self.engine.set_paused(True)
@@ -245,8 +287,22 @@ class Daemon:
     def rescan(self) -> None:
         self._scan_in_background("rescan requested")
 
+    def retry(self) -> None:
+        files, jobs = self.catalog.retry_everything()
+        log.info("retrying now: %d original(s), %d job(s)", files, jobs)
+        self.engine.wake()
+
+    def wake(self) -> None:
+        self.engine.wake()
+
+    def request_reload(self) -> None:
+        self.reload()
+
     def request_stop(self) -> None:
         self._stop.set()
+
+    def share_link(self, name: str) -> dict[str, Any]:
+        return facade.share_link(self.config, name).to_dict()
 
     def wait_for_change(self, version: int, timeout: float) -> None:
         # Jitter so many clients do not wake in lockstep.

@@ -9,12 +9,13 @@ per gate tick. Walks (start-up scan, periodic rescans, polling) feed the same ga
 from __future__ import annotations
 
 import errno
+import fnmatch
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from shutterlock.catalog import Catalog, FileState
 from shutterlock.config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -33,16 +35,19 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs",
 POLL_SECONDS = 5.0
 
 
-def is_ignored(relpath: str) -> bool:
-    """Temporary and hidden names are not originals (yet): they are picked up once renamed."""
+def is_ignored(relpath: str, patterns: Iterable[str] = ()) -> bool:
+    """Temporary and hidden names are not originals (yet): they are picked up once renamed. ``patterns``:
+    a source's ``ignore`` list (file names such as Thumbs.db, matched in any case)."""
     parts = relpath.replace("\\", "/").split("/")
     if any(part.startswith((".", "~")) for part in parts):
         return True
-    return parts[-1].lower().endswith(TEMP_SUFFIXES)
+    name = parts[-1].lower()
+    return name.endswith(TEMP_SUFFIXES) or any(fnmatch.fnmatch(name, pattern.lower()) for pattern in patterns)
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+def walk(root: Path, ignore: Iterable[str] = ()) -> Iterator[tuple[str, os.stat_result]]:
     """Every regular, non-ignored file under ``root`` (symlinks are not followed)."""
+    ignore = tuple(ignore)
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -53,7 +58,7 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
             continue
         for entry in entries:
             relpath = Path(entry.path).relative_to(root).as_posix()
-            if is_ignored(relpath):
+            if is_ignored(relpath, ignore):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
@@ -62,6 +67,30 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                     yield relpath, entry.stat(follow_symlinks=False)
             except OSError as error:
                 log.warning("cannot stat %s: %s", entry.path, error.strerror)
+
+
+Found = Callable[[SourceConfig, str, os.stat_result], None]
+
+
+def scan(sources: Iterable[SourceConfig], catalog: Catalog, found: Found) -> int:
+    """Walk every source; hand each file the catalog does not know as sealed (or being sealed) to ``found``.
+
+    Used at start-up, by the periodic safety-net rescans and by ``run --once``; returns how many were found.
+    """
+    count = 0
+    for source in sources:
+        if not source.path.is_dir():
+            log.warning("source %s is not available: %s", source.name, source.path)
+            continue
+        known = catalog.known_stat(source.name)
+        for relpath, info in walk(source.path, source.ignore):
+            previous = known.get(relpath)
+            if previous is not None and previous[:2] == (info.st_size, info.st_mtime_ns) \
+                    and previous[2] in (FileState.SEALED, FileState.SEALING):
+                continue
+            count += 1
+            found(source, relpath, info)
+    return count
 
 
 @dataclass
@@ -177,7 +206,7 @@ class _Handler(FileSystemEventHandler):
         if not path.startswith(self._root):
             return
         relpath = Path(path).relative_to(self._source.path).as_posix()
-        if relpath == "." or is_ignored(relpath):
+        if relpath == "." or is_ignored(relpath, self._source.ignore):
             return
         if is_directory:
             self._on_folder(self._source, Path(path))
@@ -192,19 +221,16 @@ class _Handler(FileSystemEventHandler):
 
 
 def filesystem_type(path: Path) -> str:
-    """The mount's file system type, from /proc/self/mounts where there is one."""
-    mounts = Path("/proc/self/mounts")
-    if not mounts.exists():
-        return ""
-    best, kind = "", ""
+    """The type of the file system holding ``path`` (psutil reads the mount table on every platform)."""
+    import psutil
+
     resolved = str(path.resolve())
-    for line in mounts.read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            mount_point = fields[1].replace("\\040", " ")
-            if (resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")) and \
-                    len(mount_point) > len(best):
-                best, kind = mount_point, fields[2]
+    best, kind = "", ""
+    for partition in psutil.disk_partitions(all=True):
+        mount_point = partition.mountpoint
+        if (resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")) and \
+                len(mount_point) > len(best):
+            best, kind = mount_point, partition.fstype
     return kind
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shutterlock.errors import ShutterlockError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -26,8 +28,8 @@ SURROGATES = ("taef2", "taesana")
 __all__ = ["STRENGTHS", "CloakError", "CloakResult", "WeightsError", "cloak_image"]
 
 
-class CloakError(Exception):
-    """The cloak could not be applied."""
+class CloakError(ShutterlockError):
+    """The cloak could not be applied (exit 1 when it reaches the CLI)."""
 
 
 class WeightsError(CloakError):

@@ -7,7 +7,6 @@ against a pinned SHA-256 before torch ever parses it, wherever it came from.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import urllib.request
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from shutterlock.fsutil import atomic_writer, ensure_dir
 from . import WeightsError
 
 DEFAULT_DOWNLOAD_BASE = "https://github.com/madebyollin/taesd/raw/main/"
-ENV_MODELS_DIR = "SHUTTERLOCK_MODELS_DIR"
 _DOWNLOAD_TIMEOUT = 60.0
 
 
@@ -82,11 +80,8 @@ def cache_dir() -> Path:
 
 
 def search_dirs(models_dir: str | Path | None = None) -> list[Path]:
-    """Lookup order: env SHUTTERLOCK_MODELS_DIR (overrides config), config models_dir, user cache."""
+    """Lookup order: the configured ``models_dir`` (config.py applies $SHUTTERLOCK_MODELS_DIR), then the cache."""
     dirs: list[Path] = []
-    env = os.environ.get(ENV_MODELS_DIR)
-    if env:
-        dirs.append(Path(env).expanduser())
     if models_dir is not None:
         dirs.append(Path(models_dir).expanduser())
     dirs.append(cache_dir())

@@ -16,9 +16,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
+from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import atomic_writer
+from shutterlock.provenance import SigningIdentity
+from shutterlock.provenance.signing import sign_rendered
 
-from .pipeline import SKIPPED, DeriveJob, DeriveResult, pair_partner, should_derive
+from .outbox import Placed, place
+from .pairs import skip_reason
+from .render import DeriveJob, Outcome, Rendered
 from .runner import DeriveRunner
 
 
@@ -38,9 +43,10 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
 
 def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermark: WatermarkConfig,
-            rights: RightsConfig, cloak: CloakConfig, strength: str | None = None, preview: bool = False,
-            on_result: Callable[[DeriveResult], None] | None = None) -> list[DeriveResult]:
-    """Derive every input into ``out_dir``; one result per input file, in input order.
+            rights: RightsConfig, cloak: CloakConfig, signer: SigningIdentity, strength: str | None = None,
+            preview: bool = False, on_result: Callable[[Placed], None] | None = None) -> list[Placed]:
+    """Derive every input into ``out_dir``, each signed by ``signer`` in this process before it is written;
+    one result per input file, in input order.
 
     ``strength`` overrides ``cloak.strength``; ``on_result`` is called as each result arrives.
     Missing inputs come back as failed results.
@@ -48,25 +54,32 @@ def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermar
     files = expand_inputs(inputs)
     out_dir = out_dir.expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    derive = dataclasses.replace(derive, outbox=out_dir)
     if strength is not None:
         cloak = dataclasses.replace(cloak, strength=strength)
     candidates = set(files)
-    results: list[DeriveResult] = []
+    results: list[Placed] = []
     with DeriveRunner(derive.time_limit) as runner:
         for path in files:
             if not path.is_file():
-                result = DeriveResult(path, "failed", reason="no such file", cloak_strength=cloak.strength)
-            elif not should_derive(path, derive.pair_preference, candidates):
-                partner = pair_partner(path, candidates)
-                reason = f"RAW+JPEG pair: {partner.name} is derived instead" if partner else "not an image"
-                result = DeriveResult(path, SKIPPED, reason=reason, cloak_strength=cloak.strength)
+                result = Placed(Rendered(path, Outcome.FAILED, reason="no such file", cloak_strength=cloak.strength))
+            elif reason := skip_reason(path, derive.pair_preference, candidates):
+                result = Placed(Rendered(path, Outcome.SKIPPED, reason=reason, cloak_strength=cloak.strength))
             else:
-                job = DeriveJob(source=path, derive=derive, watermark=watermark, rights=rights, cloak=cloak,
-                                layout="flat", check_pair=False, preview=preview)
-                result = runner.run(job)
-                if result.preview and result.output is not None:
-                    write_preview(result.output, result.preview)
+                rendered = runner.run(DeriveJob(source=path, derive=derive, watermark=watermark, rights=rights,
+                                                cloak=cloak, preview=preview))
+                output = None
+                if rendered.outcome is Outcome.WRITTEN:
+                    try:
+                        signed = sign_rendered(rendered, signer, rights)
+                    except ShutterlockError as error:  # never written unsigned
+                        rendered = dataclasses.replace(rendered, outcome=Outcome.FAILED,
+                                                       reason=f"cannot sign: {error}")
+                    else:
+                        output = place(signed, out_dir, path.stem)
+                        if rendered.preview:
+                            with atomic_writer(preview_path(output), 0o644) as handle:
+                                handle.write(rendered.preview)
+                result = Placed(dataclasses.replace(rendered, jpeg=None, preview=b""), output)
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -74,10 +87,5 @@ def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermar
 
 
 def preview_path(output: Path) -> Path:
-    """Where the preview of the derivative at ``output`` goes."""
+    """Where the cloak preview of the derivative at ``output`` goes."""
     return output.with_name(output.stem + ".preview.png")
-
-
-def write_preview(output: Path, png: bytes) -> None:
-    with atomic_writer(preview_path(output), 0o644) as handle:
-        handle.write(png)

@@ -11,10 +11,10 @@ import errno
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from shutterlock.fsutil import atomic_write_bytes, ensure_dir, fsync_dir, remove_stale_temps, temp_path_for
+from shutterlock.fsutil import TEMP_PREFIX, atomic_write_bytes, ensure_dir, fsync_dir, remove_stale_temps, temp_path_in
 from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_id
 
 VAULT_MARKER = "shutterlock-vault.json"
@@ -59,7 +59,7 @@ class LocalStore:
     @contextlib.contextmanager
     def staging(self) -> Iterator[tuple[Path, BinaryIO]]:
         """A temp file inside the vault (same file system, so adopting it is a rename)."""
-        tmp = temp_path_for(self.tmp / "object")
+        tmp = temp_path_in(self.tmp)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as error:
@@ -71,10 +71,11 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def adopt(self, staged: Path, object_id: str) -> bool:
-        """Move a complete, synced staged file into place; False if the object already existed."""
+    def adopt(self, staged: Path, object_id: str, *, replace: bool = False) -> bool:
+        """Move a complete, synced staged file into place; False if the object already existed (``replace``:
+        a damaged copy is replaced)."""
         target = self.path_of(object_id)
-        if target.exists():
+        if target.exists() and not replace:
             return False
         try:
             with open(staged, "rb+") as handle:
@@ -89,13 +90,13 @@ class LocalStore:
             raise StoreError(describe_os_error(error, "store object in", target.parent)) from None
         return True
 
-    def put_file(self, object_id: str, sealed: Path) -> bool:
-        if self.exists(object_id):
+    def put_file(self, object_id: str, sealed: Path, *, replace: bool = False) -> bool:
+        if self.exists(object_id) and not replace:
             return False
         with self.staging() as (tmp, handle), open(sealed, "rb") as source:
             while chunk := source.read(1 << 20):
                 handle.write(chunk)
-            return self.adopt(tmp, object_id)
+            return self.adopt(tmp, object_id, replace=replace)
 
     def open(self, object_id: str) -> BinaryIO:
         try:
@@ -127,3 +128,55 @@ class LocalStore:
     @property
     def envelope_path(self) -> Path:
         return self.root / ENVELOPE_NAME
+
+    # Named blobs (catalog snapshots, the signing identity): the same names the bucket uses, as files below the
+    # vault's root, so a vault on an external drive is enough to recover from, like the bucket.
+
+    def _named(self, name: str) -> Path:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise ValueError(f"not a blob name: {name!r}")
+        return self.root.joinpath(*path.parts)
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        try:
+            atomic_write_bytes(self._named(name), data)
+        except OSError as error:
+            raise StoreError(describe_os_error(error, "write", self._named(name))) from None
+
+    def get_bytes(self, name: str) -> bytes:
+        try:
+            return self._named(name).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(name, f"the local vault ({self.root})") from None
+
+    def get_bytes_if_any(self, name: str) -> bytes | None:
+        try:
+            return self.get_bytes(name)
+        except ObjectMissing:
+            return None
+
+    def list_names(self, under: str) -> list[str]:
+        folder = self._named(under.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob("*")
+                      if path.is_file() and not path.name.startswith(TEMP_PREFIX))
+
+    def delete_name(self, name: str) -> None:
+        path = self._named(name)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            fsync_dir(path.parent)
+
+
+def open_local_vault(root: Path, envelope_file: Path) -> LocalStore:
+    """The vault, ready for writing, with a copy of the key envelope (vault + passphrase suffice)."""
+    vault = LocalStore(root)
+    vault.prepare()
+    if not vault.envelope_path.exists() and envelope_file.exists():
+        try:
+            atomic_write_bytes(vault.envelope_path, envelope_file.read_bytes())
+        except OSError as error:
+            raise StoreError(f"cannot write the key envelope into the vault: {error.strerror}") from None
+    return vault

@@ -10,18 +10,19 @@ logged or passed on a command line.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import io
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from shutterlock.config import S3Config
-from shutterlock.vault.format import ABYTES, HEADER_SIZE, PRELUDE, PRELUDE_SIZE
+from shutterlock.config import Credential, Paths, S3Config
+from shutterlock.vault.format import HEAD_SIZE, parse_head
 from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_id
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,12 @@ log = logging.getLogger(__name__)
 # bookkeeping); above it, in resumable parts of about TARGET_PART bytes.
 MULTIPART_THRESHOLD = 64 << 20
 TARGET_PART = 16 << 20
-CREDENTIAL_ACCESS_KEY = "s3.access_key_id"
-CREDENTIAL_SECRET_KEY = "s3.secret_access_key"
 ENVELOPE_KEY = "key-envelope.json"
 CATALOG_KEY = "catalog/latest"
+
+READ_ATTEMPTS = 8  # consecutive broken reads (no byte received in between) before a download fails
+READ_BACKOFF = (0.25, 8.0)  # first and longest wait before a download is resumed
+READ_PIECE = 1 << 16
 
 OFFLINE_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                   "ProxyConnectionError", "SSLError")
@@ -45,13 +48,6 @@ class UploadJournal(Protocol):
     def upload_for(self, content_id: str, store: str) -> tuple[str, int, float] | None: ...
     def remember_upload(self, content_id: str, store: str, upload_id: str, part_size: int) -> None: ...
     def forget_upload(self, content_id: str, store: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class UploadStats:
-    parts_total: int
-    parts_reused: int
-    bytes_sent: int
 
 
 class _Throttle:
@@ -93,7 +89,7 @@ def classify(error: Exception, bucket: str, endpoint: str) -> StoreError:
         return StoreError(f"S3 error from {where}: {code or status}", transient=True)
     if isinstance(error, bex.NoCredentialsError):
         return StoreError("no S3 credentials: set them in the environment, an AWS profile, or "
-                          f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_ACCESS_KEY}", transient=False)
+                          f"$CREDENTIALS_DIRECTORY/{Credential.S3_ACCESS_KEY}", transient=False)
     if name in OFFLINE_ERRORS or isinstance(error, (bex.EndpointConnectionError, bex.ConnectionError)):
         return OfflineError(f"cannot reach {where}: {name}")
     return StoreError(f"S3 request to {where} failed: {name}", transient=True)
@@ -118,29 +114,8 @@ class S3Store:
         self._conditional_puts = True
 
     @classmethod
-    def from_config(cls, config: S3Config, credentials_dir: Path | None) -> S3Store:
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        settings: dict[str, Any] = {}
-        if credentials_dir is not None and (credentials_dir / CREDENTIAL_ACCESS_KEY).exists():
-            settings["aws_access_key_id"] = (credentials_dir / CREDENTIAL_ACCESS_KEY).read_text().strip()
-            settings["aws_secret_access_key"] = (credentials_dir / CREDENTIAL_SECRET_KEY).read_text().strip()
-        boto_config = BotoConfig(
-            signature_version="s3v4",
-            s3={"addressing_style": config.addressing_style},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=16,
-        )
-        session = boto3.session.Session()
-        client = session.client("s3", endpoint_url=config.endpoint or None,
-                                region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                                config=boto_config, **settings)
-        return cls(config, client)
+    def from_config(cls, config: S3Config, paths: Paths) -> S3Store:
+        return cls(config, client_for(config, paths))
 
     # ------------------------------------------------------------------ keys
 
@@ -156,9 +131,9 @@ class S3Store:
         try:
             return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if missing and _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            if missing and error_code(error) in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectMissing(missing, f"s3://{self.bucket}/{self.prefix}") from None
             raise classify(error, self.bucket, self.config.endpoint) from error
 
@@ -169,9 +144,9 @@ class S3Store:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if _error_code(error) in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(error) in ("404", "NoSuchBucket", "NotFound"):
                 raise StoreError(f"bucket {self.bucket!r} does not exist at {self.config.endpoint or 'AWS S3'}",
                                  transient=False) from error
             raise classify(error, self.bucket, self.config.endpoint) from error
@@ -184,21 +159,23 @@ class S3Store:
             self._client.head_object(Bucket=self.bucket, Key=key)
             return True
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise classify(error, self.bucket, self.config.endpoint) from error
 
-    def put_file(self, object_id: str, sealed: Path, journal: UploadJournal | None = None) -> bool:
+    def put_file(self, object_id: str, sealed: Path, journal: UploadJournal | None = None, *,
+                 replace: bool = False) -> bool:
+        """Upload unless the object is there (``replace``: a damaged copy is overwritten)."""
         key = self.object_key(object_id)
-        if self.exists_key(key):
+        if not replace and self.exists_key(key):
             if journal is not None:
                 journal.forget_upload(object_id, self.name)
             return False
         size = sealed.stat().st_size
         if size <= MULTIPART_THRESHOLD:
-            self._put_small(key, sealed, size)
+            self._put_small(key, sealed, size, conditional=not replace)
         else:
             self.upload_multipart(object_id, sealed, journal)
         return True
@@ -208,24 +185,46 @@ class S3Store:
         self._call("put_object", Key=self.key(name), Body=data, **self._class_args())
 
     def get_bytes(self, name: str) -> bytes:
-        return self._call("get_object", Key=self.key(name), missing=name)["Body"].read()
+        with self.open_key(self.key(name), missing=name) as body:
+            return body.read()
+
+    def get_bytes_if_any(self, name: str) -> bytes | None:
+        try:
+            return self.get_bytes(name)
+        except ObjectMissing:
+            return None
+
+    def list_names(self, under: str) -> list[str]:
+        """Names (relative to the prefix) of every key below ``under``, e.g. ``catalog/snapshots/``."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        base = self.key("")
+        try:
+            return [item["Key"][len(base):] for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(under))
+                    for item in page.get("Contents", [])]
+        except Exception as error:
+            if is_boto_error(error):
+                raise classify(error, self.bucket, self.config.endpoint) from error
+            raise
+
+    def delete_name(self, name: str) -> None:
+        self._call("delete_object", Key=self.key(name))
 
     def _class_args(self) -> dict[str, str]:
         return {"StorageClass": self.config.storage_class} if self.config.storage_class else {}
 
-    def _put_small(self, key: str, sealed: Path, size: int) -> None:
+    def _put_small(self, key: str, sealed: Path, size: int, *, conditional: bool = True) -> None:
         """One streamed PUT, conditional where the service supports it."""
         self._throttle.spend(size)
-        if self._conditional_puts:
+        if conditional and self._conditional_puts:
             try:
                 with open(sealed, "rb") as body:
                     self._client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
                                             **self._class_args())
                 return
             except Exception as error:
-                if not _is_boto_error(error):
+                if not is_boto_error(error):
                     raise
-                code = _error_code(error)
+                code = error_code(error)
                 if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     return  # someone (us, before a crash) already stored it: content-addressed, so identical
                 if code in ("NotImplemented", "501", "InvalidArgument", "400"):
@@ -237,7 +236,13 @@ class S3Store:
             self._call("put_object", Key=key, Body=body, **self._class_args())
 
     def open(self, object_id: str) -> BinaryIO:
-        return self._call("get_object", Key=self.object_key(object_id), missing=object_id)["Body"]
+        return self.open_key(self.object_key(object_id), missing=object_id)
+
+    def open_key(self, key: str, *, missing: str) -> BinaryIO:
+        """A download that survives dropped connections (see :class:`ResumingBody`)."""
+        body = ResumingBody(self, key, missing)
+        body.connect()  # a missing object or a refused request is reported here, not at the first read
+        return body  # type: ignore[return-value]
 
     def list(self) -> Iterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
@@ -248,7 +253,7 @@ class S3Store:
                     if OBJECT_ID.match(name):
                         yield name
         except Exception as error:
-            if _is_boto_error(error):
+            if is_boto_error(error):
                 raise classify(error, self.bucket, self.config.endpoint) from error
             raise
 
@@ -261,11 +266,8 @@ class S3Store:
         """(offset, length) of each part: whole encryption chunks, the first with the object's header."""
         size = sealed.stat().st_size
         with open(sealed, "rb") as handle:
-            head = handle.read(PRELUDE_SIZE + HEADER_SIZE + 4)
-        _, _, chunk_size = PRELUDE.unpack(head[:PRELUDE_SIZE])
-        (meta_len,) = struct.unpack(">I", head[PRELUDE_SIZE + HEADER_SIZE:])
-        body_start = PRELUDE_SIZE + HEADER_SIZE + 4 + meta_len
-        record = chunk_size + ABYTES
+            head = parse_head(handle.read(HEAD_SIZE))
+        body_start, record = head.body_offset, head.record_size
         per_part = max(1, TARGET_PART // record) if record < TARGET_PART else 1
         parts, offset, first = [], 0, True
         while offset < size:
@@ -275,7 +277,7 @@ class S3Store:
             first = False
         return parts
 
-    def upload_multipart(self, object_id: str, sealed: Path, journal: UploadJournal | None) -> UploadStats:
+    def upload_multipart(self, object_id: str, sealed: Path, journal: UploadJournal | None) -> None:
         key = self.object_key(object_id)
         layout = self.part_layout(sealed)
         done: dict[int, str] = {}
@@ -288,7 +290,7 @@ class S3Store:
                 log.info("resuming upload of %s…: %d of %d parts already stored", object_id[:12], len(done),
                          len(layout))
             except StoreError as error:
-                if _error_code(error.__cause__) not in ("NoSuchUpload", "404"):
+                if error_code(error.__cause__) not in ("NoSuchUpload", "404"):
                     raise
                 log.info("upload of %s… expired on the server; starting again", object_id[:12])
                 upload_id, done = None, {}
@@ -296,7 +298,6 @@ class S3Store:
             upload_id = self._call("create_multipart_upload", Key=key, **self._class_args())["UploadId"]
             if journal is not None:
                 journal.remember_upload(object_id, self.name, upload_id, layout[0][1])
-        sent, reused = 0, len(done)
         with open(sealed, "rb") as handle:
             for number, (offset, length) in enumerate(layout, start=1):
                 if number in done:
@@ -306,13 +307,11 @@ class S3Store:
                 self._throttle.spend(len(data))
                 response = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data)
                 done[number] = response["ETag"]
-                sent += len(data)
                 log.debug("uploaded part %d/%d of %s…", number, len(layout), object_id[:12])
         self._call("complete_multipart_upload", Key=key, UploadId=upload_id, MultipartUpload={
             "Parts": [{"PartNumber": n, "ETag": done[n]} for n in sorted(done)]})
         if journal is not None:
             journal.forget_upload(object_id, self.name)
-        return UploadStats(parts_total=len(layout), parts_reused=reused, bytes_sent=sent)
 
     def _completed_parts(self, key: str, upload_id: str, layout: list[tuple[int, int]]) -> dict[int, str]:
         """Parts the server already has, with the right size (a part cut short by a crash is redone)."""
@@ -345,12 +344,130 @@ class S3Store:
         return aborted
 
 
-def _is_boto_error(error: Exception) -> bool:
+class ResumingBody(io.RawIOBase):
+    """The bytes of one object, fetched again from where they broke off when a connection drops.
+
+    Every resumed request asks for the rest (``Range``) of the same version (``If-Match`` its ETag), with
+    back-off; attempts are counted only while no byte arrives. The length the server announced is checked
+    at the end, so a download cut short is an error, never a short object.
+    """
+
+    def __init__(self, store: S3Store, key: str, missing: str):
+        self._store, self._key, self._missing = store, key, missing
+        self._body: Any = None
+        self._offset = 0
+        self._length: int | None = None
+        self._etag: str | None = None
+        self._failures = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def connect(self) -> None:
+        extra: dict[str, str] = {}
+        if self._offset:
+            extra["Range"] = f"bytes={self._offset}-"
+        if self._etag:
+            extra["IfMatch"] = self._etag
+        try:
+            response = self._store._call("get_object", Key=self._key, missing=self._missing, **extra)
+        except StoreError as error:
+            if error_code(error.__cause__) in ("PreconditionFailed", "412"):
+                raise StoreError(f"{self._missing[:12]}…: the object changed while it was downloaded",
+                                 transient=False) from None
+            raise
+        if self._length is None:
+            self._length, self._etag = int(response["ContentLength"]), response.get("ETag")
+        elif int(response["ContentLength"]) != self._length - self._offset:
+            raise StoreError(f"{self._missing[:12]}…: the object changed while it was downloaded")
+        self._body = response["Body"]
+
+    def readinto(self, buffer: Any) -> int:
+        assert self._length is not None
+        while True:
+            if self._offset >= self._length:
+                return 0
+            try:
+                if self._body is None:
+                    self.connect()
+                # Small reads: what arrived before a connection broke is kept, not read again.
+                data = self._body.read(min(len(buffer), READ_PIECE, self._length - self._offset))
+                if not data:
+                    raise ConnectionError(f"connection closed at byte {self._offset} of {self._length}")
+            except ObjectMissing:
+                raise
+            except (StoreError, ConnectionError, OSError, http.client.HTTPException, *_stream_errors()) as error:
+                if isinstance(error, StoreError) and not error.transient:
+                    raise
+                self._retry(error)
+                continue
+            buffer[:len(data)] = data
+            self._offset += len(data)
+            self._failures = 0
+            return len(data)
+
+    def _retry(self, error: BaseException) -> None:
+        self._close_body()
+        self._failures += 1
+        if self._failures > READ_ATTEMPTS:
+            raise StoreError(f"download of {self._missing[:12]}… broke off at byte {self._offset} of {self._length} "
+                             f"{READ_ATTEMPTS} times in a row ({type(error).__name__})", transient=True) from None
+        wait = min(READ_BACKOFF[1], READ_BACKOFF[0] * 2 ** (self._failures - 1))
+        log.info("download of %s… interrupted at byte %d (%s); resuming in %.1f s", self._missing[:12],
+                 self._offset, type(error).__name__, wait)
+        time.sleep(wait)
+
+    def _close_body(self) -> None:
+        if self._body is not None:
+            with contextlib.suppress(Exception):
+                self._body.close()
+            self._body = None
+
+    def close(self) -> None:
+        self._close_body()
+        super().close()
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What botocore and urllib3 raise when a response body breaks off (imported late: boto is heavy)."""
+    import botocore.exceptions as bex
+    import urllib3.exceptions
+
+    return (bex.BotoCoreError, urllib3.exceptions.HTTPError)
+
+
+def client_for(config: S3Config, paths: Paths) -> Any:
+    """A boto3 client for any S3-compatible service; credentials from boto3's chain or systemd's."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    settings: dict[str, Any] = {}
+    access_key, secret_key = paths.credential(Credential.S3_ACCESS_KEY), paths.credential(Credential.S3_SECRET_KEY)
+    if access_key is not None and secret_key is not None:
+        settings["aws_access_key_id"] = access_key.read_text().strip()
+        settings["aws_secret_access_key"] = secret_key.read_text().strip()
+    boto_config = BotoConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": config.addressing_style},
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=16,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=config.endpoint or None,
+        region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", config=boto_config,
+        **settings)
+
+
+def is_boto_error(error: Exception) -> bool:
     import botocore.exceptions as bex
 
     return isinstance(error, bex.BotoCoreError | bex.ClientError)
 
 
-def _error_code(error: BaseException | None) -> str:
+def error_code(error: BaseException | None) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,377 @@
+"""The engine: lanes of worker threads that move originals through seal → replicate → derive.
+
+Every lane is a :class:`Stage` over a durable queue in the catalog. Each unit of work is claimed from
+the catalog and its outcome written back before the next is taken, so killing the process at any
+instant loses nothing: in-flight work is simply claimed again after a restart. Each stage has its own
+workers, so a slow bucket or a slow cloak never delays sealing. The engine holds one copy of each lane
+mechanism (the loop, the item runner, retries, the drain of ``run --once``, health) for every stage.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from shutterlock.catalog import Catalog, FileRow, Job
+from shutterlock.config import SourceConfig
+from shutterlock.errors import ShutterlockError
+from shutterlock.status import LaneStatus
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+RATE_WINDOW = 300.0  # seconds of finished items a lane's rate is measured over
+
+
+class StageError(ShutterlockError):
+    """A unit of work did not succeed. ``transient``: worth retrying after ``delay`` (None: the back-off).
+
+    ``count=False`` retries without spending an attempt (the bucket is offline, the cloak is unavailable):
+    nothing is wrong with the item itself.
+    """
+
+    def __init__(self, message: str, *, transient: bool, delay: float | None = None, count: bool = True):
+        super().__init__(message)
+        self.transient, self.delay, self.count = transient, delay, count
+
+
+class WorkQueue(Protocol[Item]):
+    """A stage's durable queue in the catalog."""
+
+    def claim(self) -> Item | None: ...
+    def next_due(self) -> float | None: ...
+    def done(self, item: Item) -> None: ...
+    def retry(self, item: Item, error: StageError, limit: int) -> bool: ...
+    def fail(self, item: Item, reason: str) -> None: ...
+    def backlog(self) -> tuple[int, int]: ...
+    def expedite(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """Housekeeping a stage wants run on a schedule (the daemon's scheduler runs it; ``run --once`` does not)."""
+
+    name: str
+    seconds: float
+    run: Callable[[], None]
+
+
+class Stage(Protocol[Item]):
+    """One lane. The engine needs nothing else from a stage than this.
+
+    - ``name``: seal | replicate | derive; ``workers``: threads in the lane;
+    - ``attempts``: transient failures allowed before an item fails for good;
+    - ``stall_limit``: seconds a busy worker may go without progress before the watchdog stops pinging;
+    - ``subject(file_id, content_id)``: for a later stage, the job subject a freshly sealed original needs
+      (None: nothing to do);
+    - ``reload(config)``: apply a new config; returns why a restart is needed, or "" when applied.
+    """
+
+    name: str
+    workers: int
+    attempts: int
+    stall_limit: float
+    queue: WorkQueue[Item]
+
+    def process(self, item: Item, worker: WorkerState) -> None: ...
+    def describe(self, item: Item) -> str: ...
+    def subject(self, file_id: int, content_id: str) -> str | None: ...
+    def schedule(self) -> list[Periodic]: ...
+    def reload(self, config: Any) -> str: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class WorkerState:
+    """What one worker thread is doing, for status and for the systemd watchdog."""
+
+    lane: str
+    item: str = ""
+    busy_since: float = 0.0
+    progress_at: float = field(default_factory=time.monotonic)
+
+    def begin(self, item: str) -> None:
+        self.item, self.busy_since = item, time.monotonic()
+        self.progress_at = self.busy_since
+
+    def tick(self) -> None:
+        self.progress_at = time.monotonic()
+
+    def end(self) -> None:
+        self.item, self.busy_since = "", 0.0
+        self.progress_at = time.monotonic()
+
+
+@dataclass
+class _LaneProgress(Generic[Item]):
+    """Per lane: items finished in the current batch and when, for "N of M", the rate and the ETA."""
+
+    done: int = 0
+    finished: collections.deque[float] = field(default_factory=collections.deque)
+
+    def finish(self, now: float) -> None:
+        self.done += 1
+        self.finished.append(now)
+        while self.finished and now - self.finished[0] > RATE_WINDOW:
+            self.finished.popleft()
+
+    def rate(self, now: float) -> float | None:
+        if len(self.finished) < 2:
+            return None
+        span = max(now - self.finished[0], 1e-3)
+        return len(self.finished) / span
+
+
+class Engine:
+    """Runs the lanes; the daemon and ``run --once`` both drive it."""
+
+    def __init__(self, catalog: Catalog, stages: list[Stage[Any]]):
+        self.catalog = catalog
+        self.stages = stages
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.workers: list[WorkerState] = []
+        self._progress = {stage.name: _LaneProgress() for stage in stages}
+        self.paused = catalog.get_setting("paused") == "1"
+        self.failures = 0
+        self.version = 0  # bumps on every visible change; status long-polls wait on it
+
+    # ------------------------------------------------------------------ control
+
+    def wake(self) -> None:
+        with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    def set_paused(self, paused: bool) -> None:
+        self.catalog.set_setting("paused", "1" if paused else "0")
+        self.paused = paused
+        log.info("%s", "paused" if paused else "resumed")
+        self.wake()
+
+    def wait_for_change(self, version: int, timeout: float) -> int:
+        if self._stopping.is_set():
+            time.sleep(min(timeout, 1.0))  # about to go away: do not let long-pollers spin
+            return self.version
+        with self._changed:
+            self._changed.wait_for(lambda: self.version != version or self._stopping.is_set(), timeout)
+            return self.version
+
+    def start(self) -> None:
+        interrupted = self.catalog.reset_interrupted()
+        if interrupted:
+            log.info("resuming %d item(s) interrupted by the last stop", interrupted)
+        for stage in self.stages:
+            for index in range(stage.workers):
+                worker = WorkerState(stage.name)
+                self.workers.append(worker)
+                thread = threading.Thread(target=self._loop, args=(stage, worker), name=f"{stage.name}-{index}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        """Stop taking work; wait for in-flight work. False if some was abandoned (it is redone later)."""
+        self._stopping.set()
+        self.wake()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def close(self) -> None:
+        for stage in self.stages:
+            try:
+                stage.close()
+            except Exception:
+                log.exception("closing the %s lane failed", stage.name)
+
+    def discover(self, source: SourceConfig, relpath: str, size: int, mtime_ns: int) -> None:
+        """A stable file was found: queue it for sealing (if new or changed) and wake the lanes."""
+        if self.catalog.discover(source.name, relpath, size, mtime_ns):
+            log.debug("queued %s/%s", source.name, relpath)
+            self.wake()
+
+    def stage(self, name: str) -> Stage[Any] | None:
+        return next((stage for stage in self.stages if stage.name == name), None)
+
+    def stalled(self) -> list[str]:
+        """Busy workers that have made no progress for longer than their lane allows (the watchdog stops)."""
+        now = time.monotonic()
+        limits = {stage.name: stage.stall_limit for stage in self.stages}
+        stuck = [w for w in self.workers if w.busy_since and now - w.progress_at >= limits[w.lane]]
+        dead = [thread.name for thread in self._threads if not thread.is_alive() and not self._stopping.is_set()]
+        return [f"{w.lane}: no progress on {w.item} for {now - w.progress_at:.0f} s" for w in stuck] + \
+            [f"{name}: worker thread died" for name in dead]
+
+    # ------------------------------------------------------------------ lanes
+
+    def _idle_wait(self, next_due: float | None) -> None:
+        timeout = 1.0 if self.paused else 30.0
+        if next_due is not None:
+            timeout = min(timeout, max(0.05, next_due - time.time()))
+        with self._changed:
+            version = self.version
+            self._changed.wait_for(lambda: self.version != version or self._stopping.is_set(), timeout)
+
+    def _loop(self, stage: Stage[Any], worker: WorkerState) -> None:
+        while not self._stopping.is_set():
+            if self.paused:
+                self._idle_wait(None)
+                continue
+            try:
+                item = stage.queue.claim()
+            except Exception:
+                log.exception("the %s lane could not claim work; retrying", stage.name)
+                self._stopping.wait(5.0)
+                continue
+            if item is None:
+                self._progress[stage.name] = _LaneProgress()  # idle: the next item starts a new batch
+                self._idle_wait(stage.queue.next_due())
+                continue
+            self.run_item(stage, item, worker)
+
+    def run_item(self, stage: Stage[Item], item: Item, worker: WorkerState) -> None:
+        """Process one item and record its outcome; nothing a stage raises escapes (the lane must live)."""
+        label = stage.describe(item)
+        worker.begin(label)
+        try:
+            stage.process(item, worker)
+            stage.queue.done(item)
+            self._progress[stage.name].finish(time.time())
+        except StageError as error:
+            self._record_failure(stage, item, label, error)
+        except Exception as error:  # a bug must not kill the lane; record it loudly and retry later
+            log.exception("unexpected error in the %s lane (%s)", stage.name, label)
+            self._record_failure(stage, item, label, StageError(f"internal error: {error!r}", transient=True))
+        finally:
+            worker.end()
+            self.wake()
+
+    def _record_failure(self, stage: Stage[Item], item: Item, label: str, error: StageError) -> None:
+        try:
+            retried = error.transient and stage.queue.retry(item, error, stage.attempts)
+            if not retried:
+                stage.queue.fail(item, str(error) if not error.transient else
+                                 f"{error} (gave up after {stage.attempts} attempts)")
+                self.failures += 1
+            if error.count or not retried:
+                log.log(logging.WARNING if retried else logging.ERROR, "%s: %s%s", label, error,
+                        " (will retry)" if retried else "")
+                self.catalog.record_event("warning" if retried else "error", label, str(error))
+        except Exception:
+            log.exception("could not record the outcome of %s; it will be retried after a restart", label)
+
+    # ------------------------------------------------------------------ one-shot
+
+    def run_until_idle(self) -> None:
+        """Process everything due now, lane after lane, then return (``run --once``).
+
+        A new invocation is a new attempt: work waiting out a back-off from an earlier run is due now.
+        """
+        self.catalog.reset_interrupted()
+        for stage in self.stages:
+            stage.queue.expedite()
+        for stage in self.stages:
+            workers = [WorkerState(stage.name) for _ in range(stage.workers)]
+            self.workers.extend(workers)
+
+            def drain(worker: WorkerState, stage: Stage[Any] = stage) -> None:
+                while (item := stage.queue.claim()) is not None:
+                    self.run_item(stage, item, worker)
+
+            threads = [threading.Thread(target=drain, args=(w,), name=f"{stage.name}-{i}")
+                       for i, w in enumerate(workers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+    # ------------------------------------------------------------------ status
+
+    def lanes(self) -> list[LaneStatus]:
+        now = time.time()
+        out = []
+        for stage in self.stages:
+            waiting, waiting_bytes = stage.queue.backlog()
+            progress = self._progress[stage.name]
+            rate = progress.rate(now)
+            current = [w.item for w in self.workers if w.lane == stage.name and w.item]
+            out.append(LaneStatus(name=stage.name, waiting=waiting, waiting_bytes=waiting_bytes,
+                                  done=progress.done if waiting or current else 0, rate=rate,
+                                  eta_seconds=waiting / rate if rate and waiting else None, current=current))
+        return out
+
+
+# --------------------------------------------------------------------------- the two queue flavours over the catalog
+
+
+class FileQueue:
+    """The seal queue: originals in the ``files`` table.
+
+    The seal stage records each outcome itself (sealed together with its follow-up jobs, requeued after a
+    change, forgotten when the file vanished) in one transaction, so ``done`` has nothing left to do.
+    """
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    def claim(self) -> FileRow | None:
+        claimed = self.catalog.claim_files(1)
+        return claimed[0] if claimed else None
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_file_due()
+
+    def done(self, item: FileRow) -> None:
+        pass
+
+    def retry(self, item: FileRow, error: StageError, limit: int) -> bool:
+        return self.catalog.retry_file(item, str(error), limit, count=error.count, delay=error.delay)
+
+    def fail(self, item: FileRow, reason: str) -> None:
+        self.catalog.fail_file(item, reason)
+
+    def backlog(self) -> tuple[int, int]:
+        return self.catalog.seal_backlog()
+
+    def expedite(self) -> None:
+        self.catalog.expedite_files()
+
+
+class JobQueue:
+    """A later stage's queue: the ``jobs`` rows of one kind."""
+
+    def __init__(self, catalog: Catalog, kind: str):
+        self.catalog, self.kind = catalog, kind
+
+    def claim(self) -> Job | None:
+        return self.catalog.claim_job(self.kind)
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_job_due(self.kind)
+
+    def done(self, item: Job) -> None:
+        self.catalog.finish_job(item)
+
+    def retry(self, item: Job, error: StageError, limit: int) -> bool:
+        if error.count and item.attempts + 1 >= limit:
+            return False
+        self.catalog.retry_job(item, str(error), delay=error.delay, count=error.count)
+        return True
+
+    def fail(self, item: Job, reason: str) -> None:
+        self.catalog.fail_job(item, reason)
+
+    def backlog(self) -> tuple[int, int]:
+        """What the lane has to do now (not what waits out a delay)."""
+        return self.catalog.job_backlog(self.kind, due_only=True)
+
+    def expedite(self) -> None:
+        self.catalog.expedite(self.kind)
