@@ -157,7 +157,8 @@ def fmt(r: Row) -> str:
     q, s = r.quality, r.scores
     notes = "  ".join(f"{k} {v:.3g}" for k, v in r.extra.items())
     return (f"{r.label:<40} {r.seconds:6.1f} {r.cpu:6.1f} {q.ssimulacra2:6.1f} {q.flip:6.3f} {q.delta_e:5.2f} "
-            f"{q.ssim:5.3f} {s.mean:6.3f} {s.min:6.3f} {s.public_mean:6.3f} {r.recon[0]:7.2f} {r.recon[1]:6.1f}  {notes}")
+            f"{q.ssim:5.3f} {s.mean:6.3f} {s.min:6.3f} {s.public_mean:6.3f} {r.recon[0]:7.2f} {r.recon[1]:6.1f}"
+            f"  {notes}")
 
 
 def crops(encs_dir: Path, threads: int | None) -> None:
@@ -189,7 +190,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N 1024-px photos")
     ap.add_argument("--limit-2048", type=int, default=None, help="only the first N 2048-px photos")
     ap.add_argument("--strengths", default="light,standard,strong")
-    ap.add_argument("--matched", default="light,standard,strong",
+    ap.add_argument("--matched", default="standard",
                     help="presets that get a matched-quality PGD baseline ('' for none)")
     ap.add_argument("--images", default=None, help="comma-separated paths (relative to the jpg samples), at 1024 px")
     ap.add_argument("--threads", type=int, default=2)
@@ -229,8 +230,8 @@ def main() -> None:
                            encs, dec, seconds, cpu, target=attack.PRESETS[strength].ssimulacra2)
             rows.append(ours)
             target = ours.quality.ssimulacra2
-            sigma, noisy = evaluate.matched(lambda s: evaluate.gaussian_noise(x, s), xs, target, 0.0, 16 / 255,
-                                            JPEG_QUALITY)
+            sigma, noisy = evaluate.matched(lambda s, x=x: evaluate.gaussian_noise(x, s), xs, target, 0.0,
+                                            16 / 255, JPEG_QUALITY)
             gauss = measure(f"{key}   gauss@{strength}", xs, noisy, encs, dec, sigma=sigma * 255)
             rows.append(gauss)
             ours.extra["x_gauss"] = ours.scores.mean / gauss.scores.mean
@@ -263,8 +264,8 @@ def main() -> None:
         print(fmt(med), flush=True)
         if method in strengths:
             q = [r.quality for r in rs]
-            print(f"{'':<40} worst photo: ssimu2 {min(v.ssimulacra2 for v in q):.1f}, flip {max(v.flip for v in q):.3f}",
-                  flush=True)
+            worst = f"ssimu2 {min(v.ssimulacra2 for v in q):.1f}, flip {max(v.flip for v in q):.3f}"
+            print(f"{'':<40} worst photo: {worst}", flush=True)
     if not args.no_crops and not args.images:
         crops(MODELS, args.threads)
 

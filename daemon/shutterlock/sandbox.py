@@ -90,8 +90,10 @@ class Isolation:
 
 
 def python_paths() -> list[Path]:
-    """Where the worker imports from: this interpreter's path (the same packages as the daemon's)."""
+    """Where the worker imports from: this interpreter's path (the same packages as the daemon's), and the
+    folder holding this package, which an editable install maps in without putting it on the path."""
     entries = [Path(entry or os.getcwd()) for entry in sys.path]
+    entries.append(Path(__file__).resolve().parents[1])
     entries += [Path(sys.prefix), Path(sys.base_prefix)]
     return [entry for entry in entries if entry.exists()]
 

@@ -282,7 +282,9 @@ def run(
     # Encoders meet shared images at ~512 px whatever their size, so small images are optimised upscaled.
     working = preset.working if max(size) >= 128 else max(size)
     views = [_make_view(working, size, gen, jitter=i > 0) for i in range(preset.views)]
-    large = _make_view(min(max(size), 2 * working), size, gen, jitter=True) if preset.large and max(size) > working else None
+    large = None
+    if preset.large and max(size) > working:
+        large = _make_view(min(max(size), 2 * working), size, gen, jitter=True)
 
     def displacement(view: _View, name: str, xa: torch.Tensor) -> torch.Tensor:
         if name not in view.refs:
