@@ -22,12 +22,10 @@ MODELS = SHARED / "models"
 JPG = SHARED / "samples" / "exif-samples" / "jpg"
 PHOTOS = ("gps/DSCN0010.jpg", "exif-org/kodak-dc240.jpg", "Canon_PowerShot_S40.jpg")
 
-# Fixed margins and floors, with headroom below what was measured. Against +-8/255 noise everywhere
-# (SSIM ~0.78) the margin is smaller than against noise spending the cloak's own per-pixel budget
-# (same SSIM), which isolates what the optimisation adds.
-NOISE8_MARGIN = (0.05, 0.08)  # (mean, min)
-SAME_BUDGET_MARGIN = (0.12, 0.15)
-SSIM_FLOOR = 0.89
+# Protection of the cloak over Gaussian noise of the same SSIMULACRA 2 (as saved), (mean, min): floors
+# with headroom below what was measured on these photos at 192 px (1.45x and 2.5x on DSCN0010);
+# bench/cloak.py measures it at share sizes.
+OVER_NOISE = (1.2, 1.5)
 
 
 def cloak(im: Image.Image, strength: str = "standard", **kw: object) -> Image.Image:
@@ -46,25 +44,28 @@ def test_import_does_not_load_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
-def test_standard_beats_random_noise() -> None:
-    import torch
-    from shutterlock.cloak import attack
-    from shutterlock.cloak.evaluate import encoders, evaluate_many, quantise, sign_noise, to_float
+def test_standard_beats_noise_of_the_same_quality() -> None:
+    from shutterlock.cloak.evaluate import (
+        encoders,
+        evaluate_many,
+        gaussian_noise,
+        matched,
+        saved,
+        ssimulacra2,
+        to_float,
+    )
 
     encs = encoders(MODELS, offline=True)
     for i, name in enumerate(PHOTOS):
         im = photo(name)
         x = to_float(im)
-        budget = attack.texture_budget(torch.from_numpy(x).permute(2, 0, 1)[None], attack.PRESETS["standard"])
-        rng = np.random.default_rng(i)
-        same_budget = quantise(x + budget[0, 0].numpy()[:, :, None] * rng.choice([-1.0, 1.0], size=x.shape))
-        candidates = [to_float(cloak(im, seed=i)), sign_noise(x, 8 / 255, seed=i), same_budget]
-        ours, noise8, masked = evaluate_many(x, candidates, encs)
-        msg = f"{name}: ours {ours}, +-8/255 noise {noise8}, same-budget noise {masked}"
-        assert ours.ssim >= SSIM_FLOOR, msg
-        for ref, (mean_margin, min_margin) in ((noise8, NOISE8_MARGIN), (masked, SAME_BUDGET_MARGIN)):
-            assert ours.mean >= ref.mean + mean_margin, msg
-            assert ours.min >= ref.min + min_margin, msg
+        xs = saved(x)
+        ours = saved(to_float(cloak(im, seed=i)))
+        _, noise = matched(lambda s, x=x, i=i: gaussian_noise(x, s, seed=i), xs, ssimulacra2(xs, ours), 0.0, 0.1)
+        scores, noisy = evaluate_many(xs, [ours, noise], encs)
+        msg = f"{name}: ours {scores}, Gaussian noise of the same SSIMULACRA 2 {noisy}"
+        assert scores.mean >= OVER_NOISE[0] * noisy.mean, msg
+        assert scores.min >= OVER_NOISE[1] * noisy.min, msg
 
 
 def test_deterministic_per_seed() -> None:

@@ -10,12 +10,13 @@ resolution, masked by texture, with almost nothing in flat skies and skin and no
 coarser than 1/8 scale (no blobs or mazes). Chroma is charged `1 / chroma**2` times more than luma,
 because the metric itself is lenient with chroma and people are not.
 
-A step costs one forward+backward of the taef2 encoder at a working size (jittered scale and crop)
-and of the cheap taesana encoder at that size and at share size, each seen through a random
-differentiable JPEG. The result is capped per pixel at a multiple of a just-noticeable-difference
-map, then one global factor is fitted so that the image *as saved* (8-bit JPEG at the output
-quality) meets the preset's SSIMULACRA 2 and FLIP targets, measured with exact re-implementations of
-both metrics (see perceptual.py).
+A step costs one forward+backward of the taef2 encoder at a small working size (jittered scale and
+crop) and of the cheap taesana encoder at that size (`strong` also at up to twice it), each seen
+through a random differentiable JPEG; two to five steps fit the derivative's time budget. The result
+is capped per pixel at a multiple of a just-noticeable-difference map, then one global factor is
+fitted so that the image *as saved* (8-bit JPEG at the output quality) meets the preset's
+SSIMULACRA 2 and FLIP targets, measured with exact re-implementations of both metrics (see
+perceptual.py) on a window first and then on the whole image.
 """
 
 from __future__ import annotations
