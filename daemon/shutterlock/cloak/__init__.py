@@ -10,6 +10,8 @@ back as 8-bit "L", other colour modes (CMYK, YCbCr, ...) are cloaked in RGB and 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import time
 from collections.abc import Callable
@@ -96,6 +98,14 @@ def _from_array(a: Any, alpha: Image.Image | None, grey: bool, mode: str) -> Ima
         return out
 
 
+def _give_back_freed_memory() -> None:
+    """Fix glibc's mmap threshold at 1 MB: by default it rises as large blocks are freed, after which the
+    cloak's freed full-size tensors stay in the heap and the worker's resident size ratchets up by
+    hundreds of MB (measured: 1.43 GB peak for a 2048-px image, 1.12 GB with this). No-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def cloak_image(
     image: Image.Image,
     strength: str = "standard",
@@ -129,6 +139,8 @@ def cloak_image(
     import torch
 
     from . import attack, models
+
+    _give_back_freed_memory()
 
     encoders = {
         name: models.load(name, models_dir, offline=offline, download_base=download_base)
