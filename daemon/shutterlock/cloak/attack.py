@@ -262,7 +262,7 @@ def run(
     (SSIMULACRA 2, FLIP) against the saved uncloaked image."""
     gen = torch.Generator().manual_seed(seed)
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    if min(size) < 8:  # below SSIMULACRA 2's smallest window, and below anything an encoder can read
+    if min(size) < 64:  # too small for the three-band pyramid at SSIMULACRA 2's scales: left as it is
         return _quantise(x), 0, (100.0, 0.0)
     stick = P.Yardstick(saved(x, jpeg_quality))
     allow = allowance(stick, x, 0.0 if grey else preset.chroma)
