@@ -362,15 +362,20 @@ def _decode_result(job: DeriveJob, header: dict[str, Any], body: bytes) -> Rende
     stars = header.get("rating")
     if stars is not None and (isinstance(stars, bool) or not isinstance(stars, int) or not -1 <= stars <= 5):
         raise _Failure("derive worker sent a malformed result (rating)")
+    split = int(_number(header, "jpeg_bytes")) if "jpeg_bytes" in header else len(body)
+    body, preview = body[:split], body[split:]  # the cloak preview (PNG) rides after the JPEG
     if outcome is Outcome.WRITTEN and (capture_time is None or not body.startswith(b"\xff\xd8")):
         raise _Failure("derive worker sent a derivative that is not a JPEG")
+    if preview and not (job.preview and preview.startswith(b"\x89PNG\r\n\x1a\n")):
+        raise _Failure("derive worker sent a preview that was not asked for or is not a PNG")
     return Rendered(
         job.source, outcome, jpeg=body if outcome is Outcome.WRITTEN else None, reason=_text(header, "reason"),
         cloaked=header.get("cloaked") is True, cloak_strength=_text(header, "cloak_strength"),
         cloak_error=_text(header, "cloak_error"), watermark=_text(header, "watermark"),
         width=int(_number(header, "width")), height=int(_number(header, "height")), capture_time=capture_time,
         resized_to=int(_number(header, "resized_to")), rating=stars,
-        seconds=_number(header, "seconds"), timings={str(k)[:40]: _number(timings, k) for k in list(timings)[:20]})
+        seconds=_number(header, "seconds"), timings={str(k)[:40]: _number(timings, k) for k in list(timings)[:20]},
+        preview=preview)
 
 
 # --------------------------------------------------------------------------- the worker's side
@@ -428,6 +433,6 @@ def _encode_result(rendered: Rendered) -> tuple[dict[str, Any], bytes]:
         "watermark": rendered.watermark, "width": rendered.width, "height": rendered.height,
         "resized_to": rendered.resized_to, "rating": rendered.rating,
         "capture_time": rendered.capture_time.isoformat() if rendered.capture_time else None,
-        "seconds": rendered.seconds, "timings": rendered.timings,
+        "seconds": rendered.seconds, "timings": rendered.timings, "jpeg_bytes": len(rendered.jpeg or b""),
     }
-    return header, rendered.jpeg or b""
+    return header, (rendered.jpeg or b"") + rendered.preview
