@@ -176,7 +176,7 @@ def test_download_http_verifies(
     path = models.resolve_weights("taesana", tmp_path / "none", download_base=base)
     assert path == cache / "taesana_encoder.pth"
     assert models.sha256_file(path) == models.REGISTRY["taesana"].sha256
-    res = cloak_image(photo(PHOTOS[0], 48), "light", models_dir=tmp_path / "none", download_base=base)
+    res = cloak_image(photo(PHOTOS[0], 96), "light", models_dir=tmp_path / "none", download_base=base)
     assert res.steps >= 1 and sorted(p.name for p in cache.iterdir()) == sorted(
         e.file for e in models.REGISTRY.values() if e.name in res.surrogates
     )
