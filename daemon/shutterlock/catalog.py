@@ -33,6 +33,8 @@ from shutterlock.names import display, from_bytes, is_text, to_bytes
 from shutterlock.status import Event, FailedFile, FileCounts
 from shutterlock.vault.format import ObjectMeta
 
+SNAPSHOT_GENERATION = "snapshot_generation"  # setting: the generation of the bucket's newest snapshot
+
 
 class FileState(enum.StrEnum):
     """Where an original is in the seal queue."""
@@ -820,7 +822,7 @@ class Catalog:
 
     def snapshot_generation(self) -> int:
         """The generation of the newest snapshot of this catalog in the bucket (0: none yet)."""
-        return int(self.get_setting("snapshot_generation", "0"))
+        return int(self.get_setting(SNAPSHOT_GENERATION, "0"))
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database file (before it is copied or renamed)."""

@@ -17,12 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shutterlock import keystore
-from shutterlock.catalog import Catalog, CatalogError, install_catalog, snapshot_facts
+from shutterlock.catalog import SNAPSHOT_GENERATION, Catalog, CatalogError, install_catalog, snapshot_facts
 from shutterlock.config import Choices, Config, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.provenance import IdentityError, identity
-from shutterlock.replicate import RETIRED_NAME, SNAPSHOT_DUE, Snapshot, bucket_snapshots
+from shutterlock.replicate import (
+    RETIRED_NAME,
+    SNAPSHOT_DUE,
+    VAULT_GENERATION,
+    Snapshot,
+    bucket_snapshots,
+)
 from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
 from shutterlock.vault.local import VAULT_MARKER, LocalStore, open_local_vault
@@ -91,7 +97,7 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         except CatalogError:
             continue
     if not resuming:
-        _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, s3_url)
+        _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, s3_url, SNAPSHOT_GENERATION)
     with Catalog(paths.catalog) as catalog:
         catalog.set_setting(RECOVERING, s3_url)
         vault = open_local_vault(config.vault.path, paths.envelope_file)
@@ -125,10 +131,11 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         return report
 
 
-def _install_snapshot(target: Path, snapshot: Snapshot | None, report: Report, recovering: str) -> None:
+def _install_snapshot(target: Path, snapshot: Snapshot | None, report: Report, recovering: str,
+                      counter: str) -> None:
     """The newest authentic snapshot becomes the catalog, marked as being recovered and with its generation
-    remembered (both before it gets its name, so a crash never leaves a catalog that refuses the rerun); or
-    none: the catalog is rebuilt from the objects' own metadata."""
+    remembered under the store's own ``counter`` (both before it gets its name, so a crash never leaves a
+    catalog that refuses the rerun); or none: the catalog is rebuilt from the objects' own metadata."""
     if snapshot is None:
         report.notes.append("warning: the bucket holds no authentic catalog snapshot; the catalog is rebuilt "
                             "from the objects (every path an object was sealed under first)")
@@ -136,7 +143,7 @@ def _install_snapshot(target: Path, snapshot: Snapshot | None, report: Report, r
     blob = snapshot.blob
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(blob.created_at)) if blob.created_at else "an unknown date"
     report.notes.append(f"catalog snapshot: generation {blob.generation} of {when}")
-    install_catalog(target, blob.data, {"snapshot_generation": str(blob.generation), RECOVERING: recovering})
+    install_catalog(target, blob.data, {counter: str(blob.generation), RECOVERING: recovering})
 
 
 def _fetch(store: S3Store, vault: LocalStore, keys: Keys, catalog: Catalog, content_id: str, known: set[str]) -> None:
@@ -198,7 +205,8 @@ def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[],
     snapshots, refused = bucket_snapshots(vault, keys)
     for name in refused:
         report.notes.append(f"warning: {name} in the vault is not an authentic catalog snapshot; ignored")
-    _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, str(vault_dir))
+    _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, str(vault_dir),
+                      VAULT_GENERATION)
     listed: set[str] = set()
     for snapshot in snapshots:
         with contextlib.suppress(CatalogError):
