@@ -18,7 +18,7 @@ from pathlib import Path
 
 from shutterlock import keystore
 from shutterlock.catalog import SNAPSHOT_GENERATION, Catalog, CatalogError, install_catalog, snapshot_facts
-from shutterlock.config import Choices, Config, save, with_overrides
+from shutterlock.config import Choices, Config, Paths, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.provenance import IdentityError, identity
@@ -33,7 +33,7 @@ from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
 from shutterlock.vault.local import VAULT_MARKER, LocalStore, open_local_vault
 from shutterlock.vault.s3 import ENVELOPE_KEY, S3Store
-from shutterlock.vault.store import ObjectMissing, StoreError
+from shutterlock.vault.store import NamedBlobs, ObjectMissing, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,7 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         envelope_bytes = store.get_bytes(ENVELOPE_KEY)
     except StoreError as error:
         raise OperationFailed(f"cannot read the bucket: {error}") from None
-    envelope = keystore.Envelope.from_json(envelope_bytes, f"{s3_url}/{ENVELOPE_KEY}")
-    master = keystore.unwrap(envelope, passphrase())
-    retired_blob = store.get_bytes_if_any(RETIRED_NAME)  # a key rotation under way: the old keys, sealed
-    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
-    keys = Keys.from_master(master, retired)
-
-    ensure_dir(paths.state_dir)
-    atomic_write_bytes(paths.envelope_file, envelope_bytes)
-    if retired_blob is not None:
-        atomic_write_bytes(paths.retired_keys, retired_blob)
-    keystore.write_key_file(paths.key_file, master, retired)
+    keys = _adopt_keys(paths, envelope_bytes, f"{s3_url}/{ENVELOPE_KEY}", passphrase, store)
     if not paths.config_file.exists():
         save(config)
 
@@ -131,6 +121,21 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         return report
 
 
+def _adopt_keys(paths: Paths, envelope_bytes: bytes, where: str, passphrase: Callable[[], bytes],
+                store: NamedBlobs) -> Keys:
+    """Open the envelope with the passphrase and make its keys this machine's (envelope, retired keys of a
+    rotation under way, key file), the retired keys read from the store the envelope came from."""
+    master = keystore.unwrap(keystore.Envelope.from_json(envelope_bytes, where), passphrase())
+    retired_blob = store.get_bytes_if_any(RETIRED_NAME)  # a key rotation under way: the old keys, sealed
+    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
+    ensure_dir(paths.state_dir)
+    atomic_write_bytes(paths.envelope_file, envelope_bytes)
+    if retired_blob is not None:
+        atomic_write_bytes(paths.retired_keys, retired_blob)
+    keystore.write_key_file(paths.key_file, master, retired)
+    return Keys.from_master(master, retired)
+
+
 def _install_snapshot(target: Path, snapshot: Snapshot | None, report: Report, recovering: str,
                       counter: str) -> None:
     """The newest authentic snapshot becomes the catalog, marked as being recovered and with its generation
@@ -183,16 +188,7 @@ def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[],
         envelope_bytes = vault.envelope_path.read_bytes()
     except OSError as error:
         raise OperationFailed(f"{vault.envelope_path}: cannot read the key envelope: {error.strerror}") from None
-    master = keystore.unwrap(keystore.Envelope.from_json(envelope_bytes, str(vault.envelope_path)), passphrase())
-    retired_blob = vault.get_bytes_if_any(RETIRED_NAME)
-    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
-    keys = Keys.from_master(master, retired)
-
-    ensure_dir(paths.state_dir)
-    atomic_write_bytes(paths.envelope_file, envelope_bytes)
-    if retired_blob is not None:
-        atomic_write_bytes(paths.retired_keys, retired_blob)
-    keystore.write_key_file(paths.key_file, master, retired)
+    keys = _adopt_keys(paths, envelope_bytes, str(vault.envelope_path), passphrase, vault)
     save(config)
 
     report = Report()
