@@ -24,8 +24,8 @@ from shutterlock.engine import Engine
 from shutterlock.errors import AlreadyRunning, ConfigError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.service import Notifier
-from shutterlock.status import SourceStatus, Status
-from shutterlock.watch import SourceWatcher, StabilityGate, scan, walk
+from shutterlock.status import SourceStatus, Status, UnsettledFile, duration
+from shutterlock.watch import SourceWatcher, StabilityGate, scan_source, walk
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class Daemon:
         started: list[Any] = []
         try:
             keys = facade.load_keys(self.config)
-            vault = facade.open_vault(self.config)
             self.catalog = facade.open_catalog(self.config)
             started.append(self.catalog.close)
+            vault = facade.open_vault_or_wait(self.config, self.catalog)
             self.engine = Engine(self.catalog, facade.build_stages(self.config, self.catalog, keys, vault))
             started.append(self.engine.close)
             self.engine.start()
@@ -92,7 +92,7 @@ class Daemon:
             self.gate = StabilityGate(self.config.engine.settle_seconds, self.engine.discover)
             self.gate.start()
             started.append(self.gate.stop)
-            self.watcher = SourceWatcher(self.config.sources, self.gate, self._new_folder)
+            self.watcher = SourceWatcher(self.config.sources, self.gate, self._new_folder, self._source_back)
             self.watcher.start()
             started.append(self.watcher.stop)
             self.control = ControlServer(self.config.paths.socket, self)
@@ -129,21 +129,33 @@ class Daemon:
         scheduler.start()
         return scheduler
 
-    def _scan_in_background(self, why: str) -> None:
-        def offer(source: SourceConfig, relpath: str, _info: os.stat_result) -> None:
-            self.gate.offer(source, relpath)
+    def _scan_in_background(self, why: str, sources: tuple[SourceConfig, ...] | None = None) -> None:
+        """Walk the sources (each file statted once, compared with the catalog in bulk) and offer what is new
+        or changed to the stability gate."""
+        watcher, gate = self.watcher, self.gate
 
         def run() -> None:
-            found = scan(self.config.sources, self.catalog, offer)
-            if found:
-                log.info("%s: %d new or changed file(s)", why, found)
+            for source in sources or self.config.sources:
+                try:
+                    result = scan_source(source, self.catalog)
+                except Exception:
+                    log.exception("%s of %s failed", why, source.name)
+                    continue
+                if result.found:
+                    gate.offer_found(source, result.found, trusted=watcher.native(source.name))
+                    log.info("%s of %s: %d new or changed file(s) of %d", why, source.name, len(result.found),
+                             result.files)
 
         threading.Thread(target=run, name="scan", daemon=True).start()
 
+    def _source_back(self, source: SourceConfig) -> None:
+        self._scan_in_background("scan after its return", (source,))
+
     def _new_folder(self, source: SourceConfig, folder: Path) -> None:
         """A folder appeared (or was moved in): its files may predate the watch on it."""
-        for relpath, _ in walk(folder):
-            self.gate.offer(source, (folder / relpath).relative_to(source.path).as_posix())
+        prefix = folder.relative_to(source.path).as_posix() + "/"
+        self.gate.offer_found(source, [(prefix + relpath, info) for relpath, info in walk(folder)],
+                              trusted=self.watcher.native(source.name))
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
@@ -214,7 +226,7 @@ class Daemon:
         self.watcher.stop()
         self.config = new
         self.gate.settle = new.engine.settle_seconds
-        self.watcher = SourceWatcher(new.sources, self.gate, self._new_folder)
+        self.watcher = SourceWatcher(new.sources, self.gate, self._new_folder, self._source_back)
         self.watcher.start()
         self.scheduler.shutdown(wait=False)
         self.scheduler = self._start_scheduler()
@@ -230,8 +242,10 @@ class Daemon:
 
     def status(self) -> Status:
         engine = self.engine
+        seal = engine.stage("seal")
         replicate = engine.stage("replicate")
         derive = engine.stage("derive")
+        settle = self.config.engine.settle_seconds
         live = facade.LiveFacts(
             pid=os.getpid(),
             version=engine.version,
@@ -246,6 +260,11 @@ class Daemon:
             replica=replicate.status() if replicate is not None else None,  # type: ignore[attr-defined]
             cloak_problem=derive.cloak_problem if derive is not None else None,  # type: ignore[attr-defined]
             restart_needed=self.restart_needed,
+            vault_problem=seal.guard.problem() if seal is not None else "",  # type: ignore[attr-defined]
+            unsettled=[UnsettledFile(source=u.source, relpath=u.relpath,
+                                     reason=f"keeps changing (for {duration(u.changing_for)}): it is sealed once it "
+                                            f"has not changed for {settle:g} s")
+                       for u in self.gate.unsettled()],
         )
         return facade.read_status(self.config, self.catalog, live)
 

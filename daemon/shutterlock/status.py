@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from rich.filesize import decimal as human_bytes
 
 __all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "LaneStatus",
-           "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status", "VaultStatus",
-           "human_bytes"]
+           "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status", "UnsettledFile",
+           "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -73,9 +73,29 @@ class LaneStatus:
 class SourceStatus:
     name: str
     path: str
-    watch_mode: str  # native | polling | unavailable (the configured mode while no daemon runs)
+    watch_mode: str  # native | polling | missing | unavailable (the configured mode while no daemon runs)
     configured_mode: str = "auto"
     warning: str = ""
+    skipped: list[str] = field(default_factory=list)  # folders and links the last walk could not or would not enter
+
+    @property
+    def problem(self) -> str:
+        """The one thing to say about this source, if any."""
+        if self.warning:
+            return self.warning
+        if self.skipped:
+            count = len(self.skipped)
+            return f"source {self.name}: {self.skipped[0]}" + (f" (and {count - 1} more skipped)" if count > 1 else "")
+        return ""
+
+
+@dataclass(frozen=True)
+class UnsettledFile:
+    """A new file held back because it keeps changing; ``reason`` says so in words."""
+
+    source: str
+    relpath: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -173,6 +193,8 @@ class Status:
     uptime: float | None = None
     healthy: bool = True
     process: ProcessFacts | None = None
+    catalog_error: str = ""  # why the catalog cannot be written right now (its disk is full)
+    unsettled: list[UnsettledFile] = field(default_factory=list)
     state: State = field(init=False)
     summary: str = field(init=False)
 
@@ -202,13 +224,13 @@ class Status:
 def headline_state(status: Status) -> State:
     if status.paused:
         return State.PAUSED
-    if status.files.failed or status.vault.error:
+    if status.files.failed or status.vault.error or status.catalog_error:
         return State.ERROR
     if status.replica.configured and not status.replica.online:
         return State.OFFLINE
     if status.backlog.items or status.pending or any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
-    if status.cloak.error or any(source.warning for source in status.sources):
+    if status.cloak.error or any(source.problem for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -220,6 +242,8 @@ def summarise(status: Status, state: State) -> str:
     if state is State.PAUSED:
         return f"paused with {_count(waiting, 'original')} waiting to be sealed" if waiting else "paused"
     if state is State.ERROR:
+        if status.catalog_error:
+            return status.catalog_error
         if status.vault.error:
             return status.vault.error
         return f"{_count(status.files.failed, 'original')} could not be sealed"
@@ -234,12 +258,16 @@ def summarise(status: Status, state: State) -> str:
                 parts.append(_lane_phrase(lane))
         if status.pending and not any(lane.name == "seal" and lane.waiting for lane in status.lanes):
             parts.insert(0, f"{_count(status.pending, 'new file')} settling")
+        if status.unsettled:
+            first = status.unsettled[0]
+            others = len(status.unsettled) - 1
+            parts.append(f"{first.source}/{first.relpath} {first.reason}" + (f" (and {others} more)" if others else ""))
         return "; ".join(parts) or f"sealing {_count(waiting, 'original')}"
     if state is State.DEGRADED:
         if status.cloak.error:
             return f"all {sealed:,} originals sealed; {status.cloak.error}"
-        warning = next(source.warning for source in status.sources if source.warning)
-        return f"all {sealed:,} originals sealed; {warning}"
+        problem = next(source.problem for source in status.sources if source.problem)
+        return f"{_count(sealed, 'original')} sealed; {problem}"
     return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
 
 
