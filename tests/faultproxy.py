@@ -86,19 +86,23 @@ class FaultProxy:
             with self._lock:
                 self._sockets.discard(sock)
 
-    def chaos(self, seconds: float, *, switch_every: tuple[float, float] = (0.5, 3.0)) -> threading.Thread:
-        """Switch between pass, drop and stall at random for ``seconds`` (then pass), in a thread."""
+    def chaos(self, *, switch_every: tuple[float, float] = (0.5, 3.0)) -> None:
+        """Switch between pass, drop and stall at random, in a thread, until :meth:`calm`."""
+        self._calm = threading.Event()
 
         def run() -> None:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline and not self._stop.is_set():
+            while not self._calm.wait(self._rng.uniform(*switch_every)):
                 self.mode = self._rng.choice(("pass", "pass", "drop", "stall"))
-                time.sleep(self._rng.uniform(*switch_every))
             self.mode = "pass"
 
-        thread = threading.Thread(target=run, name="proxy-chaos", daemon=True)
-        thread.start()
-        return thread
+        self._chaos = threading.Thread(target=run, name="proxy-chaos", daemon=True)
+        self._chaos.start()
+
+    def calm(self) -> None:
+        """End the chaos: from now on every connection passes."""
+        self._calm.set()
+        self._chaos.join()
+        self.mode = "pass"
 
     def close(self) -> None:
         self._stop.set()

@@ -70,6 +70,8 @@ class Daemon:
         self._reloading = threading.Lock()
         self.started_at = time.time()
         self.restart_needed: list[str] = []
+        self._scanning: list[str] = []  # sources being walked (status says so: until then, nothing is "all sealed")
+        self._scan_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -132,19 +134,24 @@ class Daemon:
     def _scan_in_background(self, why: str, sources: tuple[SourceConfig, ...] | None = None) -> None:
         """Walk the sources (each file statted once, compared with the catalog in bulk) and offer what is new
         or changed to the stability gate."""
-        watcher, gate = self.watcher, self.gate
+        watcher, gate, walking = self.watcher, self.gate, list(sources or self.config.sources)
+        with self._scan_lock:
+            self._scanning.extend(source.name for source in walking)
 
         def run() -> None:
-            for source in sources or self.config.sources:
+            for source in walking:
                 try:
                     result = scan_source(source, self.catalog)
+                    if result.found:
+                        gate.offer_found(source, result.found, trusted=watcher.native(source.name))
+                        log.info("%s of %s: %d new or changed file(s) of %d", why, source.name, len(result.found),
+                                 result.files)
                 except Exception:
                     log.exception("%s of %s failed", why, source.name)
-                    continue
-                if result.found:
-                    gate.offer_found(source, result.found, trusted=watcher.native(source.name))
-                    log.info("%s of %s: %d new or changed file(s) of %d", why, source.name, len(result.found),
-                             result.files)
+                finally:
+                    with self._scan_lock:
+                        self._scanning.remove(source.name)
+                    self.engine.wake()
 
         threading.Thread(target=run, name="scan", daemon=True).start()
 
@@ -265,6 +272,7 @@ class Daemon:
                                      reason=f"keeps changing (for {duration(u.changing_for)}): it is sealed once it "
                                             f"has not changed for {settle:g} s")
                        for u in self.gate.unsettled()],
+            scanning=sorted(set(self._scanning)),
         )
         return facade.read_status(self.config, self.catalog, live)
 

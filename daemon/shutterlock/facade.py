@@ -229,6 +229,7 @@ class LiveFacts:
     restart_needed: list[str] = field(default_factory=list)
     vault_problem: str = ""  # why the seal lane cannot write to the vault right now
     unsettled: list[UnsettledFile] = field(default_factory=list)
+    scanning: list[str] = field(default_factory=list)
 
 
 def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None, *, vault_problem: str = "") -> Status:
@@ -288,6 +289,7 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None,
         process=live.process if live is not None else None,
         catalog_error=catalog.write_problem,
         unsettled=live.unsettled if live is not None else [],
+        scanning=live.scanning if live is not None else [],
     )
 
 

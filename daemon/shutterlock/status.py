@@ -195,6 +195,7 @@ class Status:
     process: ProcessFacts | None = None
     catalog_error: str = ""  # why the catalog cannot be written right now (its disk is full)
     unsettled: list[UnsettledFile] = field(default_factory=list)
+    scanning: list[str] = field(default_factory=list)  # sources being walked for new files right now
     state: State = field(init=False)
     summary: str = field(init=False)
 
@@ -228,7 +229,8 @@ def headline_state(status: Status) -> State:
         return State.ERROR
     if status.replica.configured and not status.replica.online:
         return State.OFFLINE
-    if status.backlog.items or status.pending or any(lane.waiting or lane.current for lane in status.lanes):
+    if status.backlog.items or status.pending or status.scanning or \
+            any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
     if status.cloak.error or any(source.problem for source in status.sources):
         return State.DEGRADED
@@ -258,6 +260,8 @@ def summarise(status: Status, state: State) -> str:
                 parts.append(_lane_phrase(lane))
         if status.pending and not any(lane.name == "seal" and lane.waiting for lane in status.lanes):
             parts.insert(0, f"{_count(status.pending, 'new file')} settling")
+        if status.scanning:
+            parts.insert(0, f"looking for new files in {', '.join(status.scanning)}")
         if status.unsettled:
             first = status.unsettled[0]
             others = len(status.unsettled) - 1
