@@ -253,11 +253,18 @@ class Catalog:
             self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction. A full file system becomes :class:`CatalogFull` (and ``write_problem``);
-        whatever failed, no transaction is left open, so the next one works once space is back."""
+        whatever failed, no transaction is left open, so the next one works once space is back.
+
+        ``durable=False`` skips the WAL fsync of this commit (synchronous=NORMAL: ~6 ms saved per commit on a
+        busy disk). For what a power cut may undo without loss: a claim, a discovery (the file is still in its
+        source). The next durable commit syncs the WAL up to it, so order is kept.
+        """
         with self._lock:
             try:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
@@ -265,6 +272,8 @@ class Catalog:
                 finally:
                     if self._db.in_transaction:  # an error, or a failed COMMIT SQLite did not roll back itself
                         self._db.execute("ROLLBACK")
+                    if not durable:
+                        self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.OperationalError as error:
                 if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                     raise
@@ -338,7 +347,7 @@ class Catalog:
         for start in range(0, len(found), DISCOVER_CHUNK):
             rows = [(d.source, d.relpath, d.size, d.mtime_ns, FileState.DISCOVERED, now)
                     for d in found[start:start + DISCOVER_CHUNK]]
-            with self.transaction() as db:
+            with self.transaction(durable=False) as db:
                 queued += db.executemany(
                     "INSERT INTO files (source, relpath, size, mtime_ns, state, discovered_at) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, relpath) DO UPDATE SET size = excluded.size, "
@@ -367,7 +376,7 @@ class Catalog:
         One that failed before (its ``error`` is set) comes alone, so that it fails or succeeds on its own.
         """
         now = time.time() if now is None else now
-        with self.transaction() as db:
+        with self.transaction(durable=False) as db:
             rows = db.execute("SELECT * FROM files WHERE state = ? AND not_before <= ? ORDER BY not_before, id "
                               "LIMIT ?", (FileState.DISCOVERED, now, max_files)).fetchall()
             if not rows:
@@ -514,7 +523,7 @@ class Catalog:
 
     def claim_job(self, kind: str, now: float | None = None) -> Job | None:
         now = time.time() if now is None else now
-        with self.transaction() as db:
+        with self.transaction(durable=False) as db:
             row = db.execute("SELECT * FROM jobs WHERE kind = ? AND state = ? AND not_before <= ? "
                              "ORDER BY not_before, id LIMIT 1", (kind, JobState.PENDING, now)).fetchone()
             if row is None:

@@ -110,7 +110,7 @@ def change_passphrase(config: Config, old: bytes, new: bytes) -> None:
     data = keystore.wrap(master, new).to_json()
     atomic_write_bytes(envelope_file, data)
     vault = LocalStore(config.vault.path)
-    if vault.root.is_dir():
+    if vault.present():  # not into the empty mount point of a drive that is not there
         atomic_write_bytes(vault.envelope_path, data)
     problem = publish_envelope(config)
     if problem is not None:

@@ -20,7 +20,7 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import nacl.bindings as sodium
@@ -63,7 +63,9 @@ class ObjectMeta:
     capture_time: str | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+        # vars(), not asdict(): the same keys in the same order, without asdict's deep copy (which cost more
+        # than sealing a small file's bytes).
+        return json.dumps(vars(self), ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ObjectMeta:

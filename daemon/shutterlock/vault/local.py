@@ -108,6 +108,7 @@ class LocalStore:
         self.objects = root / "objects"
         self.tmp = root / "tmp"
         self.marker = root / VAULT_MARKER
+        self._folders: set[Path] = set()  # fan-out folders known to exist (one mkdir each per process)
 
     def present(self) -> bool:
         """The vault is there (its marker is): False while its drive is not mounted."""
@@ -178,12 +179,15 @@ class LocalStore:
         try:
             folders = sorted({target.parent for _, target in moving})
             for folder in folders:
-                folder.mkdir(mode=0o700, exist_ok=True)
+                if folder not in self._folders:
+                    folder.mkdir(mode=0o700, exist_ok=True)
+                    self._folders.add(folder)
             flush([tmp for tmp, _ in moving])
             for tmp, target in moving:
                 os.rename(tmp, target)
             flush([], [*folders, self.objects])
         except OSError as error:
+            self._folders.clear()  # the vault may have gone: make sure of its folders next time
             raise self.error(error, "store objects in", self.objects) from None
         return new
 
