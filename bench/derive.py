@@ -95,7 +95,7 @@ def derive_rate(runners: list[DeriveRunner], jobs: list[DeriveJob]) -> tuple[flo
 
 
 def make_jobs(inputs: list[Path], outbox: Path, long_edge: int, tolerance: float) -> list[DeriveJob]:
-    derive = DeriveConfig(outbox=outbox, long_edge=long_edge, draft_tolerance=tolerance)
+    derive = DeriveConfig(outbox=outbox, preset="custom", long_edge=long_edge, draft_tolerance=tolerance)
     return [DeriveJob(source=path, derive=derive, watermark=WatermarkConfig(),
                       rights=RightsConfig(creator="Bench Photographer"), cloak=CloakConfig(strength="off"))
             for path in inputs]

@@ -25,6 +25,7 @@ from shutterlock.derive.pairs import pair_partner, skip_reason
 from shutterlock.derive.protect import protect
 from shutterlock.derive.watermark import render_text
 from shutterlock.fsutil import TEMP_PREFIX
+from shutterlock.provenance import identity
 from stalling import stall_on_name
 
 WRITTEN, HELD, FAILED, SKIPPED = Outcome
@@ -33,6 +34,7 @@ SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 EXIF_SAMPLES = SAMPLES / "exif-samples"
 HOSTILE = SAMPLES / "hostile"
 DAEMON_DIR = Path(__file__).resolve().parents[1] / "daemon"
+SIGNER = identity.create("Ada Lovelace")  # protect signs what it writes, as the daemon does
 PROHIBITION = "http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED-AIMLTRAINING"
 
 # Decodes, but its entropy-coded data is corrupt (libjpeg would silently paint grey garbage).
@@ -49,6 +51,9 @@ ALLOWED_TAGS = {
     "JFIF:JFIFVersion", "JFIF:ResolutionUnit", "JFIF:XResolution", "JFIF:YResolution",
     "XMP-dc:Creator", "XMP-dc:Rights", "XMP-xmpRights:Marked", "XMP-xmpRights:WebStatement",
     "XMP-plus:DataMining", "XMP-plus:OtherConstraints",
+    # The creator and copyright again, for sites that read only EXIF or IPTC-IIM (written by us, not copied).
+    "IFD0:Artist", "IFD0:Copyright", "IPTC:CodedCharacterSet", "IPTC:ApplicationRecordVersion", "IPTC:By-line",
+    "IPTC:CopyrightNotice", "File:ExifByteOrder", "File:CurrentIPTCDigest",  # exiftool's facts about them
     "ICC_Profile:ProfileDescription", "ICC_Profile:ProfileCopyright", "ICC_Profile:MediaWhitePoint",
     "ICC_Profile:ChromaticAdaptation", "ICC_Profile:RedMatrixColumn", "ICC_Profile:GreenMatrixColumn",
     "ICC_Profile:BlueMatrixColumn", "ICC_Profile:RedTRC", "ICC_Profile:GreenTRC", "ICC_Profile:BlueTRC",
@@ -151,8 +156,10 @@ def test_every_decodable_sample_gets_a_clean_derivative(sample_results: dict[Pat
         assert record["File:ColorComponents"] == 3, name
         assert record["ICC-header:DeviceManufacturer"] == record["ICC-header:DeviceModel"] == "", name
         assert record["ICC-header:ProfileDateTime"] == "2024:01:01 00:00:00", name
+        assert record["IFD0:Artist"] == record["IPTC:By-line"] == "Ada Lovelace & <Co>", name
+        assert record["IPTC:CopyrightNotice"] == record["XMP-dc:Rights"] == record["IFD0:Copyright"], name
         for tag in record:
-            if tag.split(":", 1)[0] not in ("System", "ICC-header"):
+            if tag.split(":", 1)[0] not in ("System", "ICC-header") and tag not in ALLOWED_TAGS:
                 assert not any(word in tag.lower() for word in FORBIDDEN_WORDS), f"{name}: {tag}"
 
 
@@ -162,7 +169,7 @@ def test_no_gps_or_camera_strings_survive(sample_results: dict[Path, Made]) -> N
         if path.parent.name != "gps":
             continue
         data = result.output.read_bytes()  # type: ignore[union-attr]
-        for needle in (b"NIKON", b"COOLPIX", b"GPS", b"Exif\x00\x00", b"MPF", b"Photoshop"):
+        for needle in (b"NIKON", b"COOLPIX", b"GPS", b"MPF", b"8BIM\x04\x0c"):  # 0x040C: a Photoshop thumbnail
             assert needle not in data, (path.name, needle)
 
 
@@ -423,7 +430,8 @@ def test_raw_preview_and_demosaic_paths(tmp_path: Path) -> None:
     pytest.importorskip("rawpy")
     synthetic_dng(tmp_path / "IMG_0001.dng")
     plain = WatermarkConfig(enabled=False)
-    preview = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "a", watermark=plain, long_edge=64))
+    preview = derive_file(job(tmp_path / "IMG_0001.dng", tmp_path / "a", watermark=plain, preset="custom",
+                              long_edge=64))
     assert preview.outcome == WRITTEN, preview.reason
     with Image.open(preview.output) as out:  # type: ignore[arg-type]
         assert out.size == (64, 48)
@@ -519,10 +527,10 @@ def test_protect_writes_flat_and_never_overwrites(tmp_path: Path) -> None:
     (folder / "clip.mp4").write_bytes(b"\0")
     d, w, r, c = configs(tmp_path / "unused")
     seen: list[object] = []
-    first = protect([folder], tmp_path / "out", derive=d, watermark=w, rights=r, cloak=c, strength="off",
-                    on_result=seen.append)
+    first = protect([folder], tmp_path / "out", derive=d, watermark=w, rights=r, cloak=c, signer=SIGNER,
+                    strength="off", on_result=seen.append)
     second = protect([folder / "one.jpg", tmp_path / "nope.jpg"], tmp_path / "out", derive=d, watermark=w,
-                     rights=r, cloak=c, strength="off")
+                     rights=r, cloak=c, signer=SIGNER, strength="off")
     assert [(x.rendered.source.name, x.rendered.outcome) for x in first] == [("clip.mp4", SKIPPED),
                                                                              ("one.jpg", WRITTEN)]
     assert seen == first
@@ -539,10 +547,11 @@ def test_protect_pairs_only_among_its_inputs(tmp_path: Path) -> None:
     synthetic_dng(folder / "IMG_7.dng")
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", folder / "IMG_7.JPG")
     d, w, r, c = configs(tmp_path / "unused")
-    both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c)
+    both = protect([folder], tmp_path / "both", derive=d, watermark=w, rights=r, cloak=c, signer=SIGNER)
     assert [(x.rendered.source.name, x.rendered.outcome) for x in both] == [("IMG_7.JPG", WRITTEN),
                                                                             ("IMG_7.dng", SKIPPED)]
-    only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c)
+    only_raw = protect([folder / "IMG_7.dng"], tmp_path / "raw", derive=d, watermark=w, rights=r, cloak=c,
+                       signer=SIGNER)
     assert [x.rendered.outcome for x in only_raw] == [WRITTEN]
 
 
@@ -634,3 +643,80 @@ def test_output_is_reproducible(tmp_path: Path) -> None:
     a = derive_file(job(source, tmp_path / "a"))
     b = derive_file(job(source, tmp_path / "b"))
     assert a.output.read_bytes() == b.output.read_bytes()  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- export settings (issue 13)
+
+WIDE = EXIF_SAMPLES / "jpg" / "mobile" / "HMD_Nokia_8.3_5G.jpg"  # 2.33:1, wider than Instagram allows
+
+
+def test_presets_size_and_aspect(tmp_path: Path) -> None:
+    web = derive_file(job(WIDE, tmp_path / "web"))
+    assert (web.width, web.height) == (2048, 878)
+    insta = derive_file(job(WIDE, tmp_path / "ig", preset="instagram-1080"))
+    assert insta.width == 1080 and abs(insta.width / insta.height - 1.91) < 0.01  # centre-cropped to 1.91:1
+    portrait = tmp_path / "tall.jpg"
+    with Image.open(WIDE) as image:
+        image.rotate(90, expand=True).save(portrait, quality=95)  # 1:2.33, taller than 4:5
+    tall = derive_file(job(portrait, tmp_path / "ig2", preset="instagram-1080"))
+    assert (tall.width, tall.height) == (1080, 1350)
+    custom = derive_file(job(WIDE, tmp_path / "c", preset="custom", long_edge=1000))
+    assert max(custom.width, custom.height) == 1000
+
+
+def test_sharpening_for_screen_adds_edge_contrast(tmp_path: Path) -> None:
+    plain = derive_file(job(WIDE, tmp_path / "a", sharpen="off"))
+    sharp = derive_file(job(WIDE, tmp_path / "b", sharpen="high"))
+
+    def edges(path: Path) -> float:
+        grey = np.asarray(Image.open(path).convert("L"), dtype=float)
+        return float(np.abs(np.diff(grey, axis=1)).mean())
+
+    assert edges(sharp.output) > 1.05 * edges(plain.output)  # type: ignore[arg-type]
+
+
+def test_capture_date_only_when_kept_and_rights_in_exif_and_iptc(tmp_path: Path) -> None:
+    d, w, _, c = configs(tmp_path / "a")
+    rights = RightsConfig(creator="José Müller-Lövgren")
+    dropped = derive_file(DeriveJob(source=WIDE, derive=d, watermark=w, rights=rights, cloak=c))
+    kept = derive_file(DeriveJob(source=WIDE, derive=dataclasses.replace(d, outbox=tmp_path / "b",
+                                                                         keep_capture_date=True),
+                                 watermark=w, rights=rights, cloak=c))
+    first, second = exif_json([dropped.output, kept.output])  # type: ignore[list-item]
+    assert "ExifIFD:DateTimeOriginal" not in first
+    assert second["ExifIFD:DateTimeOriginal"] == "2022:08:14 14:12:31"
+    for record in (first, second):
+        assert record["IFD0:Artist"] == record["IPTC:By-line"] == "José Müller-Lövgren"
+        assert record["IPTC:CopyrightNotice"] == record["IFD0:Copyright"] == "© 2022 José Müller-Lövgren"
+
+
+def test_the_watermark_font_has_every_letter_of_the_name() -> None:
+    from shutterlock.derive.watermark import _load, _missing, choose_font
+
+    for name in ("© Ada Lovelace 2024", "© José Müller-Lövgren 2024", "© Łukasz Žižek 2024"):
+        path, missing = choose_font(name, None)
+        assert missing == "", (name, path, missing)
+        assert _missing(_load(path, 32), name) == ""
+    # The check is real: Pillow's bundled font lacks "ö", so it would have drawn a box there.
+    assert "ö" in _missing(_load(None, 32), "Lövgren")
+
+
+def test_only_rated_originals_get_derivatives(tmp_path: Path) -> None:
+    from shutterlock.derive.rating import rating
+
+    rated = tmp_path / "rated.jpg"
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description xmp:Rating="4"/></rdf:RDF></x:xmpmeta>'
+    with Image.open(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg") as image:
+        image.save(rated, xmp=xmp)
+    plain = tmp_path / "plain.jpg"
+    shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", plain)
+    assert rating(rated) == 4 and rating(plain) is None
+    sidecar = tmp_path / "plain.xmp"
+    sidecar.write_bytes(b"<rdf:Description xmp:Rating='5'/>")
+    assert rating(plain, sidecar) == 5
+    d, w, r, c = configs(tmp_path / "out")
+    keep = render(DeriveJob(source=rated, derive=d, watermark=w, rights=r, cloak=c, min_rating=3))
+    skip = render(DeriveJob(source=plain, derive=d, watermark=w, rights=r, cloak=c, min_rating=3))
+    five = render(DeriveJob(source=plain, derive=d, watermark=w, rights=r, cloak=c, min_rating=3, sidecar=sidecar))
+    assert keep.outcome == WRITTEN and five.outcome == WRITTEN
+    assert (skip.outcome, skip.reason) == (SKIPPED, "not rated; this source makes derivatives of 3+ stars")

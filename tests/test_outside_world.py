@@ -233,8 +233,8 @@ def test_a_dead_lane_stops_the_watchdog(tmp_path):
 
     The lane here is a minimal Stage of this test whose item ends its thread (SystemExit, the one exception
     the engine does not catch): there is no way to kill a thread from outside."""
-    from shutterlock.catalog import Catalog, JobQueue
-    from shutterlock.engine import Engine
+    from shutterlock.catalog import Catalog
+    from shutterlock.engine import Engine, JobQueue
 
     class Fatal:
         name, workers, attempts, stall_limit = "fatal", 1, 1, 60.0

@@ -234,6 +234,9 @@ def test_unreadable_source_file_is_named_and_others_sealed(make_home):
     assert len(vault_objects(home)) == 1
     assert not list((home.vault / "tmp").iterdir())
     secret.chmod(0o644)  # fixing permissions does not change the mtime: the next scan still retries it
+    retried = _cli_as(home, "retry")
+    assert retried.returncode == 0 and "1 original(s)" in retried.stdout, retried.stdout + retried.stderr
+    assert json.loads(_cli_as(home, "status", "--json").stdout)["files"]["failed"] == 0
     assert _cli_as(home, "run", "--once").returncode == 0
     assert json.loads(_cli_as(home, "status", "--json").stdout)["files"]["sealed"] == 2
 

@@ -23,15 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import describe_free_space, ensure_dir
 from shutterlock.status import Event, FailedFile, FileCounts
 from shutterlock.vault.format import ObjectMeta
-
-if TYPE_CHECKING:
-    from shutterlock.engine import StageError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +136,14 @@ MIGRATIONS: list[str] = [
         subject TEXT NOT NULL,
         message TEXT NOT NULL
     );
+    """,
+    # 2: which settings made each derivative, so `ls` can say which are stale after a settings change.
+    """
+    ALTER TABLE derivatives ADD COLUMN settings TEXT NOT NULL DEFAULT ''
+    """,
+    # 3: the original's star rating as the worker read it (None: unrated), for the site's rating threshold.
+    """
+    ALTER TABLE derivatives ADD COLUMN rating INTEGER
     """,
 ]
 
@@ -459,6 +464,10 @@ class Catalog:
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FileState.FAILED, error, file.id))
 
+    def file_by_id(self, file_id: int) -> FileRow | None:
+        rows = self._query("SELECT * FROM files WHERE id = ?", (file_id,))
+        return _file_row(rows[0]) if rows else None
+
     # ------------------------------------------------------------------ versions, objects, replicas
 
     def latest_versions(self) -> list[Version]:
@@ -558,6 +567,18 @@ class Catalog:
         with self.transaction() as db:
             db.execute("UPDATE files SET not_before = 0 WHERE state = ?", (FileState.DISCOVERED,))
 
+    def retry_everything(self) -> tuple[int, int]:
+        """``shutterlock retry``: originals that failed are queued afresh, jobs that failed for good or wait
+        out a back-off are due now (the cause may be fixed: a permission, a bucket, the cloak's weights)."""
+        with self.transaction() as db:
+            files = db.execute("UPDATE files SET state = ?, attempts = 0, not_before = 0 WHERE state = ? OR "
+                               "(state = ? AND not_before > 0)",
+                               (FileState.DISCOVERED, FileState.FAILED, FileState.DISCOVERED)).rowcount
+            jobs = db.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, permanent = 0 "
+                              "WHERE permanent = 1 OR (state = ? AND not_before > 0)",
+                              (JobState.PENDING, JobState.PENDING)).rowcount
+        return files, jobs
+
     def expedite(self, kind: str) -> None:
         """Make every waiting job of a kind due now (the bucket is back)."""
         with self.transaction() as db:
@@ -579,14 +600,33 @@ class Catalog:
     # ------------------------------------------------------------------ derivatives
 
     def record_derivative(self, file_id: int, content_id: str, *, status: str, output: str | None, reason: str,
-                          cloaked: bool, strength: str, watermark: str) -> None:
+                          cloaked: bool, strength: str, watermark: str, settings: str = "",
+                          rating: int | None = None) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO derivatives (file_id, content_id, status, output, reason, cloaked, strength, "
-                       "watermark, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file_id) DO UPDATE SET "
+                       "watermark, settings, rating, made_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (file_id) DO UPDATE SET "
                        "content_id = excluded.content_id, status = excluded.status, output = excluded.output, "
                        "reason = excluded.reason, cloaked = excluded.cloaked, strength = excluded.strength, "
-                       "watermark = excluded.watermark, made_at = excluded.made_at",
-                       (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, time.time()))
+                       "watermark = excluded.watermark, settings = excluded.settings, rating = excluded.rating, "
+                       "made_at = excluded.made_at",
+                       (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, settings,
+                        rating, time.time()))
+
+    def file_ids(self, pairs: list[tuple[str, str]]) -> list[int]:
+        """The ids of these (source, relpath) originals."""
+        ids = []
+        for source, relpath in pairs:
+            rows = self._query("SELECT id FROM files WHERE source = ? AND relpath = ?", (source, relpath))
+            ids += [row["id"] for row in rows]
+        return ids
+
+    def files_named(self, source: str, folder: str, stem: str) -> list[FileRow]:
+        """Files in one folder of a source named ``stem`` or ``stem.EXT`` (the images an XMP sidecar speaks for)."""
+        prefix = f"{folder}/" if folder else ""
+        rows = self._query("SELECT * FROM files WHERE source = ? AND (relpath = ? OR relpath LIKE ? ESCAPE '\\')",
+                           (source, prefix + stem, _like_escape(prefix + stem) + ".%"))
+        return [_file_row(row) for row in rows if "/" not in row["relpath"][len(prefix):]]
 
     def derivative_of(self, file_id: int) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
@@ -673,94 +713,11 @@ def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: fl
                (kind, subject, JobState.PENDING, size, now, now))
 
 
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _file_row(row: sqlite3.Row) -> FileRow:
     return FileRow(id=row["id"], source=row["source"], relpath=row["relpath"], size=row["size"],
                    mtime_ns=row["mtime_ns"], state=row["state"], content_id=row["content_id"],
                    attempts=row["attempts"], error=row["error"], sealed_at=row["sealed_at"])
-
-
-# --------------------------------------------------------------------------- the engine's two queue flavours
-
-
-class FileQueue:
-    """The seal queue: originals in the ``files`` table, claimed in batches (:meth:`Catalog.claim_batch`).
-
-    The seal stage records a batch's outcomes itself, in one transaction once its objects are durable, so
-    ``done`` has nothing left to do. A batch the lane could not finish as a whole is split: each original is
-    tried again on its own, so a single bad file is found, and fails, alone.
-    """
-
-    def __init__(self, catalog: Catalog, max_files: int, max_bytes: int):
-        self.catalog, self.max_files, self.max_bytes = catalog, max_files, max_bytes
-
-    def claim(self) -> SealBatch | None:
-        files = self.catalog.claim_batch(self.max_files, self.max_bytes)
-        return SealBatch(tuple(files)) if files else None
-
-    def units(self, item: SealBatch) -> int:
-        return len(item.files)
-
-    def next_due(self) -> float | None:
-        return self.catalog.next_file_due()
-
-    def done(self, item: SealBatch) -> None:
-        pass
-
-    def retry(self, item: SealBatch, error: StageError, limit: int) -> bool:
-        if len(item.files) == 1:
-            return self.catalog.retry_file(item.files[0], str(error), limit, count=error.count, delay=error.delay)
-        if error.count:
-            self._split(item, str(error))
-        else:
-            self.catalog.postpone_files(item.files, backoff(0) if error.delay is None else error.delay)
-        return True
-
-    def fail(self, item: SealBatch, reason: str) -> None:
-        if len(item.files) == 1:
-            self.catalog.fail_file(item.files[0], reason)
-        else:
-            self._split(item, reason)
-
-    def _split(self, item: SealBatch, reason: str) -> None:
-        self.catalog.record_seal_batch([], alone=[(file, reason) for file in item.files])
-
-    def backlog(self) -> tuple[int, int]:
-        return self.catalog.seal_backlog()
-
-    def expedite(self) -> None:
-        self.catalog.expedite_files()
-
-
-class JobQueue:
-    """A later stage's queue: the ``jobs`` rows of one kind."""
-
-    def __init__(self, catalog: Catalog, kind: str):
-        self.catalog, self.kind = catalog, kind
-
-    def claim(self) -> Job | None:
-        return self.catalog.claim_job(self.kind)
-
-    def units(self, item: Job) -> int:
-        return 1
-
-    def next_due(self) -> float | None:
-        return self.catalog.next_job_due(self.kind)
-
-    def done(self, item: Job) -> None:
-        self.catalog.finish_job(item)
-
-    def retry(self, item: Job, error: StageError, limit: int) -> bool:
-        if error.count and item.attempts + 1 >= limit:
-            return False
-        self.catalog.retry_job(item, str(error), delay=error.delay, count=error.count)
-        return True
-
-    def fail(self, item: Job, reason: str) -> None:
-        self.catalog.fail_job(item, reason)
-
-    def backlog(self) -> tuple[int, int]:
-        """What the lane has to do now (not what waits out a delay)."""
-        return self.catalog.job_backlog(self.kind, due_only=True)
-
-    def expedite(self) -> None:
-        self.catalog.expedite(self.kind)

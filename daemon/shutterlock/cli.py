@@ -7,6 +7,7 @@ line on stderr in one place, so nothing reaches the user as a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -21,7 +22,8 @@ import click
 
 from shutterlock import __version__, facade
 from shutterlock import config as config_module
-from shutterlock.config import STRENGTHS, Config
+from shutterlock.config import STRENGTHS, Choices, Config
+from shutterlock.config import warnings as config_warnings
 from shutterlock.errors import EXIT_FAILED, EXIT_USAGE, DaemonNotRunning, KeyProblem, ShutterlockError
 from shutterlock.keystore import read_passphrase_file
 from shutterlock.restore import Report
@@ -124,25 +126,47 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 @click.option("--outbox", type=click.Path(path_type=Path))
 @click.option("--s3-url")
 @click.option("--s3-endpoint")
+@click.option("--creator", help="Your name, for the watermark and the copyright of shared copies.")
+@click.option("--copyright", "copyright_notice", help="The copyright notice (default: © YEAR CREATOR).")
 @click.option("--passphrase-file", type=click.Path(path_type=Path))
 @click.pass_context
 def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outbox: Path | None,
-         s3_url: str | None, s3_endpoint: str | None, passphrase_file: Path | None) -> None:
-    """Write the config and create the key envelope."""
+         s3_url: str | None, s3_endpoint: str | None, creator: str | None, copyright_notice: str | None,
+         passphrase_file: Path | None) -> None:
+    """Write the config and create the key envelope; on a terminal, ask what it needs."""
     config = load_config(ctx)
-    result = facade.init(config, passphrase_source(passphrase_file, confirm=True), sources=list(sources) or None,
-                         vault=vault, outbox=outbox, s3_url=s3_url, s3_endpoint=s3_endpoint)
+    if creator is None and sys.stdin.isatty() and not config.rights.creator:
+        click.echo("Shared copies carry a visible watermark and a copyright notice with your name.")
+        creator = click.prompt("Your name (Enter to leave it out)", default="", show_default=False).strip()
+        if creator and copyright_notice is None:
+            copyright_notice = click.prompt(
+                "Copyright notice (Enter for the year of each photo and your name, e.g. "
+                f"'© {time.localtime().tm_year} {creator}')", default="", show_default=False).strip()
+    if sys.stdin.isatty() and not config.paths.key_file.exists() and passphrase_file is None:
+        click.echo("Choose a passphrase. With it, the vault (or the bucket) brings everything back; without it,\n"
+                   "nobody — not even you — can read your originals. Write it down somewhere safe.")
+    choices = Choices(sources=list(sources) or None, vault=vault, outbox=outbox, s3_url=s3_url,
+                      s3_endpoint=s3_endpoint, creator=creator, copyright=copyright_notice)
+    result = facade.init(config, passphrase_source(passphrase_file, confirm=True), choices)
     config = load_config(ctx)
-    click.echo(f"config: {result.config_file} ({'created' if result.created_config else 'kept'})")
-    click.echo(f"key:    {'created' if result.created_key else 'present'} ({config.paths.key_file})")
+    click.echo(f"\nconfig  {result.config_file} ({'created' if result.created_config else 'kept'})")
+    click.echo(f"key     {'created' if result.created_key else 'present'} ({config.paths.key_file})")
     for source in config.sources:
-        click.echo(f"source: {source.name} = {source.path}")
-    click.echo(f"vault:  {config.vault.path}")
+        click.echo(f"import  {source.path}\n        copy or import your photos here: each is sealed within seconds")
+    click.echo(f"vault   {config.vault.path}\n        your originals, encrypted; with the passphrase, enough to "
+               "recover everything")
+    click.echo(f"signer  {result.signer} ({'created' if result.created_signer else 'present'})\n        signs the "
+               "C2PA manifest of every derivative: who made it, and that AI training is not allowed")
     if config.s3 is not None:
         problem = result.replica_problem
-        click.echo(f"replica: {config.s3.url}" + (f" (not reachable yet: {problem}; the daemon will keep trying)"
-                                                  if problem else ""))
-    click.echo("Keep your passphrase safe: with the bucket (or vault) it is all you need to recover.")
+        click.echo(f"bucket  {config.s3.url}\n        an encrypted copy of the vault"
+                   + (f" (not reachable yet: {problem}; the daemon keeps trying)" if problem else ""))
+    if config.derive.enabled:
+        click.echo(f"outbox  {config.derive.outbox}\n        share-ready copies: resized, cloaked, watermarked, "
+                   "stripped of private metadata")
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo("\nNext: `shutterlock run` (or `shutterlock service install --user`, or the tray).")
 
 
 @main.command()
@@ -166,14 +190,39 @@ def run(ctx: click.Context, once: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="The status document, for machines.")
+@click.option("--watch", is_flag=True, help="Follow it live: progress, rates and time left (Ctrl-C to stop).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
     """State, progress, backlog and recent problems."""
-    info = facade.status(load_config(ctx))
+    config = load_config(ctx)
+    if watch:
+        follow_status(config)
+        return
+    info = facade.status(config)
     if as_json:
         click.echo(json.dumps(info.to_dict(), indent=2, default=str))
         return
     click.echo("\n".join(describe(info)))
+
+
+def follow_status(config: Config) -> None:
+    """A live view (rich) redrawn whenever the daemon's status changes, and each second for rates and ETAs."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    info = facade.status(config)
+    with contextlib.suppress(KeyboardInterrupt), \
+            Live(Text("\n".join(describe(info))), console=Console(), auto_refresh=False) as live:
+        while True:
+            try:
+                info = facade.control(config, "watch", version=info.version, timeout=1.0) if info.running \
+                    else facade.status(config)
+            except DaemonNotRunning:
+                info = facade.status(config)
+            live.update(Text("\n".join(describe(info))), refresh=True)
+            if not info.running:
+                time.sleep(2.0)
 
 
 def describe(info: Status) -> list[str]:
@@ -247,6 +296,56 @@ def resume(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.argument("patterns", nargs=-1)
+@click.option("--stale", "stale_only", is_flag=True, help="Only derivatives made under older settings.")
+@click.pass_context
+def rederive(ctx: click.Context, patterns: tuple[str, ...], stale_only: bool) -> None:
+    """Make derivatives again (all, or those matching PATTERN) after a settings change."""
+    count = facade.rederive(load_config(ctx), list(patterns), stale_only=stale_only)
+    click.echo(f"{count} derivative(s) queued; `shutterlock status --watch` shows the progress")
+
+
+@main.command()
+@click.pass_context
+def retry(ctx: click.Context) -> None:
+    """Try again now whatever failed or is held back (after fixing a permission, a bucket, the weights)."""
+    click.echo(facade.retry(load_config(ctx)))
+
+
+@main.group()
+def models() -> None:
+    """The cloak's model weights (pinned by SHA-256)."""
+
+
+@models.command(name="status")
+@click.pass_context
+def models_status(ctx: click.Context) -> None:
+    """Where each weights file was found; exit 1 if any is missing."""
+    _report_weights(facade.weights(load_config(ctx)))
+
+
+@models.command()
+@click.option("--from", "source", type=click.Path(file_okay=False, path_type=Path),
+              help="Copy them from this folder instead of downloading (an offline machine).")
+@click.pass_context
+def fetch(ctx: click.Context, source: Path | None) -> None:
+    """Download (or copy) the missing weights and verify them; exit 1 if any could not be had."""
+    _report_weights(facade.weights(load_config(ctx), fetch=source is None, source=source))
+
+
+def _report_weights(files: list[facade.WeightsFile]) -> None:
+    for item in files:
+        click.echo(f"{item.file}: {item.found}" if item.found else f"{item.file}: MISSING — {item.problem}")
+    if any(item.found is None for item in files):
+        from shutterlock.cloak.models import cache_dir
+
+        fail("the cloak cannot run until every weights file is in place: download them from "
+             "https://github.com/madebyollin/taesd and run `shutterlock models fetch --from FOLDER`, or put them "
+             f"in {cache_dir()} (or the folder named by [cloak] models_dir or $SHUTTERLOCK_MODELS_DIR); "
+             "until then derivatives are held back (see `shutterlock status`)", EXIT_FAILED)
+
+
+@main.command()
 @click.pass_context
 def reload(ctx: click.Context) -> None:
     """Make the running daemon re-read its config."""
@@ -266,7 +365,8 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         sealed = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["sealed_at"]))
         made = row["derivative"] or {}
-        shared = made.get("status", "-") + (" (cloaked)" if made.get("cloaked") else "")
+        shared = made.get("status", "-") + (" (cloaked)" if made.get("cloaked") else "") + \
+            (" STALE" if made.get("stale") else "")
         click.echo(f"{row['source']}/{row['path']}\t{row['size']}\t{sealed}\t{','.join(row['replicas'])}\t{shared}")
 
 
@@ -324,12 +424,9 @@ def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase
 @click.pass_context
 def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strength: str | None) -> None:
     """One-shot share-ready derivatives of the given files, same pipeline as the daemon."""
-    from shutterlock.derive.protect import protect as run_protect
     from shutterlock.derive.render import Outcome
 
-    config = load_config(ctx)
-    results = run_protect(list(inputs), out_dir, derive=config.derive, watermark=config.watermark,
-                          rights=config.rights, cloak=config.cloak, strength=strength)
+    results = facade.protect(load_config(ctx), list(inputs), out_dir, strength=strength)
     failed = 0
     for result in results:
         made = result.rendered
@@ -341,6 +438,71 @@ def protect(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path, strengt
             click.echo(f"{made.source}: {made.outcome}: {made.reason}", err=True)
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+USES = {"cawg.ai_generative_training": "AI generative training", "cawg.ai_training": "AI training",
+        "cawg.data_mining": "data mining", "cawg.ai_inference": "AI inference"}
+
+
+@main.group()
+def provenance() -> None:
+    """The signed C2PA manifest on every derivative."""
+
+
+@provenance.command(name="verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def provenance_verify(ctx: click.Context, file: Path) -> None:
+    """Who signed FILE's manifest and what it forbids; exit 1 if it is missing or invalid."""
+    verdict = facade.verify_provenance(load_config(ctx), file)
+    if verdict.state == "missing":
+        fail(f"{file}: no C2PA manifest", EXIT_FAILED)
+    if not verdict.ok:
+        fail(f"{file}: INVALID manifest (signed as {verdict.signer or 'unknown'}): {'; '.join(verdict.problems)}",
+             EXIT_FAILED)
+    trust = "your own signing key" if verdict.state == "trusted" else \
+        "certificate not on a trust list (self-issued or an unknown CA)"
+    click.echo(f"{file}: valid, signed by {verdict.signer} (issuer {verdict.issuer}; {trust})")
+    forbidden = [USES.get(use, use) for use in verdict.forbidden]
+    click.echo(f"forbids: {', '.join(forbidden) if forbidden else 'nothing'}")
+    if verdict.creator or verdict.copyright:
+        click.echo(f"rights:  {' / '.join(part for part in (verdict.creator, verdict.copyright) if part)}")
+    click.echo(f"actions: {', '.join(verdict.actions)}")
+    if verdict.ingredients or verdict.thumbnails:
+        click.echo(f"embeds:  {verdict.ingredients} ingredient(s), {verdict.thumbnails} thumbnail(s)")
+
+
+@main.group()
+def site() -> None:
+    """The public portfolio: protected derivatives only, with every no-AI signal."""
+
+
+def _report_left_out(left_out: list[tuple[str, str]]) -> None:
+    for key_, reason in left_out:
+        click.echo(f"left out {key_}: {reason}", err=True)
+
+
+@site.command(name="build")
+@click.argument("patterns", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder to build into.")
+@click.option("--min-rating", type=click.IntRange(0, 5), help="Only originals with at least this many stars.")
+@click.pass_context
+def site_build(ctx: click.Context, patterns: tuple[str, ...], out: Path | None, min_rating: int | None) -> None:
+    """Build the portfolio from the derivatives of the matching originals (default: all)."""
+    report = facade.site_build(load_config(ctx), list(patterns), out, min_rating)
+    click.echo(f"{report.out}: {report.photos} photographs in {report.albums} albums "
+               f"({len(report.written)} pages rewritten, {len(report.removed)} files removed)")
+    _report_left_out(report.left_out)
+
+
+@site.command(name="publish")
+@click.pass_context
+def site_publish(ctx: click.Context) -> None:
+    """Build the portfolio and send what changed to [site] url."""
+    built, sent = facade.site_publish(load_config(ctx))
+    click.echo(f"{sent.target}: {built.photos} photographs; {len(sent.uploaded)} files sent, {sent.unchanged} "
+               f"unchanged, {len(sent.deleted)} deleted")
+    _report_left_out(built.left_out)
 
 
 @main.group()

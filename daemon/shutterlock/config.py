@@ -9,7 +9,9 @@ Errors name the file, the table, the key and the problem, e.g.
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
+import tempfile
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -44,6 +46,30 @@ DATA_MINING_VALUES = (
     "DMI-PROHIBITED-SEELINKEDRIGHTSEXPR",
 )
 PAIR_PREFERENCES = ("jpeg", "raw")
+SHARPENING = ("off", "low", "standard", "high")
+
+
+@dataclass(frozen=True)
+class OutputSize:
+    """How big a derivative is: within ``long_edge``, or exactly ``width`` wide; an aspect ratio (width/height)
+    outside [min_aspect, max_aspect] is centre-cropped to the nearest bound first (what the platform allows)."""
+
+    long_edge: int = 0
+    width: int = 0
+    min_aspect: float = 0.0
+    max_aspect: float = float("inf")
+
+
+# Named like a Lightroom export preset; "custom" uses [derive] long_edge.
+OUTPUT_PRESETS = {
+    "web-2048": OutputSize(long_edge=2048),
+    "web-1200": OutputSize(long_edge=1200),
+    "instagram-1080": OutputSize(width=1080, min_aspect=4 / 5, max_aspect=1.91),  # 4:5 portrait to 1.91:1
+    "custom": OutputSize(),
+}
+# Never sealed: files operating systems leave in photo folders (hidden and temporary names are skipped anyway).
+DEFAULT_IGNORE = ("Thumbs.db", "ehthumbs.db", "desktop.ini")
+THEMES = ("auto", "dark", "light")
 
 
 class Credential(enum.StrEnum):
@@ -110,11 +136,20 @@ def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
+# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux, 104 on macOS, with the final NUL).
+SOCKET_PATH_MAX = 100
+
+
 def resolve_paths(config_file: Path | None = None) -> Paths:
     runtime = _first_env_dir("RUNTIME_DIRECTORY")
     if runtime is None:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         runtime = Path(xdg) / APP if xdg else Path(platformdirs.user_state_dir(APP)) / "run"
+    if len(os.fsencode(runtime / "control.sock")) > SOCKET_PATH_MAX:
+        # A deep home folder: the socket moves to a short folder named after the long one (created 0700 and
+        # checked to be ours by the control server), so the CLI, the tray and the daemon still agree.
+        tag = hashlib.blake2b(os.fsencode(runtime), digest_size=6).hexdigest()
+        runtime = Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 0}-{tag}"
     return Paths(
         config_file=config_file or default_config_file(),
         state_dir=_first_env_dir("STATE_DIRECTORY") or Path(platformdirs.user_data_dir(APP)),
@@ -144,6 +179,11 @@ class SourceConfig:
     path: Path
     watch_mode: str = field(default="auto", metadata=rule(choices=WATCH_MODES))
     name: str = ""
+    ignore: tuple[str, ...] = DEFAULT_IGNORE  # file-name patterns never sealed (fnmatch, any case)
+    # Which originals get derivatives: those rated at least this many stars (0: all) …
+    derive_min_rating: int = field(default=0, metadata=rule(low=0, high=5))
+    # … and, when given, only those below one of these subfolders (patterns relative to the source).
+    derive_folders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,10 +221,20 @@ class S3Config:
 class DeriveConfig:
     enabled: bool = True
     outbox: Path = field(default_factory=lambda: _pictures() / "Outbox")
-    long_edge: int = field(default=2048, metadata=rule(low=64, high=65535))
+    preset: str = field(default="web-2048", metadata=rule(choices=tuple(OUTPUT_PRESETS)))
+    long_edge: int = field(default=2048, metadata=rule(low=64, high=65535))  # with preset = "custom"
+    # Output sharpening for screens, after the resize and before the cloak (as Lightroom's export does).
+    sharpen: str = field(default="low", metadata=rule(choices=SHARPENING))
+    # The capture date in the derivative's EXIF: off by default — with a face or a place it says where
+    # someone was and when; the outbox folders still sort by it.
+    keep_capture_date: bool = False
     jpeg_quality: int = field(default=90, metadata=rule(low=1, high=100))
     max_pixels: int = field(default=200_000_000, metadata=rule(low=1))
     time_limit: float = field(default=300.0, metadata=rule(low=1.0))  # seconds per image, cloak included
+
+    @property
+    def size(self) -> OutputSize:
+        return OUTPUT_PRESETS[self.preset] if self.preset != "custom" else OutputSize(long_edge=self.long_edge)
     # Which half of a RAW+JPEG pair is derived.
     pair_preference: str = field(default="jpeg", metadata=rule(choices=PAIR_PREFERENCES))
     release_uncloaked: bool = False  # hold back derivatives whose cloak could not run
@@ -199,6 +249,7 @@ class DeriveConfig:
 class WatermarkConfig:
     enabled: bool = True
     text: str = "© {creator} {year}"
+    font: Path | None = None  # a TrueType/OpenType file; default: the first common font with every glyph
     logo: Path | None = None
     anchor: str = field(default="bottom-right", metadata=rule(choices=ANCHORS))
     inset: float = field(default=0.03, metadata=rule(low=0.0, high=0.45))  # fraction of the short side
@@ -237,6 +288,39 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ProvenanceConfig:
+    """The key that signs every derivative's C2PA manifest. Both empty: the self-issued identity ``init``
+    creates in the state directory. Both set: a chain from a real CA (PEM, the signing certificate first)
+    and its unencrypted private key (owner-only)."""
+
+    certificate: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The public portfolio. ``url``: ``s3://BUCKET/PREFIX`` or a folder (for rsync or any static host);
+    empty: ``site publish`` refuses. ``base_url``: the address it is served from, which makes the TDMRep
+    policy links absolute. ``include``: patterns choosing originals (empty: all with a derivative).
+    ``min_rating``: only originals rated at least this many stars (0: all). ``captions``: pattern → caption,
+    first match wins. ``widths``: renditions made below the derivative."""
+
+    url: str = ""
+    endpoint: str = ""
+    base_url: str = ""
+    title: str = ""
+    tagline: str = ""
+    about: str = ""
+    email: str = ""
+    links: tuple[str, ...] = ()
+    theme: str = field(default="auto", metadata=rule(choices=THEMES))
+    include: tuple[str, ...] = ()
+    min_rating: int = field(default=0, metadata=rule(low=0, high=5))  # only originals with this many stars
+    captions: tuple[tuple[str, str], ...] = ()
+    widths: tuple[int, ...] = (480, 960, 1600)
+
+
+@dataclass(frozen=True)
 class Config:
     sources: tuple[SourceConfig, ...]
     vault: VaultConfig
@@ -247,6 +331,8 @@ class Config:
     cloak: CloakConfig
     engine: EngineConfig
     paths: Paths
+    provenance: ProvenanceConfig = ProvenanceConfig()
+    site: SiteConfig = SiteConfig()
 
     def source_by_name(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -290,6 +376,12 @@ class _Reader:
                 f"at least {low}" if low is not None else f"at most {high}"
             raise self.fail(key, f"must be {bound}; got {value}")
         return value
+
+    def words(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, list(default))
+        if not all(isinstance(item, str) for item in value):
+            raise self.fail(key, f"expected a list of strings; got {value!r}")
+        return tuple(value)
 
     def path(self, key: str, default: Path | None) -> Path | None:
         value = self.get(key, str, None)
@@ -358,6 +450,8 @@ def _read_table(reader: _Reader, kind: type[T], **given: Any) -> T:
             values[item.name] = reader.number(item.name, hint, current, check["low"], check["high"])
         elif hint in (Path, Path | None):
             values[item.name] = reader.path(item.name, current) or current
+        elif hint == tuple[str, ...]:
+            values[item.name] = reader.words(item.name, current)
         else:
             values[item.name] = reader.get(item.name, hint, current)
     reader.done()
@@ -404,6 +498,46 @@ def _cloak(file: Path, raw: dict[str, Any]) -> CloakConfig:
     return _read_table(reader, CloakConfig, models_dir=models_dir)
 
 
+def _provenance(file: Path, raw: dict[str, Any]) -> ProvenanceConfig:
+    reader = _table(file, raw, "provenance")
+    config = _read_table(reader, ProvenanceConfig)
+    if (config.certificate is None) != (config.key is None):
+        missing = "key" if config.key is None else "certificate"
+        raise reader.fail(missing, "missing: a certificate from a CA needs both certificate and key")
+    for name in ("certificate", "key"):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            raise reader.fail(name, f"no such file: {path}")
+    return config
+
+
+def _strings(reader: _Reader, key: str) -> tuple[str, ...]:
+    values = reader.get(key, list, [])
+    if not all(isinstance(value, str) and value.strip() for value in values):
+        raise reader.fail(key, "expected a list of non-empty strings")
+    return tuple(values)
+
+
+def _site(file: Path, raw: dict[str, Any]) -> SiteConfig:
+    reader = _table(file, raw, "site")
+    captions = reader.get("captions", dict, {})
+    if not all(isinstance(text, str) for text in captions.values()):
+        raise reader.fail("captions", "expected a table of pattern = \"caption\"")
+    widths = reader.get("widths", list, list(SiteConfig().widths))
+    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and 64 <= w <= 8192 for w in widths):
+        raise reader.fail("widths", f"expected a list of pixel widths between 64 and 8192; got {widths!r}")
+    config = _read_table(reader, SiteConfig, links=_strings(reader, "links"), include=_strings(reader, "include"),
+                         captions=tuple(captions.items()), widths=tuple(sorted(set(widths))))
+    if config.url.startswith("s3://") and not config.url[5:].split("/")[0]:
+        raise ConfigError(f"{file.name}: [site] url: must look like s3://BUCKET/PREFIX or be a folder; "
+                          f"got {config.url!r}")
+    for key in ("endpoint", "base_url"):
+        value = getattr(config, key)
+        if value and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{file.name}: [site] {key}: must be an http:// or https:// URL; got {value!r}")
+    return config
+
+
 def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     """Validate a parsed TOML document; every key not understood is an error (typos matter)."""
     raw = dict(raw)
@@ -416,7 +550,7 @@ def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     config = Config(sources=sources, vault=vault, s3=_s3(file, raw), derive=_derive(file, raw),
                     watermark=_watermark(file, raw), rights=_read_table(_table(file, raw, "rights"), RightsConfig),
                     cloak=_cloak(file, raw), engine=_read_table(_table(file, raw, "engine"), EngineConfig),
-                    paths=paths)
+                    paths=paths, provenance=_provenance(file, raw), site=_site(file, raw))
     if raw:
         raise ConfigError(f"{file.name}: [{sorted(raw)[0]}]: unknown table")
     return config
@@ -440,6 +574,16 @@ def load(config_file: Path | None = None) -> Config:
     return parse(raw, file, paths)
 
 
+def warnings(config: Config) -> list[str]:
+    """Settings that work but will surprise the user (a watermark that renders empty, …)."""
+    found = []
+    mark = config.watermark
+    if config.derive.enabled and mark.enabled and "{creator}" in mark.text and not config.rights.creator.strip():
+        found.append("the watermark is empty because no creator is set: add `creator = \"Your Name\"` to "
+                     f"[rights] in {config.paths.config_file} (or run `shutterlock init` again)")
+    return found
+
+
 def save(config: Config) -> None:
     """Write the config file (owner-only: it may name buckets and paths the user keeps private)."""
     import tomli_w
@@ -460,7 +604,7 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
             value = getattr(obj, f.name)
             if value is None:
                 continue
-            out[f.name] = str(value) if isinstance(value, Path) else value
+            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         return out
 
     doc: dict[str, Any] = {
@@ -471,16 +615,38 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
         "rights": table(config.rights),
         "cloak": table(config.cloak),
         "engine": table(config.engine),
+        "provenance": table(config.provenance),
+        "site": {**table(config.site), "captions": dict(config.site.captions)},
     }
     if config.s3 is not None:
         doc["s3"] = table(config.s3)
     return doc
 
 
-def with_overrides(config: Config, *, sources: list[Path] | None = None, vault: Path | None = None,
-                   outbox: Path | None = None, s3_url: str | None = None,
-                   s3_endpoint: str | None = None) -> Config:
-    """Apply ``init``'s flags on top of an existing or default config."""
+@dataclass(frozen=True)
+class Choices:
+    """What ``init`` was told (flags, or answers at its prompts); None leaves the config's value."""
+
+    sources: list[Path] | None = None
+    vault: Path | None = None
+    outbox: Path | None = None
+    s3_url: str | None = None
+    s3_endpoint: str | None = None
+    creator: str | None = None
+    copyright: str | None = None
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+def with_overrides(config: Config, choices: Choices) -> Config:
+    """Apply ``init``'s choices on top of an existing or default config."""
+    sources, vault, outbox = choices.sources, choices.vault, choices.outbox
+    s3_url, s3_endpoint = choices.s3_url, choices.s3_endpoint
+    if choices.creator is not None or choices.copyright is not None:
+        config = replace(config, rights=replace(
+            config.rights, creator=config.rights.creator if choices.creator is None else choices.creator.strip(),
+            copyright=config.rights.copyright if choices.copyright is None else choices.copyright.strip()))
     if sources:
         config = replace(config, sources=tuple(
             SourceConfig(path=p.expanduser().resolve(), name=_unique_name(p, i, sources))

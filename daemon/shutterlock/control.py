@@ -4,7 +4,7 @@ Newline-delimited JSON over a Unix domain socket in an owner-only runtime direct
 socket is 0600 and, where the OS tells us, the peer's uid must be ours. Where AF_UNIX is not
 available (Windows), a loopback TCP port plus a random token in an owner-only file stands in.
 
-Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "reload" | "stop"}`` and
+Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "retry" | "wake" | "reload" | "stop"}`` and
 ``{"op": "watch", "version": N, "timeout": S}``, which long-polls until the status changes.
 Replies: ``{"ok": true, "status": {...}}`` (the status document of ``status.py``) or
 ``{"ok": false, "error": "..."}``.
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shutterlock.errors import ControlError, DaemonNotRunning, ShutterlockError
-from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.status import Status
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,8 @@ class ControlTarget(Protocol):
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def rescan(self) -> None: ...
+    def retry(self) -> None: ...
+    def wake(self) -> None: ...
     def request_reload(self) -> None: ...
     def request_stop(self) -> None: ...
     def wait_for_change(self, version: int, timeout: float) -> None: ...
@@ -91,6 +92,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 target.resume()
             elif op == "rescan":
                 target.rescan()
+            elif op == "retry":
+                target.retry()
+            elif op == "wake":  # new work was queued in the catalog by another process
+                target.wake()
             elif op == "reload":
                 target.request_reload()
             elif op == "stop":
@@ -128,7 +133,19 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        try:
+            self._listen()
+        except OSError as error:
+            raise ControlError(f"cannot listen on the control socket {self.path}: {error.strerror or error}") \
+                from None
+
+    def _listen(self) -> None:
+        # Imported here: clients (the tray) load the socket client and the status types, nothing more.
+        from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+
         ensure_dir(self.path.parent, 0o700)
+        if hasattr(os, "getuid") and self.path.parent.stat().st_uid != os.getuid():
+            raise ControlError(f"{self.path.parent} belongs to another user; refusing to put the socket there")
         self.path.parent.chmod(0o700)
         if HAVE_UNIX:
             with contextlib.suppress(FileNotFoundError):

@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 from shutterlock import config as config_module
 from shutterlock import facade
 from shutterlock.config import Config, SourceConfig
+from shutterlock.config import warnings as config_warnings
 from shutterlock.control import ControlServer
 from shutterlock.engine import Engine
 from shutterlock.errors import AlreadyRunning, ConfigError
@@ -111,6 +112,8 @@ class Daemon:
             raise
         log.info("watching %s", ", ".join(f"{s.name} ({self.watcher.states[s.name].mode})"
                                           for s in self.config.sources))
+        for warning in config_warnings(self.config):
+            log.warning("%s", warning)
         self.notifier.ready()
 
     def _start_scheduler(self) -> Any:
@@ -161,7 +164,7 @@ class Daemon:
     def _new_folder(self, source: SourceConfig, folder: Path) -> None:
         """A folder appeared (or was moved in): its files may predate the watch on it."""
         prefix = folder.relative_to(source.path).as_posix() + "/"
-        self.gate.offer_found(source, [(prefix + relpath, info) for relpath, info in walk(folder)],
+        self.gate.offer_found(source, [(prefix + relpath, info) for relpath, info in walk(folder, source.ignore)],
                               trusted=self.watcher.native(source.name))
 
     def run(self) -> None:
@@ -238,7 +241,7 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         self.scheduler = self._start_scheduler()
         self.restart_needed = needs_restart
-        for why in needs_restart:
+        for why in needs_restart + config_warnings(new):
             log.warning("%s", why)
         self._scan_in_background("rescan after reload")
         log.info("configuration reloaded")
@@ -284,6 +287,14 @@ class Daemon:
 
     def rescan(self) -> None:
         self._scan_in_background("rescan requested")
+
+    def retry(self) -> None:
+        files, jobs = self.catalog.retry_everything()
+        log.info("retrying now: %d original(s), %d job(s)", files, jobs)
+        self.engine.wake()
+
+    def wake(self) -> None:
+        self.engine.wake()
 
     def request_reload(self) -> None:
         self.reload()

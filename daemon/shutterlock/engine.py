@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from shutterlock.catalog import Catalog, CatalogFull, Discovery
+from shutterlock.catalog import Catalog, CatalogFull, Discovery, Job, SealBatch, backoff
 from shutterlock.errors import ShutterlockError
 from shutterlock.status import LaneStatus
 
@@ -360,3 +360,90 @@ class Engine:
                                   done=progress.done if waiting or current else 0, rate=rate,
                                   eta_seconds=waiting / rate if rate and waiting else None, current=current))
         return out
+
+
+# --------------------------------------------------------------------------- the two queue flavours over the catalog
+
+
+class FileQueue:
+    """The seal queue: originals in the ``files`` table, claimed in batches (:meth:`Catalog.claim_batch`).
+
+    The seal stage records a batch's outcomes itself, in one transaction once its objects are durable, so
+    ``done`` has nothing left to do. A batch the lane could not finish as a whole is split: each original is
+    tried again on its own, so a single bad file is found, and fails, alone.
+    """
+
+    def __init__(self, catalog: Catalog, max_files: int, max_bytes: int):
+        self.catalog, self.max_files, self.max_bytes = catalog, max_files, max_bytes
+
+    def claim(self) -> SealBatch | None:
+        files = self.catalog.claim_batch(self.max_files, self.max_bytes)
+        return SealBatch(tuple(files)) if files else None
+
+    def units(self, item: SealBatch) -> int:
+        return len(item.files)
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_file_due()
+
+    def done(self, item: SealBatch) -> None:
+        pass
+
+    def retry(self, item: SealBatch, error: StageError, limit: int) -> bool:
+        if len(item.files) == 1:
+            return self.catalog.retry_file(item.files[0], str(error), limit, count=error.count, delay=error.delay)
+        if error.count:
+            self._split(item, str(error))
+        else:
+            self.catalog.postpone_files(item.files, backoff(0) if error.delay is None else error.delay)
+        return True
+
+    def fail(self, item: SealBatch, reason: str) -> None:
+        if len(item.files) == 1:
+            self.catalog.fail_file(item.files[0], reason)
+        else:
+            self._split(item, reason)
+
+    def _split(self, item: SealBatch, reason: str) -> None:
+        self.catalog.record_seal_batch([], alone=[(file, reason) for file in item.files])
+
+    def backlog(self) -> tuple[int, int]:
+        return self.catalog.seal_backlog()
+
+    def expedite(self) -> None:
+        self.catalog.expedite_files()
+
+
+class JobQueue:
+    """A later stage's queue: the ``jobs`` rows of one kind."""
+
+    def __init__(self, catalog: Catalog, kind: str):
+        self.catalog, self.kind = catalog, kind
+
+    def claim(self) -> Job | None:
+        return self.catalog.claim_job(self.kind)
+
+    def units(self, item: Job) -> int:
+        return 1
+
+    def next_due(self) -> float | None:
+        return self.catalog.next_job_due(self.kind)
+
+    def done(self, item: Job) -> None:
+        self.catalog.finish_job(item)
+
+    def retry(self, item: Job, error: StageError, limit: int) -> bool:
+        if error.count and item.attempts + 1 >= limit:
+            return False
+        self.catalog.retry_job(item, str(error), delay=error.delay, count=error.count)
+        return True
+
+    def fail(self, item: Job, reason: str) -> None:
+        self.catalog.fail_job(item, reason)
+
+    def backlog(self) -> tuple[int, int]:
+        """What the lane has to do now (not what waits out a delay)."""
+        return self.catalog.job_backlog(self.kind, due_only=True)
+
+    def expedite(self) -> None:
+        self.catalog.expedite(self.kind)

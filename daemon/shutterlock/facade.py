@@ -7,21 +7,22 @@ and where the one status document is produced, for a running daemon and for the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog
-from shutterlock.config import Config, parse, save, to_toml_dict, with_overrides
+from shutterlock.config import Choices, Config, parse, save, to_toml_dict, warnings, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
 from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed, UsageError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
-from shutterlock.restore import Report, matches, restore, verify
+from shutterlock.restore import Report, matches, matches_path, restore, verify
 from shutterlock.status import (
     Backlog,
     CloakStatus,
@@ -38,6 +39,11 @@ from shutterlock.vault.format import Keys
 from shutterlock.vault.local import LocalStore, VaultMissing, open_local_vault
 from shutterlock.vault.store import Store, StoreError
 
+if TYPE_CHECKING:
+    from shutterlock.derive.outbox import Placed
+    from shutterlock.provenance import Verdict
+    from shutterlock.site import BuildReport, PublishReport
+
 log = logging.getLogger(__name__)
 
 
@@ -47,11 +53,11 @@ class InitResult:
     created_config: bool
     created_key: bool
     replica_problem: str | None  # None: no bucket configured or the envelope is there; else why not yet
+    signer: str  # who the C2PA manifests name as signer
+    created_signer: bool
 
 
-def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path] | None = None,
-         vault: Path | None = None, outbox: Path | None = None, s3_url: str | None = None,
-         s3_endpoint: str | None = None) -> InitResult:
+def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> InitResult:
     """Write the config (keeping an existing one), create the key envelope if there is none, and put the
     envelope in the vault and the bucket (with the passphrase, either is enough to recover).
 
@@ -60,11 +66,10 @@ def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path]
     """
     paths = config.paths
     existed = paths.config_file.exists()
-    for source in sources or []:
+    for source in choices.sources or []:
         if not source.expanduser().is_dir():
             raise UsageError(f"--source {source}: no such folder (create it first, or check the path)")
-    config = with_overrides(config, sources=sources, vault=vault, outbox=outbox, s3_url=s3_url,
-                            s3_endpoint=s3_endpoint)
+    config = with_overrides(config, choices)
     parse(to_toml_dict(config), paths.config_file, paths)  # the flags must make a valid config too
     ensure_dir(paths.state_dir)
     created_key = False
@@ -76,17 +81,21 @@ def init(config: Config, passphrase: Callable[[], bytes], *, sources: list[Path]
             keystore.write_envelope(paths.envelope_file, keystore.wrap(master, passphrase()))
             created_key = True
         keystore.write_key_file(paths.key_file, master)
-    with open_catalog(config) as catalog:
+    with open_catalog(config) as catalog:  # created now, so `status` works before the daemon first runs
         try:
-            open_vault(config, catalog, create_new=vault is not None)
+            local = open_vault(config, catalog, create_new=choices.vault is not None)
         except StoreError as error:
             raise OperationFailed(str(error)) from None
-    if not existed or any(v is not None for v in (sources, vault, outbox, s3_url, s3_endpoint)):
+    from shutterlock.provenance.signing import identity_for
+
+    signer, created_signer = identity_for(config, lambda: load_keys(config), local.root)
+    if not existed or choices.any():
         save(config)
-    if sources is None:
+    if choices.sources is None:
         for source in config.sources:
             ensure_dir(source.path, 0o755)
-    return InitResult(paths.config_file, not existed, created_key, publish_envelope(config))
+    return InitResult(paths.config_file, not existed, created_key, publish_envelope(config), signer.subject,
+                      created_signer)
 
 
 def publish_envelope(config: Config) -> str | None:
@@ -97,7 +106,7 @@ def publish_envelope(config: Config) -> str | None:
     from shutterlock.replicate import publish_envelope as put_envelope
 
     try:
-        put_envelope(open_replica(config), config.paths.envelope_file)
+        put_envelope(open_replica(config), config.paths.envelope_file, config.vault.path)
     except StoreError as error:
         return str(error)
     return None
@@ -279,6 +288,7 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None,
         failed_files=catalog.failed_files(10),
         outbox=str(config.derive.outbox),
         config_file=str(config.paths.config_file),
+        warnings=warnings(config),
         lanes=lanes,
         pending=live.pending if live is not None else 0,
         restart_needed=live.restart_needed if live is not None else [],
@@ -339,6 +349,64 @@ def control(config: Config, op: str, **args: Any) -> Status:
     return Status.from_dict(ControlClient(config.paths.socket).call(op, **args))
 
 
+def rederive(config: Config, patterns: list[str], *, stale_only: bool = False) -> int:
+    """Make the derivatives of the matching originals again (after a settings change); returns how many."""
+    chosen = [row for row in list_originals(config) if matches_path(row["source"], row["path"], patterns)
+              and (not stale_only or (row["derivative"] or {}).get("stale"))]
+    if patterns and not chosen:
+        raise OperationFailed(f"nothing in the catalog matches {' '.join(patterns)}")
+    with open_catalog(config) as catalog:
+        for file_id in catalog.file_ids([(row["source"], row["path"]) for row in chosen]):
+            catalog.enqueue("derive", str(file_id))
+    with contextlib.suppress(DaemonNotRunning):
+        control(config, "wake")
+    return len(chosen)
+
+
+def retry(config: Config) -> str:
+    """Try again now whatever failed or waits out a back-off; through the daemon if one runs."""
+    try:
+        control(config, "retry")
+        return "the daemon is retrying"
+    except DaemonNotRunning:
+        with open_catalog(config) as catalog:
+            files, jobs = catalog.retry_everything()
+        return f"{files} original(s) and {jobs} job(s) queued again; they run when the daemon starts"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    file: str
+    found: Path | None
+    problem: str
+
+
+def weights(config: Config, *, fetch: bool = False, source: Path | None = None) -> list[WeightsFile]:
+    """Where each cloak weights file is (verified), after fetching or copying the missing ones if asked.
+
+    ``source``: a folder holding the files (an offline machine); else ``fetch`` downloads from upstream.
+    Every file is checked against its pinned SHA-256 wherever it came from.
+    """
+    from shutterlock.cloak import WeightsError
+    from shutterlock.cloak.models import REGISTRY, cache_dir, resolve_weights, sha256_file
+
+    found = []
+    for name, entry in REGISTRY.items():
+        try:
+            if source is not None:
+                candidate = source / entry.file
+                if not candidate.is_file():
+                    raise WeightsError(f"{candidate}: no such file")
+                if sha256_file(candidate) != entry.sha256:
+                    raise WeightsError(f"{candidate}: SHA-256 mismatch (not the pinned {entry.file})")
+                atomic_write_bytes(cache_dir() / entry.file, candidate.read_bytes(), mode=0o644)
+            path = resolve_weights(name, config.cloak.models_dir, offline=not fetch)
+            found.append(WeightsFile(entry.file, path, ""))
+        except WeightsError as error:
+            found.append(WeightsFile(entry.file, None, str(error)))
+    return found
+
+
 def set_paused_offline(config: Config, paused: bool) -> None:
     with open_catalog(config) as catalog:
         catalog.set_setting("paused", "1" if paused else "0")
@@ -348,6 +416,10 @@ def set_paused_offline(config: Config, paused: bool) -> None:
 
 
 def list_originals(config: Config) -> list[dict[str, Any]]:
+    """Every sealed original with its replicas and its derivative (``stale``: made under other settings)."""
+    from shutterlock.derive.lane import settings_fingerprint
+
+    current = settings_fingerprint(config)
     with open_catalog(config) as catalog:
         replicas = catalog.replicas_of()
         derivatives = {(d["source"], d["relpath"]): d for d in catalog.derivatives()}
@@ -357,7 +429,8 @@ def list_originals(config: Config) -> list[dict[str, Any]]:
             if made is None:
                 return None
             return {"status": made["status"], "output": made["output"], "reason": made["reason"],
-                    "cloaked": bool(made["cloaked"]), "strength": made["strength"]}
+                    "cloaked": bool(made["cloaked"]), "strength": made["strength"], "watermark": made["watermark"],
+                    "stale": made["status"] in ("written", "held") and made["settings"] != current}
 
         return [{"source": v.source, "path": v.relpath, "size": v.size, "sealed_at": v.sealed_at,
                  "content_id": v.content_id, "replicas": replicas.get(v.content_id, []),
@@ -419,3 +492,71 @@ def verify_objects(config: Config, *, remote: bool = False, sample: float | None
         on_total(len(ids) if sample is None else max(1, round(len(ids) * sample / 100)) if ids else 0)
     store = select_store(config, "s3" if remote else "local", "--remote" if remote else "verify")
     return verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
+
+
+# --------------------------------------------------------------------------- derivatives and publishing
+
+
+def protect(config: Config, inputs: list[Path], out_dir: Path, *, strength: str | None = None,
+            on_result: Callable[[Placed], None] | None = None) -> list[Placed]:
+    """One-shot derivatives of ``inputs`` into ``out_dir``, signed like the daemon's."""
+    from shutterlock.derive.protect import protect as run_protect
+    from shutterlock.provenance.signing import identity_for
+
+    signer, _ = identity_for(config, lambda: load_keys(config), config.vault.path)
+    return run_protect(inputs, out_dir, derive=config.derive, watermark=config.watermark, rights=config.rights,
+                       cloak=config.cloak, signer=signer, strength=strength, on_result=on_result)
+
+
+def verify_provenance(config: Config, path: Path) -> Verdict:
+    """Read ``path``'s C2PA manifest the way any reader does; your own signing key is recognised (trusted)."""
+    from shutterlock.provenance import IdentityError, identity, verify_file
+
+    anchor = None
+    try:
+        if config.provenance.certificate is not None and config.provenance.key is not None:
+            anchor = identity.load_user(config.provenance.certificate, config.provenance.key).anchor_pem
+        elif identity.exists(identity.folder(config.paths.state_dir)):
+            anchor = identity.load(identity.folder(config.paths.state_dir)).anchor_pem
+    except IdentityError as error:
+        log.warning("cannot recognise your own signing key: %s", error)
+    return verify_file(path, anchor=anchor)
+
+
+def site_build(config: Config, patterns: list[str], out: Path | None = None,
+               min_rating: int | None = None) -> BuildReport:
+    """Build the portfolio from the catalog's protected derivatives (default folder: the cache);
+    ``min_rating`` (default: ``[site] min_rating``) keeps only originals with that many stars."""
+    from shutterlock.provenance.signing import identity_for
+    from shutterlock.site import build
+    from shutterlock.site.select import candidates
+
+    if not config.paths.catalog.exists():
+        raise OperationFailed(f"no catalog at {config.paths.catalog}: run `shutterlock init` and the daemon first")
+    with open_catalog(config) as catalog:
+        rows = catalog.derivatives()
+    offered, missing = candidates(rows, patterns=patterns or config.site.include, captions=config.site.captions,
+                                  cloak_strength=config.cloak.strength,
+                                  min_rating=config.site.min_rating if min_rating is None else min_rating)
+    if patterns and not offered and not missing:
+        raise OperationFailed(f"no derivative matches {' '.join(patterns)}")
+    signer, _ = identity_for(config, lambda: load_keys(config), config.vault.path)
+    report = build(offered, out or site_folder(config), site=config.site, rights=config.rights, identity=signer)
+    report.left_out[:0] = missing
+    return report
+
+
+def site_folder(config: Config) -> Path:
+    """Where ``site publish`` builds before sending: kept, so images made once are reused."""
+    return config.paths.cache_dir / "site"
+
+
+def site_publish(config: Config) -> tuple[BuildReport, PublishReport]:
+    """Build the portfolio and send what changed to ``[site] url``."""
+    from shutterlock.site import publish
+
+    if not config.site.url:
+        raise ConfigError(f"{config.paths.config_file.name}: [site] url: not set; give it s3://BUCKET/PREFIX or "
+                          "a folder to publish to")
+    built = site_build(config, [])
+    return built, publish(built.out, config.site.url, paths=config.paths, endpoint=config.site.endpoint)

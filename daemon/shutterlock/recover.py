@@ -14,9 +14,10 @@ from pathlib import Path
 
 from shutterlock import keystore
 from shutterlock.catalog import Catalog
-from shutterlock.config import Config, save, with_overrides
+from shutterlock.config import Choices, Config, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.provenance import IdentityError, identity
 from shutterlock.replicate import CATALOG_LABEL
 from shutterlock.restore import Report, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, open_blob
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Callable[[], bytes], dest: Path,
             progress: Callable[[int], None] | None = None) -> Report:
-    config = with_overrides(config, s3_url=s3_url, s3_endpoint=s3_endpoint)
+    config = with_overrides(config, Choices(s3_url=s3_url, s3_endpoint=s3_endpoint))
     paths = config.paths
     if paths.catalog.exists():
         with Catalog(paths.catalog) as existing:
@@ -55,6 +56,14 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
     if not paths.config_file.exists():
         save(config)
 
+    try:
+        identity.restore(paths.state_dir, keys.catalog, store.get_bytes(identity.SEALED_NAME),
+                         f"{s3_url}/{identity.SEALED_NAME}")
+        log.info("signing identity restored")
+    except ObjectMissing:
+        log.info("the bucket holds no signing identity; a new one is made when the first derivative is signed")
+    except IdentityError as error:  # the originals matter more; a new identity can sign from now on
+        log.warning("the signing identity in the bucket is unusable (%s); a new one will be made", error)
     try:
         snapshot = open_blob(keys.catalog, store.get_bytes(CATALOG_KEY), CATALOG_LABEL)
         atomic_write_bytes(paths.catalog, snapshot)

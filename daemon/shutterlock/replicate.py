@@ -13,9 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-from shutterlock.catalog import Catalog, Job, JobQueue
+from shutterlock.catalog import Catalog, Job
 from shutterlock.config import Config
-from shutterlock.engine import Periodic, StageError, WorkerState
+from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
+from shutterlock.provenance.identity import SEALED_NAME as SEALED_IDENTITY
 from shutterlock.restore import verify
 from shutterlock.status import ReplicaStatus, ScrubReport
 from shutterlock.vault.format import Keys, seal_blob
@@ -36,9 +37,20 @@ def open_replica(config: Config) -> S3Store:
     return S3Store.from_config(config.s3, config.paths)
 
 
-def publish_envelope(store: S3Store, envelope_file: Path) -> None:
-    """Put the key envelope in the bucket: with the passphrase, it is all a recovery needs."""
+def publish_envelope(store: S3Store, envelope_file: Path, vault_root: Path) -> None:
+    """Put the key envelope in the bucket: with the passphrase, it is all a recovery needs. The sealed
+    signing identity goes with it when there is one, so a recovered machine signs as this one did."""
     store.put_bytes(ENVELOPE_KEY, envelope_file.read_bytes())
+    publish_signing_identity(store, vault_root)
+
+
+def publish_signing_identity(store: S3Store, vault_root: Path) -> bool:
+    """Copy the sealed signing identity from the vault to the bucket; False while there is none yet."""
+    sealed = vault_root / SEALED_IDENTITY
+    if not sealed.exists():
+        return False
+    store.put_bytes(SEALED_IDENTITY, sealed.read_bytes())
+    return True
 
 
 def snapshot_blob(catalog: Catalog, keys: Keys) -> bytes:
@@ -62,6 +74,7 @@ class ReplicateStage:
         self._probe_wait = OFFLINE_RETRY[0]
         self._dirty_since: float | None = None
         self._envelope_published = False
+        self._identity_published = False  # the derive lane may create it after this lane started
         self.last_snapshot: float | None = None
         self.scrub: ScrubReport | None = None
         self._use(config, open_replica(config))
@@ -71,7 +84,7 @@ class ReplicateStage:
         self.config, self.s3, self.store = config, config.s3, store
         self.attempts = config.s3.max_attempts
         self.stall_limit = config.engine.stall_seconds
-        self._envelope_published = False
+        self._envelope_published = self._identity_published = False
         queued = self.catalog.enqueue_missing_replicas(self.name, store.name)
         if queued:
             log.info("%d object(s) queued for the replica", queued)
@@ -97,7 +110,7 @@ class ReplicateStage:
                 raise StageError(self.error, transient=True, delay=self._next_probe - time.monotonic(), count=False)
         try:
             if not self._envelope_published:
-                publish_envelope(self.store, self.config.paths.envelope_file)
+                publish_envelope(self.store, self.config.paths.envelope_file, self.vault.root)
                 self._envelope_published = True
             path = self.vault.path_of(job.subject)
             if not path.exists():
@@ -158,6 +171,11 @@ class ReplicateStage:
         with self._lock:
             self._dirty_since = None
         log.info("catalog snapshot uploaded")
+        if not self._identity_published:
+            try:
+                self._identity_published = publish_signing_identity(self.store, self.vault.root)
+            except StoreError as error:
+                log.warning("signing identity not uploaded: %s", error)
 
     def snapshot_if_dirty(self) -> None:
         with self._lock:

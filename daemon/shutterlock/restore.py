@@ -31,10 +31,15 @@ class Report:
 
 
 def matches(version: Version, patterns: Iterable[str]) -> bool:
+    return matches_path(version.source, version.relpath, patterns)
+
+
+def matches_path(source: str, relpath: str, patterns: Iterable[str]) -> bool:
+    """PATTERN as the commands take it: a glob or a folder, against the path, source/path or the name."""
     patterns = list(patterns)
     if not patterns:
         return True
-    candidates = (version.relpath, f"{version.source}/{version.relpath}", PurePosixPath(version.relpath).name)
+    candidates = (relpath, f"{source}/{relpath}", PurePosixPath(relpath).name)
     return any(fnmatch.fnmatchcase(c, p) or c.startswith(p.rstrip("/") + "/") for p in patterns for c in candidates)
 
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shutterlock.catalog import Catalog, CatalogFull, FileQueue, FileRow, SealBatch, SealedFile
+from shutterlock.catalog import Catalog, CatalogFull, FileRow, SealBatch, SealedFile
 from shutterlock.config import Config
-from shutterlock.engine import Periodic, Stage, StageError, WorkerState
+from shutterlock.engine import FileQueue, Periodic, Stage, StageError, WorkerState
 from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import describe_free_space, free_bytes
 from shutterlock.status import human_bytes

@@ -68,6 +68,11 @@ class LaneStatus:
     def total(self) -> int:
         return self.done + self.waiting
 
+    @property
+    def position(self) -> int:
+        """The item being worked on, counted from 1 (the "40" of "40 of 214"); ``done`` between items."""
+        return self.done + 1 if self.current else self.done
+
 
 @dataclass(frozen=True)
 class SourceStatus:
@@ -185,6 +190,7 @@ class Status:
     failed_files: list[FailedFile]
     outbox: str
     config_file: str
+    warnings: list[str] = field(default_factory=list)  # settings that work but surprise (an empty watermark)
     lanes: list[LaneStatus] = field(default_factory=list)
     pending: int = 0  # candidates still settling in the stability gate
     restart_needed: list[str] = field(default_factory=list)
@@ -232,7 +238,7 @@ def headline_state(status: Status) -> State:
     if status.backlog.items or status.pending or status.scanning or \
             any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
-    if status.cloak.error or any(source.problem for source in status.sources):
+    if status.cloak.error or status.warnings or any(source.problem for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -270,8 +276,10 @@ def summarise(status: Status, state: State) -> str:
     if state is State.DEGRADED:
         if status.cloak.error:
             return f"all {sealed:,} originals sealed; {status.cloak.error}"
-        problem = next(source.problem for source in status.sources if source.problem)
-        return f"{_count(sealed, 'original')} sealed; {problem}"
+        problem = next((source.problem for source in status.sources if source.problem), "")
+        if problem:  # a missing source or a skipped folder may hold originals not sealed: no "all" here
+            return f"{_count(sealed, 'original')} sealed; {problem}"
+        return f"all {sealed:,} originals sealed; {status.warnings[0]}"
     return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
 
 
@@ -280,7 +288,7 @@ _LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making de
 
 def _lane_phrase(lane: LaneStatus) -> str:
     verb = _LANE_VERBS.get(lane.name, lane.name)
-    phrase = f"{verb} {lane.done + 1 if lane.current else lane.done} of {lane.total}"
+    phrase = f"{verb} {lane.position} of {lane.total}"
     if lane.waiting_bytes and lane.name != "derive":
         phrase += f" ({human_bytes(lane.waiting_bytes)} left)"
     if lane.eta_seconds is not None and lane.waiting > 1:

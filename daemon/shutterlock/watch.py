@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import heapq
 import itertools
 import json
@@ -27,7 +28,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,23 +53,31 @@ UNSETTLED_AFTER = 10  # a candidate still changing after this many settle times 
 SKIPPED_KEPT = 50  # skipped folders and links remembered per source for status
 
 
-def _ignored_name(name: str) -> bool:
-    return name.startswith((".", "~")) or name.lower().endswith(TEMP_SUFFIXES)
-
-
-def is_ignored(relpath: str) -> bool:
-    """Temporary and hidden names are not originals (yet): they are picked up once renamed."""
+def is_ignored(relpath: str, patterns: Iterable[str] = ()) -> bool:
+    """Temporary and hidden names are not originals (yet): they are picked up once renamed. ``patterns``:
+    a source's ``ignore`` list (file names such as Thumbs.db, matched in any case)."""
     parts = relpath.replace("\\", "/").split("/")
-    return any(part.startswith((".", "~")) for part in parts) or parts[-1].lower().endswith(TEMP_SUFFIXES)
+    if any(part.startswith((".", "~")) for part in parts):
+        return True
+    name = parts[-1].lower()
+    return name.endswith(TEMP_SUFFIXES) or any(fnmatch.fnmatch(name, pattern.lower()) for pattern in patterns)
 
 
 class Walk:
     """Every regular, non-ignored file under ``root``, with its stat (one per file). Links are not followed
-    and unreadable folders cannot be entered: both are listed in ``skipped``, for status."""
+    and unreadable folders cannot be entered: both are listed in ``skipped``, for status. ``ignore``: a
+    source's patterns for names that are not originals (Thumbs.db), in any case."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, ignore: Iterable[str] = ()):
         self.root = root
+        self.patterns = tuple(pattern.lower() for pattern in ignore)
         self.skipped: list[str] = []
+
+    def _ignored(self, name: str) -> bool:
+        if name.startswith((".", "~")):
+            return True
+        name = name.lower()
+        return name.endswith(TEMP_SUFFIXES) or any(fnmatch.fnmatch(name, pattern) for pattern in self.patterns)
 
     def __iter__(self) -> Iterator[tuple[str, os.stat_result]]:
         stack = [("", str(self.root))]
@@ -81,7 +90,7 @@ class Walk:
                 self.skipped.append(f"cannot open folder {prefix.rstrip('/') or '.'}: {error.strerror}")
                 continue
             for entry in entries:
-                if _ignored_name(entry.name):
+                if self._ignored(entry.name):
                     continue
                 relpath = prefix + entry.name
                 try:
@@ -95,9 +104,9 @@ class Walk:
                     self.skipped.append(f"cannot read {relpath}: {error.strerror}")
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+def walk(root: Path, ignore: Iterable[str] = ()) -> Iterator[tuple[str, os.stat_result]]:
     """The files of :class:`Walk`, for callers that need no report of what was skipped."""
-    return iter(Walk(root))
+    return iter(Walk(root, ignore))
 
 
 @dataclass
@@ -121,7 +130,7 @@ def scan_source(source: SourceConfig, catalog: Catalog) -> ScanResult:
     if not source.path.is_dir():
         return ScanResult(source, available=False)
     known = catalog.known_stat(source.name)
-    walker = Walk(source.path)
+    walker = Walk(source.path, source.ignore)
     result = ScanResult(source, available=True)
     for relpath, info in walker:
         result.files += 1
@@ -392,7 +401,7 @@ class _Handler(FileSystemEventHandler):
         if not path.startswith(self._root):
             return
         relpath = Path(path).relative_to(self._source.path).as_posix()
-        if relpath == "." or is_ignored(relpath):
+        if relpath == "." or is_ignored(relpath, self._source.ignore):
             return
         if not event.is_directory:
             self._gate.offer(self._source, relpath, trusted=self._trusted)

@@ -4,7 +4,8 @@ Why a long-poll: ``watch`` returns as soon as the status version changes, so the
 milliseconds yet sleeps in ``recv`` while nothing happens (one wake-up per ``WATCH_SECONDS``). When no
 daemon answers, it retries with a capped back-off; ``wake()`` cuts a back-off short (e.g. after the tray
 started a daemon itself). A new daemon is recognised by its pid, so a restart is never mistaken for "no
-change" even if its version counter happens to match the old one.
+change" even if its version counter happens to match the old one. Every reply becomes a typed
+:class:`Status` here, at the edge, so nothing else in the tray reads the wire format.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shutterlock.control import ControlClient, DaemonNotRunning
+from shutterlock.control import ControlClient
+from shutterlock.errors import ControlError, DaemonNotRunning
+from shutterlock.status import Status
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 120.0
 RETRY_FIRST, RETRY_MAX = 0.25, 5.0
 
-#: Called with the new status, or with None and a reason when the daemon went away.
-Listener = Callable[[dict[str, Any] | None, str], None]
+#: Called with the new status, or with None when the daemon went away and why ("" when simply none answers).
+Listener = Callable[[Status | None, str], None]
 #: Called with the unchanged status when a long-poll times out: a cheap, rare heartbeat for time-based checks.
-Tick = Callable[[dict[str, Any]], None]
+Tick = Callable[[Status], None]
 
 
 class StatusFeed:
@@ -43,8 +46,7 @@ class StatusFeed:
         self._wake = threading.Event()
         self._lock = threading.RLock()  # held while notifying, so listeners see statuses in order
         self._thread: threading.Thread | None = None
-        self.status: dict[str, Any] | None = None
-        self.connected = False
+        self.status: Status | None = None
         self._down_announced = False
 
     # ------------------------------------------------------------------ life cycle
@@ -64,22 +66,24 @@ class StatusFeed:
 
     # ------------------------------------------------------------------ commands
 
-    def command(self, op: str) -> dict[str, Any]:
-        """Send pause/resume/rescan/stop; the reply is applied at once so the menu does not lag the click."""
-        status = self.client.call(op)
+    def call(self, op: str, **args: Any) -> Status:
+        """One request to the daemon, its reply typed (raises DaemonNotRunning / ControlError)."""
+        return Status.from_dict(self.client.call(op, **args))
+
+    def command(self, op: str) -> Status:
+        """Send pause/resume/rescan/reload/stop; the reply is applied at once so the menu does not lag the click."""
+        status = self.call(op)
         self.offer(status)
         return status
 
-    def offer(self, status: dict[str, Any]) -> bool:
+    def offer(self, status: Status) -> bool:
         """Apply a status unless it is older than the one shown (a reply and a watch can cross); True if new."""
         with self._lock:
             current = self.status
-            if current is not None and self.connected and status.get("pid") == current.get("pid") and \
-                    int(status.get("version", 0)) < int(current.get("version", 0)):
+            if current is not None and status.pid == current.pid and status.version < current.version:
                 return False
-            changed = not self.connected or current is None or \
-                (status.get("pid"), status.get("version")) != (current.get("pid"), current.get("version"))
-            self.status, self.connected, self._down_announced = status, True, False
+            changed = current is None or (status.pid, status.version) != (current.pid, current.version)
+            self.status, self._down_announced = status, False
             if changed:
                 self._listener(status, "")
             return changed
@@ -92,8 +96,8 @@ class StatusFeed:
             version = self._known_version()
             asked = time.monotonic()
             try:
-                status = self.client.call("watch", version=version, timeout=self._watch_seconds)
-            except (DaemonNotRunning, OSError, ValueError, RuntimeError) as error:
+                status = self.call("watch", version=version, timeout=self._watch_seconds)
+            except (DaemonNotRunning, ControlError, OSError, ValueError, TypeError) as error:
                 self._disconnected(error)
                 self._wake.wait(delay)
                 self._wake.clear()
@@ -101,8 +105,8 @@ class StatusFeed:
                 continue
             if self._stop.is_set():
                 return
-            if not self.connected:
-                log.info("connected to the daemon (pid %s)", status.get("pid"))
+            if self.status is None:
+                log.info("connected to the daemon (pid %s)", status.pid)
             delay = RETRY_FIRST
             if self.offer(status):
                 continue
@@ -116,20 +120,18 @@ class StatusFeed:
     def _known_version(self) -> int:
         """-1 (answer at once) until connected; otherwise the version shown."""
         with self._lock:
-            if not self.connected or self.status is None:
-                return -1
-            return int(self.status.get("version", -1))
+            return -1 if self.status is None else self.status.version
 
     def _disconnected(self, error: Exception) -> None:
         """Tell the listener once per outage, not once per retry."""
         with self._lock:
-            announce = self.connected or not self._down_announced
-            was_connected = self.connected
-            self.connected, self.status, self._down_announced = False, None, True
+            was_connected = self.status is not None
+            announce = was_connected or not self._down_announced
+            self.status, self._down_announced = None, True
             if was_connected:
                 log.info("lost the daemon: %s", error)
             if announce:
                 # A daemon killed mid-poll resets the connection: as good as "not running".
                 gone = isinstance(error, DaemonNotRunning | ConnectionError)
-                reason = "daemon not running" if gone else f"daemon unreachable: {error}"
+                reason = "" if gone else f"daemon unreachable: {error}"
                 self._listener(None, reason)

@@ -2,9 +2,9 @@
 
 Why this shape: pystray raises at import without a display, so it is imported only after we have
 checked for a display and a tray host (and failed with exit 2 and one line otherwise). The icon's
-loop owns the main thread (macOS requires it); the status feed, actions and a daemon started here
-(workstation mode) run on background threads and reach the icon only through pystray's thread-safe
-setters.
+loop owns the main thread (macOS requires it); the status feed and the actions run on background
+threads and reach the icon only through pystray's thread-safe setters. The daemon is never part of
+this process: the tray starts it as a process of its own (``launch``) and follows it over the socket.
 """
 
 from __future__ import annotations
@@ -26,30 +26,27 @@ from types import ModuleType
 from typing import Any
 
 from shutterlock import config as config_module
-from shutterlock.config import Config, ConfigError
-from shutterlock.control import DaemonNotRunning
-from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.config import Paths, resolve_paths
+from shutterlock.errors import ControlError, DaemonNotRunning, ShutterlockError
+from shutterlock.status import Status
 
-from shutterlock_tray import autostart as autostart_module
-from shutterlock_tray import icons, menu
+from shutterlock_tray import icons, launch, menu
 from shutterlock_tray.client import StatusFeed
 from shutterlock_tray.notify import Disk, Notice, Notices
+from shutterlock_tray.settings import SettingsFile
+from shutterlock_tray.window import TextWindow
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_USAGE = 0, 2
 TRAY_HOST_WAIT = 5.0
-DAEMON_STOP_WAIT = 20.0
+START_WAIT = 60.0  # how long a daemon started here may take to answer before the tray says so
+SETTINGS_FOLLOW = 30 * 60.0  # after "Edit settings", how long the config file is looked at closely
+SETTINGS_POLL = 1.0
 
 
-def run(config_path: Path | None, autostart: str | None) -> int:
+def run(config_path: Path | None) -> int:
     """``shutterlock tray``: returns the exit code (0 after Quit or SIGTERM, 2 cannot run here)."""
-    if autostart is not None:
-        return _set_autostart(config_path, autostart == "on")
-    try:
-        config = config_module.load(config_path)
-    except ConfigError as error:
-        return _fail(str(error), EXIT_USAGE)
     problem = desktop_problem()
     if problem:
         return _fail(problem, EXIT_USAGE)
@@ -57,7 +54,7 @@ def run(config_path: Path | None, autostart: str | None) -> int:
         pystray = _import_pystray()
     except Exception as error:
         return _fail(f"no usable tray backend: {_one_line(error)}", EXIT_USAGE)
-    return Tray(config, pystray).run()
+    return Tray(config_path, resolve_paths(config_path), pystray).run()
 
 
 def _fail(message: str, code: int) -> int:
@@ -67,19 +64,6 @@ def _fail(message: str, code: int) -> int:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
-
-
-def _set_autostart(config_path: Path | None, on: bool) -> int:
-    if not autostart_module.supported():
-        return _fail("--autostart manages XDG autostart (Linux/BSD desktops); on macOS use Login Items, "
-                     "on Windows the Startup folder", EXIT_USAGE)
-    if on:
-        path = autostart_module.install(autostart_module.command(config_path))
-        print(f"autostart: installed {path}")
-    else:
-        removed = autostart_module.remove()
-        print(f"autostart: removed {removed}" if removed else "autostart: was not installed")
-    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- the desktop
@@ -160,7 +144,7 @@ def _import_pystray() -> ModuleType:
 
 
 def open_path(path: str) -> None:
-    """Hand a folder or file to the desktop's default application, without waiting for it."""
+    """Hand a folder or file to the desktop's default application, without waiting for it (OSError: no opener)."""
     if sys.platform == "win32":
         os.startfile(path)  # type: ignore[attr-defined]
         return
@@ -170,83 +154,44 @@ def open_path(path: str) -> None:
     threading.Thread(target=process.wait, name="opener", daemon=True).start()
 
 
-# --------------------------------------------------------------------------- workstation mode
-
-
-class EmbeddedDaemon:
-    """The daemon inside the tray process, on a background thread (signals stay with the main thread)."""
-
-    def __init__(self, config: Config, on_exit: Callable[[str], None]):
-        self.config = config
-        self._on_exit = on_exit
-        self._daemon: Any = None
-        self._stop_requested = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="daemon", daemon=True)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        from shutterlock.daemon import AlreadyRunning, Daemon
-
-        error = ""
-        try:
-            self._daemon = Daemon(self.config)
-            if not self._stop_requested.is_set():
-                self._daemon.run(install_signals=False)
-        except AlreadyRunning:
-            log.info("another daemon took the lock first; using it")
-        except Exception as exc:
-            log.exception("the daemon stopped with an error")
-            error = _one_line(exc)
-        finally:
-            self._on_exit(error)
-
-    def stop(self, wait: float = DAEMON_STOP_WAIT) -> None:
-        """Ask the daemon to finish its in-flight work and stop; wait for it (bounded)."""
-        self._stop_requested.set()
-        if self._daemon is not None:
-            self._daemon.request_stop()
-        if self._thread.ident is not None and self._thread is not threading.current_thread():
-            self._thread.join(wait)
-
-
 # --------------------------------------------------------------------------- the icon
 
 
 class Tray:
     """The icon and its menu, redrawn from the status feed; actions run off the icon loop."""
 
-    def __init__(self, config: Config, pystray: ModuleType):
-        self.config = config
-        self.pystray = pystray
+    def __init__(self, config_path: Path | None, paths: Paths, pystray: ModuleType):
+        self.config_path, self.paths, self.pystray = config_path, paths, pystray
         self.notices = Notices()
-        self.feed = StatusFeed(config.paths.socket, self._on_status, on_tick=self._on_tick)
-        self.embedded: EmbeddedDaemon | None = None
+        self.feed = StatusFeed(paths.socket, self._on_status, on_tick=self._on_tick)
+        self.settings = SettingsFile(paths.config_file)
+        # pystray's GTK and AppIndicator backends run GLib's loop: a window costs nothing more there.
+        gtk = pystray.Icon.__module__ in ("pystray._gtk", "pystray._appindicator")
+        self.problems_window = TextWindow("Shutterlock — recent problems") if gtk else None
         self._lock = threading.Lock()
-        self._view = menu.View(status=None, connected=False, vault=str(config.vault.path),
-                               outbox=str(config.derive.outbox), config_file=str(config.paths.config_file))
+        self._daemon_problem = ""  # why a daemon started here stopped; outranks the feed's plainer reason
+        self._config_problem = ""  # the config file does not load (shown while no daemon runs)
+        self._feed_reason = ""
+        self._answered = threading.Event()
+        self._quitting = threading.Event()
+        self._follow_until = 0.0
+        self._follower: threading.Thread | None = None
+        self._view = self._with_config(menu.View(status=None, config_file=str(paths.config_file)))
         self._shown: tuple[Any, ...] = ()
         self._ready = threading.Event()
         self.icon = pystray.Icon("shutterlock", icons.draw(menu.DISCONNECTED), menu.headline(self._view),
                                  menu=pystray.Menu(self._items))
 
     def run(self) -> int:
-        """Block in the icon loop until Quit (or SIGTERM/SIGHUP); then stop a daemon we started."""
+        """Block in the icon loop until Quit (or SIGTERM/SIGHUP). The daemon, if any, keeps running."""
         _stop_on_signals(self.quit)
         failure = None
         try:
             self.icon.run(setup=self._setup)
         except Exception as error:
             failure = error
+        self._quitting.set()
         self.feed.stop()
-        if self.embedded is not None and self.embedded.running:
-            log.info("stopping the daemon started by the tray")
-            self.embedded.stop()
         if failure is not None and not self._ready.is_set():
             return _fail(f"the tray icon could not start: {_one_line(failure)}", EXIT_USAGE)
         if failure is not None:
@@ -254,64 +199,81 @@ class Tray:
         return EXIT_OK
 
     def quit(self) -> None:
+        self._quitting.set()
         self.icon.stop()
 
     def _setup(self, icon: Any) -> None:
-        """In pystray's setup thread: show the icon, then find or start the daemon and follow it."""
+        """In pystray's setup thread: show the icon, then find the daemon (or start one) and follow it."""
         icon.visible = True
         self._ready.set()
         try:
-            self.feed.offer(self.feed.client.call("status"))
+            self.feed.offer(self.feed.call("status"))
         except DaemonNotRunning:
-            self.start_daemon()
-        except (OSError, RuntimeError, ValueError) as error:
+            self._in_background("start_daemon", self.start_daemon)
+        except (ControlError, OSError, ValueError, TypeError) as error:
             log.warning("the daemon did not answer: %s", error)
         self.feed.start()
 
+    def _with_config(self, view: menu.View) -> menu.View:
+        """The folders from the config file, so they open with no daemon; or why the file does not load."""
+        try:
+            config = config_module.load(self.config_path)
+        except ShutterlockError as error:
+            self._config_problem = f"settings: {error}"
+            return view
+        self._config_problem = ""
+        return replace(view, vault=str(config.vault.path), outbox=str(config.derive.outbox))
+
     # ------------------------------------------------------------------ state → icon
 
-    def _on_status(self, status: dict[str, Any] | None, reason: str) -> None:
+    def _on_status(self, status: Status | None, reason: str) -> None:
         with self._lock:
-            view = self._view
             if status is not None:
-                view = replace(view, status=status, connected=True, starting=False, problem="",
-                               owns_daemon=self.embedded is not None and status.get("pid") == os.getpid())
+                self._daemon_problem = ""
+                self._answered.set()
+                self._view = replace(self._view, status=status, starting=False, problem="")
             else:
-                # Keep "the daemon could not run: …" (from our own daemon) over the feed's plainer reason.
-                own_problem = view.problem if view.problem.startswith("the daemon") else ""
-                view = replace(view, status=None, connected=False, owns_daemon=False, problem=own_problem or reason)
-            self._view = view
+                self._feed_reason = reason
+                self._view = replace(self._view, status=None, problem=self._problem())
+            view = self._view
         log.info("tray: %s", menu.headline(view))
         self._refresh()
         if status is not None:
             self._show(self.notices.observe(status, time.time(), self._disks(status)))
+        self._check_settings()
 
-    def _on_tick(self, status: dict[str, Any]) -> None:
-        """A long-poll ended with no change: time-based notices (bucket offline for N minutes) and disk space."""
+    def _on_tick(self, status: Status) -> None:
+        """A long-poll ended with no change: time-based notices (bucket offline for N minutes), disk space,
+        and a cheap look at the config file's mtime (edits made outside the tray)."""
         self._show(self.notices.observe(status, time.time(), self._disks(status)))
+        self._check_settings()
+
+    def _problem(self) -> str:
+        """Called with the lock held: the most useful reason no daemon answers."""
+        return self._daemon_problem or self._config_problem or self._feed_reason
 
     def _refresh(self) -> None:
         with self._lock:
             view = self._view
-            state = menu.tray_state(view)
-            progress = icons.quantise(self.notices.progress(view.status)) \
-                if state == "working" and view.status else None
-            title = menu.headline(view)
-            shown, self._shown = self._shown, (state, progress, title)
-        if shown[:2] != (state, progress):
+            state = menu.icon_state(view)
+            progress = menu.progress(view.status) if view.status is not None and state == "working" else None
+            title, tip = menu.headline(view), menu.tooltip(view)
+            shown, self._shown = self._shown, (state, icons.quantise(progress), title, tip)
+        if shown[:2] != self._shown[:2]:
             self.icon.icon = icons.draw(state, progress)
-        if not shown or shown[2] != title:
+        if shown[2:3] != (title,):
             self.icon.title = title
-            self._set_tooltip(title)
+        if shown[3:] != (tip,):
+            self._set_tooltip(tip)
         self.icon.update_menu()
 
-    def _set_tooltip(self, title: str) -> None:
-        """pystray's GTK backend sets only the icon's title; its hover tooltip needs the status icon itself."""
+    def _set_tooltip(self, text: str) -> None:
+        """pystray's GTK backend sets only the icon's title; the hover tooltip needs the status icon itself."""
         status_icon = getattr(self.icon, "_status_icon", None)
         if status_icon is not None:
             from gi.repository import GLib
 
-            GLib.idle_add(status_icon.set_tooltip_text, title)
+            GLib.idle_add(status_icon.set_tooltip_text, text)
 
     def _items(self) -> Iterator[Any]:
         """pystray calls this each time it builds the menu (after ``update_menu``)."""
@@ -329,20 +291,21 @@ class Tray:
 
     def _show(self, notices: list[Notice]) -> None:
         for notice in notices:
-            log.info("notification: %s — %s", notice.title, notice.message)
-            if self.icon.HAS_NOTIFICATION:
-                try:
-                    self.icon.notify(notice.message, notice.title)
-                except Exception as error:
-                    log.debug("notification not shown: %s", error)
+            self._tell(notice.title, notice.message)
 
-    def _disks(self, status: dict[str, Any]) -> list[Disk]:
+    def _tell(self, title: str, message: str) -> None:
+        log.info("notification: %s — %s", title, message)
+        if self.icon.HAS_NOTIFICATION:
+            try:
+                self.icon.notify(message, title)
+            except Exception as error:
+                log.debug("notification not shown: %s", error)
+
+    @staticmethod
+    def _disks(status: Status) -> list[Disk]:
         """Free space of the vault's and the outbox's file systems (each file system once)."""
         disks, seen = [], set()
-        for label, key in (("vault", "vault"), ("outbox", "outbox")):
-            path = status.get(key)
-            if not path:
-                continue
+        for label, path in (("vault", status.vault.path), ("outbox", status.outbox)):
             try:
                 device = os.stat(path).st_dev
                 usage = shutil.disk_usage(path)
@@ -350,7 +313,7 @@ class Tray:
                 continue
             if device not in seen:
                 seen.add(device)
-                disks.append(Disk(label, str(path), usage.free, usage.total))
+                disks.append(Disk(label, path, usage.free, usage.total))
         return disks
 
     # ------------------------------------------------------------------ actions
@@ -359,80 +322,143 @@ class Tray:
         handlers: dict[str, Callable[[], None]] = {
             menu.PAUSE: self.toggle_pause,
             menu.RESCAN: lambda: self._command("rescan"),
-            menu.OPEN_OUTBOX: lambda: self._open(self._path("outbox")),
-            menu.OPEN_VAULT: lambda: self._open(self._path("vault")),
+            menu.OPEN_OUTBOX: lambda: self._open(self._view_path("outbox")),
+            menu.OPEN_VAULT: lambda: self._open(self._view_path("vault")),
             menu.PROBLEMS: self.show_problems,
-            menu.SETTINGS: lambda: self._open(self._path("config_file")),
+            menu.SETTINGS: self.edit_settings,
+            menu.RELOAD: self.reload_settings,
             menu.START_DAEMON: self.start_daemon,
-            menu.STOP_DAEMON: self.stop_daemon,
+            menu.STOP_DAEMON: lambda: self._command("stop"),
             menu.QUIT: self.quit,
         }
         handler = handlers[key]
+        return lambda _icon, _item: self._in_background(key, handler)
 
-        def activate(_icon: Any, _item: Any) -> None:
-            # Off the icon loop: a socket call or a daemon shutdown must not freeze the menu.
-            threading.Thread(target=self._guarded, args=(key, handler), name=f"action-{key}", daemon=True).start()
+    def _in_background(self, name: str, handler: Callable[[], None]) -> None:
+        """Off the icon loop: a socket call or a daemon start must not freeze the menu."""
 
-        return activate
+        def guarded() -> None:
+            try:
+                handler()
+            except Exception as error:
+                log.warning("%s failed: %s", name, _one_line(error))
 
-    @staticmethod
-    def _guarded(key: str, handler: Callable[[], None]) -> None:
-        try:
-            handler()
-        except Exception as error:
-            log.warning("%s failed: %s", key, _one_line(error))
+        threading.Thread(target=guarded, name=f"action-{name}", daemon=True).start()
 
     def toggle_pause(self) -> None:
         with self._lock:
-            paused = bool(self._view.status and self._view.status.get("paused"))
+            paused = self._view.status is not None and self._view.status.paused
         self._command("resume" if paused else "pause")
 
-    def _command(self, op: str) -> None:
+    def _command(self, op: str) -> Status:
         log.info("tray: %s", op)
-        self.feed.command(op)
+        return self.feed.command(op)
 
-    def _path(self, key: str) -> str:
+    def _view_path(self, name: str) -> str:
         with self._lock:
             view = self._view
-        return str((view.status or {}).get(key) or getattr(view, key))
+        if view.status is not None:
+            return view.status.outbox if name == "outbox" else view.status.vault.path
+        return view.outbox if name == "outbox" else view.vault
 
     def _open(self, path: str) -> None:
         log.info("tray: opening %s", path)
-        open_path(path)
+        try:
+            open_path(path)
+        except OSError as error:
+            self._tell("Shutterlock: nothing opens files here", f"{path} ({_one_line(error)})")
 
     def show_problems(self) -> None:
+        """A window on GTK; elsewhere a notification carrying the same report."""
         with self._lock:
             status = self._view.status
-        if not status:
+        if status is None:
             return
-        report = self.config.paths.runtime_dir / "recent-problems.txt"
-        ensure_dir(report.parent)
-        atomic_write_bytes(report, menu.problems_report(status).encode())
-        self._open(str(report))
+        report = menu.problems_report(status)
+        if self.problems_window is not None:
+            self.problems_window.show(report)
+        else:
+            self._tell("Shutterlock: recent problems", report)
+
+    # ------------------------------------------------------------------ settings
+
+    def edit_settings(self) -> None:
+        """Open the config file, then watch it closely for a while: each save is sent to the daemon."""
+        self._open(str(self.paths.config_file))
+        with self._lock:
+            self._follow_until = time.monotonic() + SETTINGS_FOLLOW
+            if self._follower is not None:
+                return
+            self._follower = threading.Thread(target=self._follow_settings, name="settings", daemon=True)
+            self._follower.start()
+
+    def _follow_settings(self) -> None:
+        while not self._quitting.wait(SETTINGS_POLL):
+            self._check_settings()
+            with self._lock:
+                if time.monotonic() >= self._follow_until:
+                    self._follower = None
+                    return
+
+    def _check_settings(self) -> None:
+        """One stat: when the file was saved, the daemon reloads it (or, with none running, the tray re-reads it)."""
+        if not self.settings.changed():
+            return
+        if self.feed.status is not None:
+            self._in_background("reload", self.reload_settings)
+            return
+        with self._lock:
+            self._view = self._with_config(self._view)
+            self._view = replace(self._view, problem=self._problem())
+        self._refresh()
+
+    def reload_settings(self) -> None:
+        """Ask the daemon to re-read the config, and say what it could not apply without a restart."""
+        self.settings.changed()  # this version is being applied: do not send it twice
+        try:
+            status = self._command("reload")
+        except ControlError as error:
+            self._tell("Shutterlock: settings not applied", str(error).removeprefix("the daemon refused 'reload': "))
+            return
+        if status.restart_needed:
+            self._tell("Shutterlock: settings reloaded; restart needed", "\n".join(status.restart_needed))
+        else:
+            self._tell("Shutterlock: settings reloaded", "All changes are in effect.")
+
+    # ------------------------------------------------------------------ the daemon
 
     def start_daemon(self) -> None:
-        """Workstation mode: run the daemon in this process."""
-        if self.embedded is not None and self.embedded.running:
-            return
+        """Start the daemon as its own process (see ``launch``); the status feed then finds it."""
         with self._lock:
+            if self._view.starting:
+                return
+            self._daemon_problem = ""
+            self._answered.clear()
             self._view = replace(self._view, starting=True, problem="")
         self._refresh()
-        log.info("no daemon answers on %s: starting one in the tray", self.config.paths.socket)
-        self.embedded = EmbeddedDaemon(self.config, self._daemon_exited)
-        self.embedded.start()
+        try:
+            how = launch.start_daemon(self.config_path, self.paths, self._daemon_failed)
+        except ShutterlockError as error:
+            self._daemon_failed(None, str(error))
+            return
+        log.info("started the daemon: %s", how)
         self.feed.wake()
+        if not self._answered.wait(START_WAIT):
+            self._daemon_failed(None, f"it does not answer on {self.paths.socket} after {START_WAIT:.0f} s")
 
-    def _daemon_exited(self, error: str) -> None:
+    def _daemon_failed(self, pid: int | None, reason: str) -> None:
+        """A daemon started here could not start or stopped with an error: say why while none answers."""
         with self._lock:
-            self._view = replace(self._view, starting=False,
-                                 problem=f"the daemon could not run: {error}" if error else "")
+            status = self._view.status
+            if status is not None and status.pid != pid:
+                log.info("a daemon started here stopped (%s); pid %s answers", reason, status.pid)
+                return
+            self._daemon_problem = f"the daemon stopped: {reason}"
+            if status is None:  # else the feed is about to see it gone and shows this reason then
+                self._view = replace(self._view, starting=False, problem=self._problem())
+        log.warning("%s", self._daemon_problem)
         self._refresh()
         self.feed.wake()
-
-    def stop_daemon(self) -> None:
-        if self.embedded is not None:
-            log.info("tray: stopping the daemon")
-            self.embedded.stop()
 
 
 def _stop_on_signals(callback: Callable[[], None]) -> None:

@@ -1,27 +1,29 @@
-"""The tray menu as plain data, built from one status document.
+"""The tray menu, tooltip and problems report as plain data, built from one typed status.
 
-Why a pure model: every label, check mark and greyed-out item follows from the status and two facts
-about the tray itself (is it connected, did it start the daemon), so all of it is unit-tested without a
-display; ``app`` only maps entries onto pystray items and keys onto actions.
+Why a pure model: every label, check mark and greyed-out item follows from the daemon's :class:`Status`
+and a few facts about the tray itself (is it starting a daemon, what went wrong), so all of it is
+unit-tested without a display; ``icon`` only maps entries onto pystray items and keys onto actions.
 """
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from shutterlock.status import human_bytes
+from shutterlock.status import Event, LaneStatus, Status, duration
 
-#: The tray's own state when no daemon answers (the status states come from ``shutterlock.status``).
+#: The icon's state while no daemon answers (the others are the daemon's ``Status.state``).
 DISCONNECTED = "disconnected"
 
 LABEL_WIDTH = 60
 
-# Action keys: ``app`` binds each to a callable.
-PAUSE, RESCAN, OPEN_OUTBOX, OPEN_VAULT, PROBLEMS, SETTINGS = (
-    "pause", "rescan", "open_outbox", "open_vault", "problems", "settings")
+# Action keys: ``icon`` binds each to a callable.
+PAUSE, RESCAN, OPEN_OUTBOX, OPEN_VAULT, PROBLEMS, SETTINGS, RELOAD = (
+    "pause", "rescan", "open_outbox", "open_vault", "problems", "settings", "reload")
 START_DAEMON, STOP_DAEMON, QUIT = "start_daemon", "stop_daemon", "quit"
+
+_VERBS = {"seal": "Sealing", "replicate": "Uploading", "derive": "Making derivatives"}
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,12 @@ SEPARATOR = Entry("", "", enabled=False, separator=True)
 
 @dataclass(frozen=True)
 class View:
-    """Everything the menu depends on: the last status (None before the first) and the tray's situation."""
+    """What the menu shows: the daemon's last status (None while none answers) and the tray's own situation.
 
-    status: dict[str, Any] | None
-    connected: bool
-    owns_daemon: bool = False
+    The folders and the config file come from the config, so they can be opened with no daemon running.
+    """
+
+    status: Status | None
     starting: bool = False
     problem: str = ""
     vault: str = ""
@@ -53,27 +56,14 @@ class View:
     config_file: str = ""
 
 
-def tray_state(view: View) -> str:
-    """The icon's state: the daemon's headline state, or ``disconnected``.
-
-    The daemon reports an unavailable cloak under ``derive.cloak_error``; count it as degraded too.
-    """
-    if not view.connected or view.status is None:
-        return DISCONNECTED
-    state = str(view.status.get("state", "idle"))
-    if state == "idle" and cloak_error(view.status):
-        return "degraded"
-    return state
-
-
-def cloak_error(status: dict[str, Any]) -> str:
-    return str((status.get("cloak") or {}).get("error") or (status.get("derive") or {}).get("cloak_error") or "")
+def icon_state(view: View) -> str:
+    return str(view.status.state) if view.status is not None else DISCONNECTED
 
 
 def headline(view: View) -> str:
-    """The one-line summary used as title and tooltip, and as the first menu line."""
-    if view.connected and view.status is not None:
-        return _shorten(f"Shutterlock: {view.status.get('summary', view.status.get('state', ''))}")
+    """The one-line summary: the icon's title, and the first menu line."""
+    if view.status is not None:
+        return _shorten(f"Shutterlock: {view.status.summary}")
     if view.starting:
         return "Shutterlock: starting the daemon…"
     if view.problem:
@@ -81,79 +71,134 @@ def headline(view: View) -> str:
     return "Shutterlock: daemon not running"
 
 
-def last_error(status: dict[str, Any]) -> dict[str, Any] | None:
+def lane_line(lane: LaneStatus, status: Status) -> str:
+    """ "Sealing 40 of 214 — about 3 min left" for a lane with work."""
+    verb = _VERBS.get(lane.name, lane.name.capitalize())
+    if status.paused:
+        return f"{verb}: {lane.waiting:,} waiting (paused)"
+    if lane.name == "replicate" and status.replica.configured and not status.replica.online:
+        return f"{verb}: {lane.waiting:,} waiting (bucket offline)"
+    line = f"{verb} {lane.position:,} of {lane.total:,}"
+    if lane.eta_seconds is not None and lane.waiting > 1:
+        line += f" — about {duration(lane.eta_seconds)} left"
+    return line
+
+
+def progress_lines(status: Status) -> list[str]:
+    return [lane_line(lane, status) for lane in status.lanes if lane.waiting or lane.current]
+
+
+def sealed_line(status: Status, now: float | None = None) -> str:
+    """How many today and when the last one was sealed: the quiet proof that the guardian works."""
+    if status.last_sealed_at is None:
+        return "Nothing sealed yet"
+    return f"Sealed today: {status.sealed_today:,} · last {_when(status.last_sealed_at, now)}"
+
+
+def progress(status: Status) -> float | None:
+    """Share of the current batches done, over the lanes with work (the working icon's ring)."""
+    busy = [lane for lane in status.lanes if lane.waiting or lane.current]
+    total = sum(lane.total for lane in busy)
+    return sum(lane.done for lane in busy) / total if total else None
+
+
+def status_lines(view: View, now: float | None = None) -> list[str]:
+    """The greyed lines atop the menu, and the tooltip: the headline, progress per lane, the last seal,
+    the last error and what waits for a restart; with no daemon, the whole reason, wrapped."""
+    status = view.status
+    if status is None:
+        if view.starting or not view.problem:
+            return [headline(view)]
+        return ["Shutterlock: daemon not running",
+                *textwrap.wrap(view.problem, LABEL_WIDTH, max_lines=4, placeholder=" …")]
+    lines = [headline(view), *progress_lines(status), sealed_line(status, now)]
+    error = last_error(status)
+    if error is not None:
+        lines.append(f"Last error: {_event_line(error, short=True)}")
+    lines += status.restart_needed
+    return [_shorten(line) for line in lines]
+
+
+def tooltip(view: View, now: float | None = None) -> str:
+    return "\n".join(status_lines(view, now))
+
+
+def last_error(status: Status) -> Event | None:
     """The newest error-level event (events arrive newest first)."""
-    return next((e for e in status.get("errors") or [] if e.get("level") == "error"), None)
+    return next((event for event in status.errors if event.level == "error"), None)
 
 
-def has_problems(status: dict[str, Any] | None) -> bool:
-    return bool(status and (status.get("errors") or status.get("failed_files")))
+def has_problems(status: Status | None) -> bool:
+    """Whether "Show recent problems" has something to show (the same facts as :func:`problems_report`)."""
+    return bool(status is not None and (
+        status.errors or status.failed_files or status.cloak.held or status.cloak.error
+        or status.derive.by_status.get("failed") or status.replica.error or status.vault.error))
 
 
-def build(view: View) -> list[Entry]:
+def build(view: View, now: float | None = None) -> list[Entry]:
     """The whole menu, top to bottom; invisible entries stay in the list so positions are stable."""
-    status = view.status if view.connected else None
-    entries = [Entry("", headline(view), enabled=False)]
-    if status is not None:
-        backlog = status.get("backlog") or {}
-        items = int(backlog.get("items", 0)) + int(status.get("pending", 0))
-        derive = status.get("derive") or {}
-        error = last_error(status)
-        entries += [
-            Entry("", f"Sealed today: {status.get('sealed_today', 0)}", enabled=False),
-            Entry("", f"Backlog: {items} item{'' if items == 1 else 's'} ({human_bytes(backlog.get('bytes', 0))})",
-                  enabled=False),
-            Entry("", f"Derivatives waiting: {derive.get('waiting', 0)}", enabled=False),
-            Entry("", _shorten(f"Last error: {_error_line(error)}") if error else "Last error: none", enabled=False,
-                  visible=error is not None),
-        ]
-    connected = status is not None
-    outbox = str(status.get("outbox") if status else "") or view.outbox
-    vault = str(status.get("vault") if status else "") or view.vault
-    config_file = str(status.get("config_file") if status else "") or view.config_file
+    status = view.status
+    entries = [Entry("", line, enabled=False) for line in status_lines(view, now)]
+    running = status is not None
+    outbox = status.outbox if status is not None else view.outbox
+    vault = status.vault.path if status is not None else view.vault
+    config_file = status.config_file if status is not None else view.config_file
     entries += [
         SEPARATOR,
-        Entry(PAUSE, "Pause", checked=bool(status and status.get("paused")), enabled=connected),
-        Entry(RESCAN, "Rescan now", enabled=connected),
+        Entry(PAUSE, "Pause", checked=bool(status and status.paused), enabled=running),
+        Entry(RESCAN, "Rescan now", enabled=running),
         SEPARATOR,
         Entry(OPEN_OUTBOX, "Open outbox", enabled=bool(outbox)),
         Entry(OPEN_VAULT, "Open vault folder", enabled=bool(vault)),
         Entry(PROBLEMS, "Show recent problems", enabled=has_problems(status)),
         Entry(SETTINGS, "Edit settings", enabled=bool(config_file)),
+        Entry(RELOAD, "Reload settings", enabled=running),
         SEPARATOR,
-        Entry(START_DAEMON, "Start daemon", enabled=not view.starting, visible=not connected),
-        Entry(STOP_DAEMON, "Stop daemon", visible=connected and view.owns_daemon),
+        Entry(START_DAEMON, "Start daemon", enabled=not view.starting, visible=not running),
+        Entry(STOP_DAEMON, "Stop daemon", visible=running),
         Entry(QUIT, "Quit tray"),
     ]
     return entries
 
 
-def problems_report(status: dict[str, Any]) -> str:
-    """The text behind "Show recent problems": newest events and the originals that could not be sealed."""
-    lines = ["Shutterlock — recent problems", ""]
-    events = status.get("errors") or []
-    lines.append("Events (newest first):" if events else "No recent events.")
-    lines += [f"  {_when(e.get('at'))}  {e.get('level', '?'):7}  {e.get('subject', '')}: {e.get('message', '')}"
-              for e in events]
-    failed = status.get("failed_files") or []
-    if failed:
+def problems_report(status: Status) -> str:
+    """The text behind "Show recent problems": what went wrong, newest first, and what is held back."""
+    lines: list[str] = []
+    for problem in (status.vault.error, status.replica.error and f"bucket: {status.replica.error}"):
+        if problem:
+            lines.append(problem)
+    made = status.derive.by_status
+    if status.cloak.error:
+        lines.append(status.cloak.error)
+    if made.get("held") or made.get("failed"):
+        counts = [f"{made.get(key, 0):,} {label}" for key, label in
+                  (("written", "made"), ("held", "held back (not cloaked)"), ("failed", "failed")) if made.get(key)]
+        lines.append(f"Derivatives: {', '.join(counts)}. Held-back ones are made once the cloak runs again.")
+    if status.failed_files:
         lines += ["", "Originals that could not be sealed:"]
-        lines += [f"  {f.get('source', '')}/{f.get('relpath', '')}: {f.get('error', '')}" for f in failed]
-    return "\n".join(lines) + "\n"
+        lines += [f"  {f.source}/{f.relpath}: {f.error}" for f in status.failed_files]
+    if status.errors:
+        lines += ["", "Events (newest first):"]
+        lines += [f"  {_event_line(event)}" for event in status.errors]
+    while lines and not lines[0]:
+        lines.pop(0)
+    return "\n".join(lines or ["No recent problems."]) + "\n"
 
 
-def _error_line(error: dict[str, Any]) -> str:
-    subject = error.get("subject") or ""
-    return f"{_when(error.get('at'), short=True)} {subject + ': ' if subject else ''}{error.get('message', '')}"
+def _event_line(event: Event, short: bool = False) -> str:
+    stamp = time.strftime("%H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(event.at))
+    level = "" if short else f"{event.level}: "
+    return f"{stamp} {level}{event.subject + ': ' if event.subject else ''}{event.message}"
 
 
-def _when(at: Any, short: bool = False) -> str:
-    if not isinstance(at, int | float):
-        return "?"
-    return time.strftime("%H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(at))
+def _when(at: float, now: float | None = None) -> str:
+    """"14:02" today, "3 May 14:02" before; absolute, so a menu left open never shows a stale "ago"."""
+    moment = time.localtime(at)
+    same_day = moment[:3] == time.localtime(time.time() if now is None else now)[:3]
+    return time.strftime("at %H:%M", moment) if same_day else f"on {moment.tm_mday} {time.strftime('%b %H:%M', moment)}"
 
 
 def _shorten(text: str) -> str:
-    """Keep menu rows and tooltips to one readable line."""
+    """Keep menu rows and titles to one readable line."""
     text = " ".join(text.split())
     return text if len(text) <= LABEL_WIDTH else text[:LABEL_WIDTH - 1] + "…"

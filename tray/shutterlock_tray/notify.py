@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from shutterlock.status import human_bytes
-
-from shutterlock_tray.menu import cloak_error
+from shutterlock.status import Status, human_bytes
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class Notice:
 
 
 class Disk(NamedTuple):
-    """Free space where the daemon writes (the app measures it; tests make it up)."""
+    """Free space where the daemon writes (the icon measures it; tests make it up)."""
 
     label: str
     path: str
@@ -71,24 +69,16 @@ class Notices:
     _episode_sent: set[str] = field(default_factory=set)
     _recent: deque[float] = field(default_factory=deque)
 
-    def observe(self, status: dict[str, Any] | None, now: float, disks: Sequence[Disk] = ()) -> list[Notice]:
-        if status is None:
-            return []
+    def observe(self, status: Status, now: float, disks: Sequence[Disk] = ()) -> list[Notice]:
         candidates = [self._batch_notice(status, now)]
         candidates += self._conditions(status, now, disks)
         return [notice for notice in candidates if notice is not None and self._admit(notice, now)]
 
-    def progress(self, status: dict[str, Any]) -> float | None:
-        """Share of the current batch already sealed, for the working icon's ring."""
-        done = max(0, _sealed(status) - self._batch.sealed)
-        remaining = _waiting(status)
-        return done / (done + remaining) if done + remaining else None
-
     # ------------------------------------------------------------------ batches
 
-    def _batch_notice(self, status: dict[str, Any], now: float) -> Notice | None:
+    def _batch_notice(self, status: Status, now: float) -> Notice | None:
         batch = self._batch
-        sealed, written = _sealed(status), _written(status)
+        sealed, written = status.files.sealed, status.derive.by_status.get("written", 0)
         if not batch.started or sealed < batch.sealed or written < batch.written:
             # First sight, or another catalog: these are the counts to measure from.
             self._batch = _Batch(sealed=sealed, written=written, busy=_busy(status), started=True)
@@ -110,16 +100,16 @@ class Notices:
 
     # ------------------------------------------------------------------ lasting conditions
 
-    def _conditions(self, status: dict[str, Any], now: float, disks: Sequence[Disk]) -> list[Notice | None]:
+    def _conditions(self, status: Status, now: float, disks: Sequence[Disk]) -> list[Notice | None]:
         """Conditions present now (a notice once past any threshold); an episode ends when its condition does."""
         present: dict[str, Notice | None] = {}
-        replica = status.get("replica") or {}
-        if replica.get("configured") and not replica.get("online", True):
-            since = float(replica.get("offline_since") or self._active.get("offline", now))
+        replica = status.replica
+        if replica.configured and not replica.online:
+            since = replica.offline_since or self._active.get("offline", now)
             present["offline"] = None if now - since < self.rules.offline_after else Notice(
                 "offline", "Shutterlock: bucket offline",
                 f"The bucket has been unreachable for {_duration(now - since)}; "
-                f"{replica.get('waiting', 0)} objects ({human_bytes(replica.get('waiting_bytes', 0))}) wait.",
+                f"{replica.waiting:,} objects ({human_bytes(replica.waiting_bytes)}) wait.",
                 key="offline")
         for disk in disks:
             key = f"disk:{disk.path}"
@@ -127,10 +117,8 @@ class Notices:
                 share = disk.free / disk.total if disk.total else 0.0
                 present[key] = Notice("disk", f"Shutterlock: {disk.label} disk nearly full",
                                       f"{human_bytes(disk.free)} free ({share:.0%}) at {disk.path}", key=key)
-        error = cloak_error(status)
-        if error:
-            present["cloak"] = Notice("cloak", "Shutterlock: cloak unavailable",
-                                      f"Derivatives are held or shared uncloaked: {error}", key="cloak")
+        if status.cloak.error:
+            present["cloak"] = Notice("cloak", "Shutterlock: cloak unavailable", status.cloak.error, key="cloak")
         for key in [k for k in self._active if k not in present]:
             del self._active[key]
             self._episode_sent.discard(key)
@@ -167,20 +155,9 @@ class Notices:
         return True
 
 
-def _sealed(status: dict[str, Any]) -> int:
-    return int((status.get("files") or {}).get("sealed", 0))
-
-
-def _written(status: dict[str, Any]) -> int:
-    return int(((status.get("derive") or {}).get("by_status") or {}).get("written", 0))
-
-
-def _waiting(status: dict[str, Any]) -> int:
-    return int((status.get("backlog") or {}).get("items", 0)) + int(status.get("pending", 0))
-
-
-def _busy(status: dict[str, Any]) -> bool:
-    return bool(_waiting(status) or status.get("current") or (status.get("derive") or {}).get("waiting"))
+def _busy(status: Status) -> bool:
+    """Still working on the batch (paused or not): anything settling, waiting or in flight in any lane."""
+    return bool(status.pending or status.backlog.items or any(lane.waiting or lane.current for lane in status.lanes))
 
 
 def _duration(seconds: float) -> str:

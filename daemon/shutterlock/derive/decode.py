@@ -54,6 +54,7 @@ class Decoded:
     icc_profile: bytes | None
     capture_time: datetime | None  # from EXIF, naive camera-local time
     target_edge: int = 0  # the derivative's long edge: min(requested, the original's full-size long edge)
+    full_edge: int = 0  # the original's full-size long edge (the camera's, for a RAW file)
 
 
 def classify(path: Path) -> str:
@@ -164,7 +165,8 @@ def _decode_pillow(source: io.BytesIO | Path, *, long_edge: int, max_pixels: int
     image = open_checked(source, max_pixels)
     exif = _safe_exif(image)
     icc = image.info.get("icc_profile") or None
-    target_edge = min(long_edge, max(image.size))
+    full_edge = max(image.size)
+    target_edge = min(long_edge, full_edge)
     if image.format == "JPEG":
         _draft(image, long_edge, draft_tolerance)
     try:
@@ -177,7 +179,7 @@ def _decode_pillow(source: io.BytesIO | Path, *, long_edge: int, max_pixels: int
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, RuntimeError, struct.error) as error:
         raise DeriveError(_reason(error)) from None
     return Decoded(image=image, orientation=_orientation(exif), icc_profile=icc,
-                   capture_time=_capture_time(exif), target_edge=target_edge)
+                   capture_time=_capture_time(exif), target_edge=target_edge, full_edge=full_edge)
 
 
 def _reason(error: BaseException) -> str:
@@ -359,6 +361,7 @@ def _decode_raw(path: Path, *, long_edge: int, max_pixels: int) -> Decoded:
         if preview is not None:
             if preview.capture_time is None:
                 preview.capture_time = _raw_capture_time(path)
+            preview.full_edge = full_edge
             return preview
         try:
             half = full_edge // 2 >= long_edge
@@ -367,7 +370,7 @@ def _decode_raw(path: Path, *, long_edge: int, max_pixels: int) -> Decoded:
             raise DeriveError(f"cannot decode camera RAW: {_raw_reason(error)}") from None
     image = Image.fromarray(rgb, "RGB")
     return Decoded(image=image, orientation=1, icc_profile=None, capture_time=_raw_capture_time(path),
-                   target_edge=min(long_edge, max(image.size)))
+                   target_edge=min(long_edge, max(image.size)), full_edge=full_edge)
 
 
 def _raw_preview(raw: object, needed_edge: int, max_pixels: int) -> Decoded | None:

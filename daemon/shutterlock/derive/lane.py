@@ -2,7 +2,8 @@
 
 The heavy work (decoding, the cloak) runs in a separate, low-priority child process with a per-image
 time limit, so neither a pathological file nor torch can stall or bloat the daemon; the child returns the
-encoded bytes and this lane, in the daemon, places them in the outbox. If the original has changed or
+encoded bytes and this lane, in the daemon, signs them (C2PA, with a key the child never sees) and places
+them in the outbox. If the original has changed or
 gone from the source since it was sealed, the derivative is made from the sealed object instead,
 decrypted into an owner-only temp folder and deleted right after.
 """
@@ -10,6 +11,10 @@ decrypted into an owner-only temp folder and deleted right after.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fnmatch
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -17,22 +22,67 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from shutterlock.catalog import Catalog, FileRow, Job, JobQueue
-from shutterlock.config import Config
-from shutterlock.engine import Periodic, StageError, WorkerState
+from shutterlock.catalog import Catalog, FileRow, Job
+from shutterlock.config import Config, SourceConfig
+from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
+from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import ensure_dir
+from shutterlock.provenance import SigningIdentity
+from shutterlock.provenance.signing import identity_for, sign_rendered
 from shutterlock.vault.format import FormatError, Keys, ObjectReader
 from shutterlock.vault.local import LocalStore
 
 from . import outbox
+from .decode import classify
 from .pairs import skip_reason
 from .render import DeriveJob, Outcome, Rendered
 from .runner import DeriveRunner
 
 log = logging.getLogger(__name__)
 
-HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again
+HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again anyway
+CLOAK_PROBE = 10.0  # while derivatives are held back, how often to look whether the cloak can run again
 KILL_GRACE = 60.0  # beyond the per-image limit, how long a derive worker may look stuck to the watchdog
+
+
+def settings_fingerprint(config: Config) -> str:
+    """What the derivative's bytes depend on; a derivative made under another fingerprint is stale."""
+    derive = config.derive
+    relevant = {
+        "size": dataclasses.astuple(derive.size), "sharpen": derive.sharpen, "quality": derive.jpeg_quality,
+        "date": derive.keep_capture_date, "pair": derive.pair_preference,
+        "watermark": dataclasses.asdict(config.watermark), "rights": dataclasses.asdict(config.rights),
+        "cloak": (config.cloak.strength, config.cloak.seed),
+    }
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def sidecar_of(original: Path) -> Path | None:
+    """The XMP sidecar editors write beside an original: IMG_1.xmp (Lightroom, Capture One) or IMG_1.CR2.xmp
+    (darktable), in either case."""
+    for name in (original.stem, original.name):
+        for suffix in (".xmp", ".XMP"):
+            candidate = original.with_name(name + suffix)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def weights_problem(config: Config) -> str:
+    """Why the cloak cannot run from the weights on this machine ("" when every file is there and verified).
+
+    Cheap and torch-free (a hash of a few MB), so the daemon can ask while derivatives are held back.
+    """
+    from shutterlock.cloak import WeightsError
+    from shutterlock.cloak.models import REGISTRY, resolve_weights
+
+    for name in REGISTRY:
+        try:
+            resolve_weights(name, config.cloak.models_dir, offline=True)
+        except WeightsError as error:
+            return str(error)
+    return ""
 
 
 class DeriveStage:
@@ -48,11 +98,15 @@ class DeriveStage:
         self._runners: list[DeriveRunner] = []
         # Why the cloak could not run on the latest attempt: "" once it runs, None before the first attempt.
         self.cloak_problem: str | None = None
+        self._signer: SigningIdentity | None = None
+        self._signer_lock = threading.Lock()
         self.reload(config)
 
     def reload(self, config: Config) -> str:
         """Settings are read per job, and each runner follows the time limit; only the worker count waits."""
         self.config = config
+        with self._signer_lock:
+            self._signer = None  # [provenance] may name another certificate now
         self.attempts = config.engine.max_attempts
         self.stall_limit = max(config.engine.stall_seconds, config.derive.time_limit + KILL_GRACE)
         for runner in self._runners:
@@ -65,7 +119,16 @@ class DeriveStage:
         return str(file_id)
 
     def schedule(self) -> list[Periodic]:
-        return []
+        return [Periodic("cloak-probe", CLOAK_PROBE, self.probe_cloak)]
+
+    def probe_cloak(self) -> None:
+        """Held-back derivatives are made as soon as the cloak can run again (weights placed or fetched)."""
+        if self.config.cloak.strength == "off" or not self.catalog.derivative_counts().get(Outcome.HELD):
+            return
+        if weights_problem(self.config):
+            return
+        log.info("the cloak's weights are in place; retrying the derivatives held back")
+        self.queue.expedite()
 
     def describe(self, job: Job) -> str:
         file = self.catalog.file_by_id(int(job.subject))
@@ -85,16 +148,23 @@ class DeriveStage:
             return
         source = self.config.source_by_name(file.source)
         original = source.path / file.relpath if source else Path(PurePosixPath(file.relpath).name)
-        if source is not None and (reason := skip_reason(original, self.config.derive.pair_preference)):
-            self._record(file, Outcome.SKIPPED, reason)
-            return
         previous = self.catalog.derivative_of(file.id)
         previous_output = Path(previous["output"]) if previous and previous.get("output") else None
+        if classify(original) == "sidecar":
+            self._sidecar_changed(file)
+        if reason := self._not_chosen(source, file.relpath, original):
+            self._remove_own(previous_output)
+            self._record(file, Outcome.SKIPPED, reason)
+            return
         with self._input_for(file, original) as path:
             rendered = self._runner().run(DeriveJob(
                 source=path, derive=self.config.derive, watermark=self.config.watermark,
-                rights=self.config.rights, cloak=self.config.cloak, seed=int(file.content_id[:8], 16)))
+                rights=self.config.rights, cloak=self.config.cloak, seed=int(file.content_id[:8], 16),
+                min_rating=source.derive_min_rating if source else 0,
+                sidecar=sidecar_of(original) if source else None))
             worker.tick()
+        if rendered.outcome is Outcome.SKIPPED:
+            self._remove_own(previous_output)  # e.g. rated down after it was shared: it leaves the outbox
         self._note_cloak(rendered)
         output = previous_output if rendered.outcome is Outcome.HELD else None  # the earlier one stays
         if rendered.outcome is Outcome.WRITTEN:
@@ -107,9 +177,37 @@ class DeriveStage:
             raise StageError(rendered.reason, transient=True, delay=HELD_RETRY, count=False)
         log.info("derivative of %s/%s: %s", file.source, file.relpath, output or rendered.reason)
 
+    def _not_chosen(self, source: SourceConfig | None, relpath: str, original: Path) -> str:
+        """Why this original gets no derivative ("" when it gets one), before any decoding."""
+        if source is None:
+            return ""
+        if reason := skip_reason(original, self.config.derive.pair_preference):
+            return reason
+        folders = source.derive_folders
+        if folders and not any(fnmatch.fnmatch(relpath, f"{f.rstrip('/')}/*") for f in folders):
+            return f"not below {', '.join(folders)} (this source's derive_folders)"
+        return ""
+
+    def _sidecar_changed(self, sidecar: FileRow) -> None:
+        """A rating may have changed in a sidecar: its image is looked at again (made, or taken back)."""
+        path = PurePosixPath(sidecar.relpath)
+        folder = "" if str(path.parent) == "." else str(path.parent)
+        for image in self.catalog.files_named(sidecar.source, folder, path.stem):
+            if image.id != sidecar.id and image.content_id and classify(Path(image.relpath)) in ("image", "raw"):
+                self.catalog.enqueue(self.name, str(image.id), image.size)
+
+    def _remove_own(self, previous: Path | None) -> None:
+        """Take back a derivative this original no longer gets — only ever a file inside our outbox."""
+        if previous is not None and previous.is_relative_to(self.config.derive.outbox):
+            with contextlib.suppress(FileNotFoundError):
+                previous.unlink()
+                log.info("removed %s: its original no longer gets a derivative", previous)
+
     def _note_cloak(self, rendered: Rendered) -> None:
         """Status shows the cloak's current state, not its first failure; a working cloak releases held items."""
         if rendered.outcome is Outcome.HELD:
+            if self.cloak_problem != rendered.cloak_error:
+                log.warning("derivatives are held back, not shared uncloaked: %s", rendered.cloak_error)
             self.cloak_problem = rendered.cloak_error
         elif rendered.cloaked:
             if self.cloak_problem:
@@ -117,15 +215,28 @@ class DeriveStage:
                 self.queue.expedite()
             self.cloak_problem = ""
 
+    def _sign(self, rendered: Rendered) -> bytes:
+        """The rendered bytes with their signed manifest; an unsigned derivative never reaches the outbox."""
+        try:
+            with self._signer_lock:
+                if self._signer is None:
+                    self._signer, created = identity_for(self.config, lambda: self.keys, self.vault.root)
+                    if created:
+                        log.info("created the signing identity for C2PA manifests (%s)", self._signer.subject)
+            return sign_rendered(rendered, self._signer, self.config.rights)
+        except ShutterlockError as error:
+            raise StageError(f"cannot sign the derivative: {error}", transient=False) from None
+
     def _place(self, rendered: Rendered, stem: str, previous: Path | None) -> Path:
-        """Write the rendered bytes into the outbox; the previous derivative is replaced only inside it."""
+        """Sign the rendered bytes and write them into the outbox; the previous derivative is replaced only
+        inside it."""
         root = self.config.derive.outbox
-        assert rendered.jpeg is not None and rendered.capture_time is not None
+        signed = self._sign(rendered)
+        assert rendered.capture_time is not None
         if previous is not None and not previous.is_relative_to(root):
             previous = None
         try:
-            return outbox.place(rendered.jpeg, outbox.dated_dir(root, rendered.capture_time), stem,
-                                previous=previous)
+            return outbox.place(signed, outbox.dated_dir(root, rendered.capture_time), stem, previous=previous)
         except OSError as error:
             raise StageError(f"cannot write the derivative into {root}: {error.strerror or error}",
                              transient=True) from None
@@ -135,7 +246,8 @@ class DeriveStage:
         self.catalog.record_derivative(
             file.id, file.content_id or "", status=outcome, output=str(output) if output else None, reason=reason,
             cloaked=bool(rendered and rendered.cloaked), strength=rendered.cloak_strength if rendered else "",
-            watermark=rendered.watermark if rendered else "")
+            watermark=rendered.watermark if rendered else "", settings=settings_fingerprint(self.config),
+            rating=rendered.rating if rendered else None)
 
     @contextlib.contextmanager
     def _input_for(self, file: FileRow, original: Path) -> Iterator[Path]:

@@ -13,7 +13,9 @@ import functools
 import io
 
 import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageFilter
+
+from shutterlock.config import OutputSize
 
 from .decode import Decoded
 
@@ -59,6 +61,46 @@ def prepare(decoded: Decoded) -> Image.Image:
     if image.mode != "RGB":
         image = image.convert("RGB")
     return orient(image, decoded.orientation)
+
+
+def decode_edge(size: OutputSize) -> int:
+    """The long edge to decode at: the preset's, or for a fixed width room to crop down to 1:4 portraits."""
+    return size.long_edge or 4 * size.width
+
+
+def fit(image: Image.Image, size: OutputSize) -> Image.Image:
+    """Crop an upright image to the preset's aspect range (centred), then scale it to its width or long edge.
+
+    Never scales up beyond what was decoded: a small original stays small.
+    """
+    width, height = image.size
+    aspect = width / height
+    if aspect > size.max_aspect:
+        keep = round(height * size.max_aspect)
+        left = (width - keep) // 2
+        image = image.crop((left, 0, left + keep, height))
+    elif aspect < size.min_aspect:
+        keep = round(width / size.min_aspect)
+        top = (height - keep) // 2
+        image = image.crop((0, top, width, top + keep))
+    if size.width and image.width > size.width:
+        return resize_long_edge(image, round(max(image.size) * size.width / image.width))
+    if size.long_edge and max(image.size) > size.long_edge:
+        return resize_long_edge(image, size.long_edge)
+    return image
+
+
+# Unsharp mask per level (percent): what "sharpen for screen" does after a downscale, before the cloak
+# (sharpening after it would amplify the perturbation). The radius follows the output size.
+SHARPEN_PERCENT = {"off": 0, "low": 35, "standard": 60, "high": 90}
+
+
+def sharpen(image: Image.Image, level: str) -> Image.Image:
+    percent = SHARPEN_PERCENT[level]
+    if not percent:
+        return image
+    radius = max(0.5, 0.8 * max(image.size) / 2048)
+    return image.filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=2))
 
 
 def orient(image: Image.Image, orientation: int) -> Image.Image:

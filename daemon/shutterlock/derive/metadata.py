@@ -1,14 +1,17 @@
 """Metadata written from scratch: an allow-list, not a scrub of the original's.
 
-A derivative is a fresh JPEG of fresh pixels. It carries exactly: the JFIF header Pillow writes,
-one sRGB ICC profile and one XMP packet with the rights statement. Nothing is copied from the
-original, so EXIF, GPS, maker notes, serials, thumbnails, MPF, IPTC IIM, Photoshop resources,
-comments, XMP history and face regions cannot leak whatever the original contained.
+A derivative is a fresh JPEG of fresh pixels. It carries exactly: the JFIF header Pillow writes, one
+sRGB ICC profile, one XMP packet with the rights statement, and — for sites that read only those — the
+creator and copyright again in EXIF (IFD0 Artist, Copyright) and IPTC-IIM (By-line, CopyrightNotice), plus
+the capture date only when the user keeps it. Nothing is copied from the original, so GPS, maker notes,
+serials, thumbnails, MPF, Photoshop resources, comments, XMP history and face regions cannot leak.
 """
 
 from __future__ import annotations
 
 import re
+import struct
+from datetime import datetime
 from typing import BinaryIO
 from xml.sax.saxutils import escape
 
@@ -34,6 +37,13 @@ def _text(value: str) -> str:
 def _lang_alt(tag: str, value: str) -> str:
     return (f"   <{tag}>\n    <rdf:Alt>\n     <rdf:li xml:lang=\"x-default\">{_text(value)}</rdf:li>\n"
             f"    </rdf:Alt>\n   </{tag}>\n")
+
+
+def copyright_notice(rights: RightsConfig, year: int) -> str:
+    """``[rights] copyright``, or "© YEAR CREATOR" when only a creator is set (the XMP and the manifest agree)."""
+    if rights.copyright.strip() or not rights.creator.strip():
+        return rights.copyright.strip()
+    return f"© {year} {rights.creator.strip()}"
 
 
 def build_xmp(rights: RightsConfig, *, creator: str | None = None,
@@ -71,11 +81,51 @@ def build_xmp(rights: RightsConfig, *, creator: str | None = None,
     return packet.encode("utf-8")
 
 
-def write_jpeg(image: Image.Image, target: BinaryIO, *, quality: int, xmp: bytes) -> None:
-    """Encode with nothing but JFIF, the sRGB profile and ``xmp``.
+EXIF_ARTIST, EXIF_COPYRIGHT, EXIF_IFD, EXIF_DATE_ORIGINAL = 0x013B, 0x8298, 0x8769, 0x9003
+
+
+def build_exif(creator: str, copyright_text: str, capture: datetime | None) -> bytes:
+    """IFD0 Artist and Copyright (ASCII by the standard: non-ASCII letters are kept as UTF-8, which every
+    reader we know of shows correctly), and DateTimeOriginal only when ``capture`` is given."""
+    exif = Image.Exif()
+    if creator:
+        exif[EXIF_ARTIST] = creator.encode()  # bytes: Pillow would turn non-ASCII letters into "?"
+    if copyright_text:
+        exif[EXIF_COPYRIGHT] = copyright_text.encode()
+    if capture is not None:
+        exif.get_ifd(EXIF_IFD)[EXIF_DATE_ORIGINAL] = capture.strftime("%Y:%m:%d %H:%M:%S")
+    return exif.tobytes() if len(exif) or capture is not None else b""
+
+
+def build_iptc(creator: str, copyright_text: str) -> bytes:
+    """An APP13 segment with one IPTC-IIM block (Photoshop resource 0x0404): UTF-8, By-line, CopyrightNotice."""
+    if not creator and not copyright_text:
+        return b""
+
+    def dataset(record: int, number: int, value: bytes) -> bytes:
+        return struct.pack(">BBBH", 0x1C, record, number, len(value)) + value
+
+    iim = dataset(1, 90, b"\x1b%G") + dataset(2, 0, b"\x00\x04")  # coded character set UTF-8; version 4
+    if creator:
+        iim += dataset(2, 80, _cut(creator, 32))  # the IIM limits, cut on a character boundary
+    if copyright_text:
+        iim += dataset(2, 116, _cut(copyright_text, 128))
+    iim += b"\x00" * (len(iim) % 2)
+    resource = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(iim)) + iim
+    body = b"Photoshop 3.0\x00" + resource
+    return b"\xff\xed" + struct.pack(">H", len(body) + 2) + body
+
+
+def _cut(text: str, limit: int) -> bytes:
+    return text.encode()[:limit].decode(errors="ignore").encode()
+
+
+def write_jpeg(image: Image.Image, target: BinaryIO, *, quality: int, xmp: bytes, exif: bytes = b"",
+               iptc: bytes = b"") -> None:
+    """Encode with nothing but JFIF, the sRGB profile, ``xmp`` and the given EXIF and IPTC blocks.
 
     ``image.info`` is cleared first: Pillow's JPEG writer falls back to it for the comment.
     """
     image.info = {}
     image.save(target, "JPEG", quality=quality, optimize=False, progressive=False,
-               icc_profile=srgb_icc_bytes(), xmp=xmp)
+               icc_profile=srgb_icc_bytes(), xmp=xmp, exif=exif, extra=iptc)

@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
+from shutterlock.errors import ShutterlockError
+from shutterlock.provenance import SigningIdentity
+from shutterlock.provenance.signing import sign_rendered
 
 from .outbox import Placed, place
 from .pairs import skip_reason
@@ -37,9 +40,10 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
 
 def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermark: WatermarkConfig,
-            rights: RightsConfig, cloak: CloakConfig, strength: str | None = None,
+            rights: RightsConfig, cloak: CloakConfig, signer: SigningIdentity, strength: str | None = None,
             on_result: Callable[[Placed], None] | None = None) -> list[Placed]:
-    """Derive every input into ``out_dir``; one result per input file, in input order.
+    """Derive every input into ``out_dir``, each signed by ``signer`` in this process before it is written;
+    one result per input file, in input order.
 
     ``strength`` overrides ``cloak.strength``; ``on_result`` is called as each result arrives.
     Missing inputs come back as failed results.
@@ -61,8 +65,14 @@ def protect(inputs: list[Path], out_dir: Path, *, derive: DeriveConfig, watermar
                 rendered = runner.run(DeriveJob(source=path, derive=derive, watermark=watermark, rights=rights,
                                                 cloak=cloak))
                 output = None
-                if rendered.outcome is Outcome.WRITTEN and rendered.jpeg is not None:
-                    output = place(rendered.jpeg, out_dir, path.stem)
+                if rendered.outcome is Outcome.WRITTEN:
+                    try:
+                        signed = sign_rendered(rendered, signer, rights)
+                    except ShutterlockError as error:  # never written unsigned
+                        rendered = dataclasses.replace(rendered, outcome=Outcome.FAILED,
+                                                       reason=f"cannot sign: {error}")
+                    else:
+                        output = place(signed, out_dir, path.stem)
                 result = Placed(dataclasses.replace(rendered, jpeg=None), output)
             results.append(result)
             if on_result is not None:

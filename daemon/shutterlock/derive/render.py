@@ -22,6 +22,7 @@ from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, Watermar
 
 from . import look, metadata, watermark
 from .decode import DeriveError, classify, decode, file_time
+from .rating import rating
 
 
 class Outcome(enum.StrEnum):
@@ -38,6 +39,8 @@ class DeriveJob:
     """Everything one derivative needs; picklable, so it can cross into the runner's worker process.
 
     ``seed``: per-original seed, added to ``cloak.seed`` so a re-derive reproduces the same cloak.
+    ``min_rating``: skip originals rated lower (the source's ``derive_min_rating``); ``sidecar``: an XMP file
+    beside the original whose rating wins.
     """
 
     source: Path
@@ -46,6 +49,8 @@ class DeriveJob:
     rights: RightsConfig
     cloak: CloakConfig
     seed: int = 0
+    min_rating: int = 0
+    sidecar: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class Rendered:
     cloak_strength: str = "off"
     cloak_error: str = ""
     watermark: str = ""
+    resized_to: int = 0  # the long edge when the original was scaled down, else 0
+    rating: int | None = None  # the original's stars (-1 rejected … 5), None when nothing says
     width: int = 0
     height: int = 0
     capture_time: datetime | None = None
@@ -83,16 +90,23 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
     kind = classify(source)
     if kind in ("video", "sidecar"):
         return Rendered(source, Outcome.SKIPPED, reason=f"not an image ({kind})", cloak_strength=job.cloak.strength)
+    stars = rating(source, job.sidecar)  # cheap (headers only); the catalog keeps it for the site too
+    if job.min_rating and (stars or 0) < job.min_rating:
+        rated = f"rated {stars}" if stars is not None else "not rated"
+        return Rendered(source, Outcome.SKIPPED, cloak_strength=job.cloak.strength, rating=stars,
+                        reason=f"{rated}; this source makes derivatives of {job.min_rating}+ stars")
     capture: datetime | None = None
+    size = job.derive.size
     try:
         mark = time.monotonic()
-        decoded = decode(source, long_edge=job.derive.long_edge, max_pixels=job.derive.max_pixels,
+        decoded = decode(source, long_edge=look.decode_edge(size), max_pixels=job.derive.max_pixels,
                          draft_tolerance=job.derive.draft_tolerance)
         capture = decoded.capture_time or file_time(source)
         timings["decode"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        image = look.prepare(decoded)
+        image = look.sharpen(look.fit(look.prepare(decoded), size), job.derive.sharpen)
+        resized_to = max(image.size) if max(image.size) < decoded.full_edge else 0
         del decoded
         timings["look"] = time.monotonic() - mark
 
@@ -106,7 +120,7 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
                 source, Outcome.HELD, reason=why,
                 cloaked=False, cloak_strength=strength, cloak_error=cloak_error, width=image.width,
                 height=image.height, capture_time=capture, seconds=time.monotonic() - started,
-                timings=timings)
+                timings=timings, rating=stars)
 
         mark = time.monotonic()
         creator = job.rights.creator
@@ -114,12 +128,14 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
         timings["watermark"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        copyright_text = job.rights.copyright
-        if not copyright_text and creator.strip():
-            copyright_text = f"© {capture.year} {creator.strip()}"
-        xmp = metadata.build_xmp(job.rights, copyright_text=copyright_text)
+        creator = creator.strip()
+        copyright_text = metadata.copyright_notice(job.rights, capture.year)
         encoded = io.BytesIO()
-        metadata.write_jpeg(image, encoded, quality=job.derive.jpeg_quality, xmp=xmp)
+        metadata.write_jpeg(
+            image, encoded, quality=job.derive.jpeg_quality,
+            xmp=metadata.build_xmp(job.rights, copyright_text=copyright_text),
+            exif=metadata.build_exif(creator, copyright_text, capture if job.derive.keep_capture_date else None),
+            iptc=metadata.build_iptc(creator, copyright_text))
         timings["encode"] = time.monotonic() - mark
         timings["cpu"] = time.process_time() - cpu_started
     except DeriveError as error:
@@ -137,8 +153,8 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
         reason = f"not cloaked ({cloak_error}); released (release_uncloaked)"
     return Rendered(source, Outcome.WRITTEN, jpeg=encoded.getvalue(), reason=reason, cloaked=cloaked,
                     cloak_strength=strength, cloak_error=cloak_error, watermark=mark_description,
-                    width=image.width, height=image.height, capture_time=capture,
-                    seconds=time.monotonic() - started, timings=timings)
+                    resized_to=resized_to, width=image.width, height=image.height, capture_time=capture,
+                    seconds=time.monotonic() - started, timings=timings, rating=stars)
 
 
 def _failed(job: DeriveJob, outcome: Outcome, reason: str, capture: datetime | None, started: float) -> Rendered:

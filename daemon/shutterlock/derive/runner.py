@@ -21,6 +21,8 @@ from typing import Self
 from .render import DeriveJob, Outcome, Rendered
 
 NICE_INCREMENT = 10
+READY = "ready"
+STARTUP_LIMIT = 120.0  # seconds a new worker may take to import its libraries on a loaded machine
 
 
 Work = Callable[[DeriveJob], Rendered]
@@ -33,6 +35,7 @@ def _worker_main(connection: Connection, nice: int, work: Work | None) -> None:
             os.nice(nice)
     if work is None:
         from .render import render as work  # the decoders load here, in the child, not in the daemon
+    connection.send(READY)  # start-up is not part of any image's time limit
     while True:
         try:
             job = connection.recv()
@@ -79,6 +82,8 @@ class DeriveRunner:
         process.start()
         child.close()
         self._process, self._connection = process, parent
+        if not parent.poll(STARTUP_LIMIT) or parent.recv() != READY:
+            raise OSError(f"the derive worker did not start within {STARTUP_LIMIT:g} s")
         return parent
 
     def run(self, job: DeriveJob) -> Rendered:
@@ -128,6 +133,14 @@ class DeriveRunner:
             process.close()
 
     def close(self) -> None:
-        """Ask the worker to exit, killing it if it does not within a few seconds."""
-        with self._lock:
-            self._stop_worker(kill=False)
+        """Ask the worker to exit, killing it if it does not within a few seconds. A job still running (a
+        long cloak at shutdown) is not waited for: its worker is killed, and the job is redone next time."""
+        if self._lock.acquire(timeout=1.0):
+            try:
+                self._stop_worker(kill=False)
+            finally:
+                self._lock.release()
+            return
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()

@@ -1,8 +1,9 @@
 """Visible watermark: a text line and/or a logo, placed at one of nine anchors.
 
-The font is the scalable one bundled inside Pillow (``ImageFont.load_default(size=…)``, FreeType),
-so a derivative renders identically on every machine; no system font path is ever consulted.
-Legibility on light and dark areas comes from a dark outline around light glyphs.
+The font is the first that has a glyph for every letter of the text: ``[watermark] font`` if set, then
+common system fonts (DejaVu Sans, which the set-up installs, Noto, Liberation), then the one bundled inside
+Pillow — whose Latin coverage stops short of letters like "ö", which would otherwise print as boxes in a
+photographer's name. Legibility on light and dark areas comes from a dark outline around light glyphs.
 """
 
 from __future__ import annotations
@@ -32,12 +33,56 @@ def render_text(template: str, creator: str, year: int) -> str:
     return " ".join(text.split())
 
 
-@functools.lru_cache(maxsize=16)
-def font(size: int) -> ImageFont.FreeTypeFont:
-    loaded = ImageFont.load_default(size=size)
+SYSTEM_FONTS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
+    "C:/Windows/Fonts/arial.ttf",
+)
+_PROBE_SIZE = 32
+
+
+def _load(path: str | None, size: int) -> ImageFont.FreeTypeFont:
+    loaded = ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
     if not isinstance(loaded, ImageFont.FreeTypeFont):
         raise DeriveError("watermark font unavailable: Pillow was built without FreeType")
     return loaded
+
+
+def _missing(face: ImageFont.FreeTypeFont, text: str) -> str:
+    """The letters of ``text`` the font has no glyph for: they render like the "no glyph" box of U+10FFFF."""
+    def ink(char: str) -> bytes:
+        mask = face.getmask(char)
+        return bytes(mask) + bytes(str(mask.size), "ascii")
+
+    notdef = ink("\U0010ffff")
+    return "".join(dict.fromkeys(c for c in text if not c.isspace() and ink(c) == notdef))
+
+
+@functools.lru_cache(maxsize=64)
+def choose_font(text: str, configured: str | None) -> tuple[str | None, str]:
+    """(font path or None for Pillow's own, letters still missing): the first candidate covering ``text``."""
+    candidates = [configured] if configured else []
+    candidates += [path for path in SYSTEM_FONTS if Path(path).is_file()] + [None]
+    best: tuple[str | None, str] | None = None
+    for path in candidates:
+        try:
+            missing = _missing(_load(path, _PROBE_SIZE), text)
+        except OSError:
+            continue
+        if not missing:
+            return path, ""
+        if best is None or len(missing) < len(best[1]):
+            best = (path, missing)
+    assert best is not None  # Pillow's own font always loads
+    return best
+
+
+@functools.lru_cache(maxsize=16)
+def font(size: int, path: str | None = None) -> ImageFont.FreeTypeFont:
+    return _load(path, size)
 
 
 def apply(image: Image.Image, config: WatermarkConfig, *, creator: str, year: int) -> tuple[Image.Image, str]:
@@ -55,7 +100,8 @@ def apply(image: Image.Image, config: WatermarkConfig, *, creator: str, year: in
         return image, "none (no creator set)" if config.text else "none"
     gap = round(text_height * 0.4)
     stroke = max(1, round(text_height / 14))
-    face = font(text_height)
+    font_path, missing = choose_font(text, str(config.font) if config.font else None) if text else (None, "")
+    face = font(text_height, font_path)
     text_box = face.getbbox(text, stroke_width=stroke) if text else (0, 0, 0, 0)
     text_w, text_h = text_box[2] - text_box[0], text_box[3] - text_box[1]
     logo_w, logo_h = logo.size if logo else (0, 0)
@@ -79,7 +125,8 @@ def apply(image: Image.Image, config: WatermarkConfig, *, creator: str, year: in
     region = out.crop((x, y, x + group_w, y + group_h)).convert("RGBA")
     region.alpha_composite(overlay)
     out.paste(region.convert("RGB"), (x, y))
-    parts = [f"text {text!r}"] if text else []
+    parts = [f"text {text!r}" + (f" (no glyph for {missing!r} in any font here)" if missing else "")] \
+        if text else []
     if logo is not None:
         parts.append(f"logo {config.logo.name}")  # type: ignore[union-attr]
     return out, f"{' + '.join(parts)} at {config.anchor}, opacity {config.opacity:g}"

@@ -108,29 +108,7 @@ class S3Store:
 
     @classmethod
     def from_config(cls, config: S3Config, paths: Paths) -> S3Store:
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        settings: dict[str, Any] = {}
-        access_key, secret_key = paths.credential(Credential.S3_ACCESS_KEY), paths.credential(Credential.S3_SECRET_KEY)
-        if access_key is not None and secret_key is not None:
-            settings["aws_access_key_id"] = access_key.read_text().strip()
-            settings["aws_secret_access_key"] = secret_key.read_text().strip()
-        boto_config = BotoConfig(
-            signature_version="s3v4",
-            s3={"addressing_style": config.addressing_style},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=16,
-        )
-        session = boto3.session.Session()
-        client = session.client("s3", endpoint_url=config.endpoint or None,
-                                region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                                config=boto_config, **settings)
-        return cls(config, client)
+        return cls(config, client_for(config, paths))
 
     # ------------------------------------------------------------------ keys
 
@@ -327,6 +305,32 @@ class S3Store:
                 self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted.append(upload["UploadId"])
         return aborted
+
+
+def client_for(config: S3Config, paths: Paths) -> Any:
+    """A boto3 client for any S3-compatible service; credentials from boto3's chain or systemd's."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    settings: dict[str, Any] = {}
+    access_key, secret_key = paths.credential(Credential.S3_ACCESS_KEY), paths.credential(Credential.S3_SECRET_KEY)
+    if access_key is not None and secret_key is not None:
+        settings["aws_access_key_id"] = access_key.read_text().strip()
+        settings["aws_secret_access_key"] = secret_key.read_text().strip()
+    boto_config = BotoConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": config.addressing_style},
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=16,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=config.endpoint or None,
+        region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", config=boto_config,
+        **settings)
 
 
 def _is_boto_error(error: Exception) -> bool:
