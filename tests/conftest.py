@@ -59,7 +59,9 @@ class Home:
 
     @property
     def socket(self) -> Path:
-        return self.base / "run" / "shutterlock" / "control.sock"
+        from shutterlock.config import SOCKET_NAME, runtime_for_socket
+
+        return runtime_for_socket(self.base / "run" / "shutterlock") / SOCKET_NAME
 
     @property
     def passphrase_file(self) -> Path:

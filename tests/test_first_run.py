@@ -150,7 +150,7 @@ def test_status_watch_shows_n_of_m_and_an_eta(make_home) -> None:
     watcher = pexpect.spawn(sys.executable, ["-m", "shutterlock", "status", "--watch"], env=home.env,
                             encoding="utf-8", timeout=60, dimensions=(40, 140))
     try:
-        watcher.expect("all 0 originals sealed")
+        watcher.expect("watching; nothing to seal yet")
         for index in range(30):
             (home.sources[0] / f"IMG_{index:04d}.jpg").write_bytes(big.read_bytes() + bytes([index]))
         watcher.expect(r"\d+ of 30")

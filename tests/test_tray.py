@@ -58,7 +58,8 @@ class Catalogued:
         (base / "src").mkdir(parents=True)
         file = base / "config.toml"
         file.write_text(f'[[source]]\npath = "{base / "src"}"\n\n[vault]\npath = "{base / "vault"}"\n\n'
-                        f'[derive]\nenabled = {str(derive).lower()}\noutbox = "{base / "outbox"}"\n')
+                        f'[derive]\nenabled = {str(derive).lower()}\noutbox = "{base / "outbox"}"\n\n'
+                        '[rights]\ncreator = "Ada Lovelace"\n')
         self.config = config_module.load(file)
         self.catalog = Catalog(base / "catalog.sqlite3")
         self.derive = derive
@@ -144,9 +145,9 @@ def test_menu_of_an_idle_daemon(catalogued):
     items = by_key(entries)
     assert items[menu.PAUSE].checked is False and items[menu.PAUSE].enabled
     assert items[menu.RESCAN].enabled and items[menu.RELOAD].enabled and items[menu.QUIT].enabled
-    assert not items[menu.PROBLEMS].enabled
+    assert not items[menu.PROBLEMS].enabled and not items[menu.RETRY].enabled  # nothing failed, nothing held
     assert [e.label for e in entries if e.key and e.visible] == [
-        "Pause", "Rescan now", "Open outbox", "Open vault folder", "Show recent problems", "Edit settings",
+        "Pause", "Rescan now", "Retry now", "Open outbox", "Open vault folder", "Show recent problems", "Edit settings",
         "Reload settings", "Stop daemon", "Quit tray"]
     assert all(not e.enabled for e in entries if not e.key)
     assert menu.icon_state(menu.View(status)) == "idle"
@@ -192,6 +193,7 @@ def test_menu_when_paused_with_a_backlog_and_problems(catalogued):
     assert lines[-1] == f"Last error: {clock(status.errors[1].at)} src/IMG_0006.jpg: permission denied"
     items = by_key(entries)
     assert items[menu.PAUSE].checked is True and items[menu.PROBLEMS].enabled
+    assert items[menu.RETRY].enabled  # one original failed, one derivative is held back
     report = menu.problems_report(status)
     assert "cloak unavailable, 1 derivative held back: not cloaked (surrogate weights missing)" in report
     assert "src/IMG_0006.jpg: permission denied" in report
@@ -815,7 +817,7 @@ def test_a_daemon_started_from_the_menu_outlives_the_tray_killed_mid_import(make
         wait_for(lambda: live(home) is not None, 60, message=f"the daemon the tray starts\n{log.read_text()}")
         first = live(home).pid
         assert first != tray.pid and parent_of(first) == tray.pid and os.getsid(first) == first
-        desktop.wait_title("Shutterlock: all 0 originals sealed", 30)
+        desktop.wait_title("Shutterlock: watching; nothing to seal yet", 30)
 
         _, geometry = desktop.open_menu("20-tray-started-daemon")
         desktop.click_item("21-stop-daemon-highlighted", geometry, "Up", "Up")
@@ -854,13 +856,14 @@ def test_cloak_unavailable_notice_and_the_problems_window(make_home, desktop):
     empty = home.base / "no-weights"
     empty.mkdir()
     home.config_file.write_text(home.config_file.read_text()
-                                + f'\n[cloak]\nstrength = "standard"\nmodels_dir = "{empty}"\noffline = true\n')
+                                + f'\n[cloak]\nstrength = "standard"\nmodels_dir = "{empty}"\noffline = true\n'
+                                + '\n[rights]\ncreator = "Ada Lovelace"\n')
     home.env.pop("SHUTTERLOCK_MODELS_DIR")
     daemon = home.start_daemon()
     log = home.base / "tray.log"
     tray = start_tray(home, desktop, log)
     try:
-        desktop.wait_title("Shutterlock: all 0 originals sealed", 60)
+        desktop.wait_title("Shutterlock: watching; nothing to seal yet", 60)
         shutil.copy2(PHOTO, home.sources[0] / "portrait.jpg")
         wait_for(lambda: live(home).cloak.error, 90, message="the derivative held back")
         assert "cloak unavailable, 1 derivative held back" in live(home).cloak.error

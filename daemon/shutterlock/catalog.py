@@ -6,7 +6,8 @@
 - ``jobs``: the durable queue of the later stages (replicate, derive), with retries;
 - ``derivatives``: what was made for sharing, and how;
 - ``uploads``: multipart uploads in flight, so they resume after a crash;
-- ``settings`` and ``events``: the paused flag and recent problems.
+- ``settings`` and ``events``: the paused flag and recent problems;
+- ``shares``, ``share_items``, ``share_feedback``: published galleries (see ``shutterlock.share``).
 
 The queue states live here and nowhere else.
 """
@@ -144,6 +145,62 @@ MIGRATIONS: list[str] = [
     # 3: the original's star rating as the worker read it (None: unrated), for the site's rating threshold.
     """
     ALTER TABLE derivatives ADD COLUMN rating INTEGER
+    """,
+    # 4: shares (issue 14): what was published where, its sealed keys, its pictures and the clients' feedback.
+    """
+    CREATE TABLE shares (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        sid TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        host_url TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        public_url TEXT NOT NULL,
+        link TEXT NOT NULL DEFAULT '',
+        secrets BLOB NOT NULL,
+        options TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0,
+        lifecycle INTEGER NOT NULL DEFAULT 0,
+        rejected INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        link_expires_at REAL,
+        post_expires_at REAL,
+        ended_at REAL,
+        cleared_at REAL
+    );
+    CREATE TABLE share_items (
+        share_id INTEGER NOT NULL REFERENCES shares (id) ON DELETE CASCADE,
+        item TEXT NOT NULL,
+        file_id INTEGER NOT NULL REFERENCES files (id),
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        date TEXT NOT NULL,
+        cloaked INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        thumb_width INTEGER NOT NULL,
+        thumb_height INTEGER NOT NULL,
+        thumb_key TEXT NOT NULL,
+        full_key TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (share_id, item),
+        UNIQUE (share_id, file_id)
+    );
+    CREATE TABLE share_feedback (
+        share_id INTEGER NOT NULL REFERENCES shares (id) ON DELETE CASCADE,
+        visitor TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        client_name TEXT NOT NULL,
+        favourites TEXT NOT NULL,
+        comments TEXT NOT NULL,
+        note TEXT NOT NULL,
+        sent_at TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        seen INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (share_id, visitor)
+    );
     """,
 ]
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,6 +29,9 @@ from shutterlock.keystore import read_passphrase_file
 from shutterlock.restore import Report
 from shutterlock.service import setup_logging
 from shutterlock.status import Status, duration, human_bytes
+
+if TYPE_CHECKING:
+    from shutterlock.share import ShareInfo
 
 
 def fail(message: str, code: int) -> None:
@@ -547,6 +550,187 @@ def tray(ctx: click.Context, autostart: str | None) -> None:
     from shutterlock_tray.icon import run as run_tray
 
     sys.exit(run_tray(ctx.obj["config_path"]))
+
+
+# --------------------------------------------------------------------------- private shares
+
+
+@main.group()
+def share() -> None:
+    """Private, end-to-end encrypted client galleries on your own bucket (docs/SHARING.md)."""
+
+
+@contextmanager
+def phase_progress() -> Iterator[Callable[[int, int, str], None]]:
+    """A progress bar for work in phases ("making derivatives", "encrypting and uploading"), on a terminal."""
+    if not sys.stderr.isatty():
+        yield lambda done, total, what: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("preparing", total=None)
+        yield lambda done, total, what: bar.update(task, description=what, completed=done, total=total)
+
+
+def share_password(ask: bool) -> str | None:
+    """Typed twice on a terminal, else one line of standard input; never on the command line."""
+    if not ask:
+        return None
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password for the client: ")
+        if getpass.getpass("Password, again: ") != first:
+            fail("the passwords differ", EXIT_USAGE)
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "-"
+
+
+def echo_share(info: ShareInfo) -> None:
+    photos = f"{info.images} photo{'s' if info.images != 1 else ''}"
+    extras = [w for w, on in (("password", info.password), ("download allowed", info.download),
+                              ("feedback on", info.feedback), (f"{info.uncloaked} NOT cloaked", info.uncloaked))
+              if on]
+    click.echo(f"share {info.name!r}: {info.state}, {photos}, ends {when(info.expires_at)}"
+               + (f" ({', '.join(extras)})" if extras else ""))
+    if info.link:
+        click.echo(f"link:    {info.link}")
+        click.echo(f"QR code: {info.qr_png}\n         {info.qr_svg}")
+    if info.feedback:
+        new = f", {info.new_feedback} new" if info.new_feedback else ""
+        click.echo(f"feedback: {info.visitors} visitor(s), {info.favourites} favourite(s), "
+                   f"{info.comments} comment(s){new}"
+                   + (f"; {info.rejected_feedback} unreadable message(s) discarded" if info.rejected_feedback else ""))
+    for note in info.notes:
+        click.echo(f"note:    {note}")
+
+
+@share.command(name="create")
+@click.argument("name")
+@click.argument("patterns", nargs=-1)
+@click.option("--password", "ask_password", is_flag=True,
+              help="Protect with a password too (typed twice, or one line on standard input).")
+@click.option("--expires", help="When it ends: 36h, 14d, 2w, or a date (2026-12-24 = the end of that day).")
+@click.option("--allow-download", is_flag=True, help="Let the client download the share-size photos.")
+@click.option("--feedback/--no-feedback", default=True, show_default=True,
+              help="Favourites and comments, encrypted to you.")
+@click.option("--allow-uncloaked", is_flag=True,
+              help="Also share derivatives made without the cloak (the gallery says so).")
+@click.option("--title", default="", help="Shown to the client (default: NAME).")
+@click.option("--message", default="", help="A note shown under the title.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def share_create(ctx: click.Context, name: str, patterns: tuple[str, ...], ask_password: bool, expires: str | None,
+                 allow_download: bool, feedback: bool, allow_uncloaked: bool, title: str, message: str,
+                 as_json: bool) -> None:
+    """Publish a gallery of the matching originals' protected derivatives (made now if missing)."""
+    config = load_config(ctx)
+    password = share_password(ask_password)
+    with phase_progress() as progress:
+        info = facade.share_create(config, name, list(patterns), password=password, expires=expires,
+                                   download=allow_download, feedback=feedback, allow_uncloaked=allow_uncloaked,
+                                   title=title, message=message, progress=progress)
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2))
+    else:
+        echo_share(info)
+
+
+@share.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def share_ls(ctx: click.Context, as_json: bool) -> None:
+    """Every share: state, photos, end, feedback."""
+    shares = facade.share_list(load_config(ctx))
+    if as_json:
+        click.echo(json.dumps([info.to_dict() for info in shares], indent=2))
+        return
+    for info in shares:
+        new = f" ({info.new_feedback} new)" if info.new_feedback else ""
+        click.echo(f"{info.name}\t{info.state}\t{info.images} photos\tends {when(info.expires_at)}\t"
+                   f"{info.visitors} visitor(s){new}")
+
+
+@share.command(name="show")
+@click.argument("name")
+@click.pass_context
+def share_show(ctx: click.Context, name: str) -> None:
+    """The link, its QR code, the expiry and what clients sent back."""
+    info, code = facade.share_show(load_config(ctx), name)
+    echo_share(info)
+    if code:
+        click.echo(code, nl=False)
+
+
+@share.command(name="add")
+@click.argument("name")
+@click.argument("patterns", nargs=-1, required=True)
+@click.pass_context
+def share_add(ctx: click.Context, name: str, patterns: tuple[str, ...]) -> None:
+    """Add the matching originals' derivatives to a share (same link)."""
+    with phase_progress() as progress:
+        info = facade.share_add(load_config(ctx), name, list(patterns), progress)
+    echo_share(info)
+
+
+@share.command(name="remove")
+@click.argument("name")
+@click.argument("patterns", nargs=-1, required=True)
+@click.pass_context
+def share_remove(ctx: click.Context, name: str, patterns: tuple[str, ...]) -> None:
+    """Take the matching photos out of a share (same link); their objects are deleted."""
+    echo_share(facade.share_remove(load_config(ctx), name, list(patterns)))
+
+
+@share.command(name="revoke")
+@click.argument("name")
+@click.pass_context
+def share_revoke(ctx: click.Context, name: str) -> None:
+    """Delete every object of the share now; the link then says the gallery is no longer available."""
+    info = facade.share_revoke(load_config(ctx), name)
+    click.echo(f"share {info.name!r} revoked: its photos, names and feedback were deleted from the bucket "
+               "(a client may have saved what they saw)")
+
+
+@share.command(name="feedback")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def share_feedback(ctx: click.Context, name: str, as_json: bool) -> None:
+    """The clients' favourites and comments, decrypted (collected from the bucket first)."""
+    entries = facade.share_feedback(load_config(ctx), name)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, ensure_ascii=False))
+        return
+    if not entries:
+        click.echo(f"no feedback for {name!r} yet")
+    for entry in entries:
+        who = entry["name"] or f"visitor {entry['visitor'][:6]}"
+        click.echo(f"{who} ({'new, ' if entry['new'] else ''}sent {entry['sent_at'] or '?'}):")
+        for favourite in entry["favourites"]:
+            click.echo(f"  ♥ {favourite['path'] or favourite['name']}")
+        for comment in entry["comments"]:
+            click.echo(f"  « {comment['text']} » on {comment['path'] or comment['name']}")
+        if entry["note"]:
+            click.echo(f"  note: {entry['note']}")
+
+
+@share.command(name="doctor")
+@click.pass_context
+def share_doctor(ctx: click.Context) -> None:
+    """Try, on the bucket, everything shares need; say exactly what to change. Exit 1 if something fails."""
+    checks = facade.share_doctor(load_config(ctx))
+    for check in checks:
+        click.echo(f"{check.status.upper():4} {check.name}: {check.message}")
+        if check.fix:
+            click.echo("     fix: " + check.fix.replace("\n", "\n     "))
+    if any(check.status == "fail" for check in checks):
+        sys.exit(EXIT_FAILED)
 
 
 @main.group()

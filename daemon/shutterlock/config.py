@@ -108,7 +108,7 @@ class Paths:
 
     @property
     def socket(self) -> Path:
-        return self.runtime_dir / "control.sock"
+        return self.runtime_dir / SOCKET_NAME
 
     @property
     def lock_file(self) -> Path:
@@ -136,8 +136,18 @@ def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
-# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux, 104 on macOS, with the final NUL).
-SOCKET_PATH_MAX = 100
+# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux, 104 on macOS, each with the final NUL).
+SOCKET_PATH_MAX = 103
+SOCKET_NAME = "control.sock"
+
+
+def runtime_for_socket(runtime: Path) -> Path:
+    """``runtime``, or — for a deep home folder whose socket path would not fit — a short folder named after
+    it (created 0700 and checked to be ours by the control server), so the CLI, tray and daemon still agree."""
+    if len(os.fsencode(runtime / SOCKET_NAME)) <= SOCKET_PATH_MAX:
+        return runtime
+    tag = hashlib.blake2b(os.fsencode(runtime), digest_size=6).hexdigest()
+    return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 0}-{tag}"
 
 
 def resolve_paths(config_file: Path | None = None) -> Paths:
@@ -145,11 +155,7 @@ def resolve_paths(config_file: Path | None = None) -> Paths:
     if runtime is None:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         runtime = Path(xdg) / APP if xdg else Path(platformdirs.user_state_dir(APP)) / "run"
-    if len(os.fsencode(runtime / "control.sock")) > SOCKET_PATH_MAX:
-        # A deep home folder: the socket moves to a short folder named after the long one (created 0700 and
-        # checked to be ours by the control server), so the CLI, the tray and the daemon still agree.
-        tag = hashlib.blake2b(os.fsencode(runtime), digest_size=6).hexdigest()
-        runtime = Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 0}-{tag}"
+    runtime = runtime_for_socket(runtime)
     return Paths(
         config_file=config_file or default_config_file(),
         state_dir=_first_env_dir("STATE_DIRECTORY") or Path(platformdirs.user_data_dir(APP)),
@@ -288,6 +294,30 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ShareConfig:
+    """``[share]``: where private galleries are published (docs/SHARING.md); absent: no sharing."""
+
+    url: str  # s3://BUCKET/PREFIX
+    endpoint: str = ""
+    public_url: str = ""  # a public-read base serving PREFIX; empty: presigned links (at most 7 days)
+    region: str = ""
+    addressing_style: str = field(default="auto", metadata=rule(choices=ADDRESSING_STYLES))
+    expires_days: float = field(default=30.0, metadata=rule(low=0.01, high=1825.0))  # when --expires is not given
+    thumb_edge: int = field(default=640, metadata=rule(low=160, high=2048))  # the grid thumbnail's long edge
+    feedback_bytes: int = field(default=65536, metadata=rule(low=4096, high=1 << 20))  # per client message
+    check_minutes: float = field(default=10.0, metadata=rule(low=0.05, high=1440.0))  # feedback, expiry (daemon)
+
+    @property
+    def bucket(self) -> str:
+        return self.url[len("s3://"):].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.url[len("s3://"):].split("/", 1)
+        return rest[1].strip("/") if len(rest) > 1 else ""
+
+
+@dataclass(frozen=True)
 class ProvenanceConfig:
     """The key that signs every derivative's C2PA manifest. Both empty: the self-issued identity ``init``
     creates in the state directory. Both set: a chain from a real CA (PEM, the signing certificate first)
@@ -333,6 +363,7 @@ class Config:
     paths: Paths
     provenance: ProvenanceConfig = ProvenanceConfig()
     site: SiteConfig = SiteConfig()
+    share: ShareConfig | None = None
 
     def source_by_name(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -471,6 +502,22 @@ def _s3(file: Path, raw: dict[str, Any]) -> S3Config | None:
     return _read_table(reader, S3Config, url=url, endpoint=endpoint)
 
 
+def _share(file: Path, raw: dict[str, Any]) -> ShareConfig | None:
+    if "share" not in raw:
+        return None
+    reader = _table(file, raw, "share")
+    url = reader.get("url", str, "")
+    if not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise reader.fail("url", f"must look like s3://BUCKET/PREFIX; got {url!r}")
+    given = {"url": url}
+    for key in ("endpoint", "public_url"):
+        value = reader.get(key, str, "")
+        if value and not value.startswith(("http://", "https://")):
+            raise reader.fail(key, f"must be an http:// or https:// URL; got {value!r}")
+        given[key] = value.rstrip("/") if key == "public_url" else value
+    return _read_table(reader, ShareConfig, **given)
+
+
 def _derive(file: Path, raw: dict[str, Any]) -> DeriveConfig:
     reader = _table(file, raw, "derive")
     outbox = reader.path("outbox", None)
@@ -550,7 +597,8 @@ def parse(raw: dict[str, Any], file: Path, paths: Paths) -> Config:
     config = Config(sources=sources, vault=vault, s3=_s3(file, raw), derive=_derive(file, raw),
                     watermark=_watermark(file, raw), rights=_read_table(_table(file, raw, "rights"), RightsConfig),
                     cloak=_cloak(file, raw), engine=_read_table(_table(file, raw, "engine"), EngineConfig),
-                    paths=paths, provenance=_provenance(file, raw), site=_site(file, raw))
+                    paths=paths, provenance=_provenance(file, raw), site=_site(file, raw),
+                    share=_share(file, raw))
     if raw:
         raise ConfigError(f"{file.name}: [{sorted(raw)[0]}]: unknown table")
     return config
@@ -620,6 +668,8 @@ def to_toml_dict(config: Config) -> dict[str, Any]:
     }
     if config.s3 is not None:
         doc["s3"] = table(config.s3)
+    if config.share is not None:
+        doc["share"] = table(config.share)
     return doc
 
 

@@ -4,10 +4,11 @@ Newline-delimited JSON over a Unix domain socket in an owner-only runtime direct
 socket is 0600 and, where the OS tells us, the peer's uid must be ours. Where AF_UNIX is not
 available (Windows), a loopback TCP port plus a random token in an owner-only file stands in.
 
-Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "retry" | "wake" | "reload" | "stop"}`` and
-``{"op": "watch", "version": N, "timeout": S}``, which long-polls until the status changes.
-Replies: ``{"ok": true, "status": {...}}`` (the status document of ``status.py``) or
-``{"ok": false, "error": "..."}``.
+Requests: ``{"op": "status" | "pause" | "resume" | "rescan" | "retry" | "wake" | "reload" | "stop"}``,
+``{"op": "watch", "version": N, "timeout": S}``, which long-polls until the status changes, and
+``{"op": "share_link", "name": NAME}`` (the share's link and QR code files, for the tray).
+Replies: ``{"ok": true, "status": {...}}`` (the status document of ``status.py``; ``share_link`` adds
+``"share": {...}``) or ``{"ok": false, "error": "..."}``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ControlTarget(Protocol):
     def wake(self) -> None: ...
     def request_reload(self) -> None: ...
     def request_stop(self) -> None: ...
+    def share_link(self, name: str) -> dict[str, Any]: ...
     def wait_for_change(self, version: int, timeout: float) -> None: ...
 
 
@@ -82,6 +84,7 @@ class _Handler(socketserver.StreamRequestHandler):
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         target: ControlTarget = self.server.target
         op = request.get("op")
+        extra: dict[str, Any] = {}
         try:
             if op == "watch":
                 timeout = min(max(float(request.get("timeout", 30)), 0.0), 300.0)
@@ -100,9 +103,11 @@ class _Handler(socketserver.StreamRequestHandler):
                 target.request_reload()
             elif op == "stop":
                 target.request_stop()
+            elif op == "share_link":
+                extra["share"] = target.share_link(str(request.get("name", "")))
             elif op != "status":
                 return {"ok": False, "error": f"unknown op {op!r}"}
-            return {"ok": True, "status": target.status().to_dict()}
+            return {"ok": True, "status": target.status().to_dict(), **extra}
         except ShutterlockError as error:
             return {"ok": False, "error": str(error)}
         except Exception as error:
@@ -186,6 +191,11 @@ class ControlClient:
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         """Send one request; returns the status document as sent, or raises DaemonNotRunning / ControlError."""
+        status: dict[str, Any] = self.request(op, **args)["status"]
+        return status
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request; returns the whole reply (the status and whatever the op adds)."""
         request = {"op": op, **args}
         wait = float(args.get("timeout", 0)) if op == "watch" else 0.0
         try:
@@ -216,4 +226,5 @@ class ControlClient:
             raise ControlError(f"{self.path}: the daemon sent a malformed reply") from None
         if not reply.get("ok"):
             raise ControlError(f"the daemon refused {op!r}: {reply.get('error', 'request failed')}")
-        return reply["status"]
+        answer: dict[str, Any] = reply
+        return answer

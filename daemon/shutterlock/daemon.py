@@ -18,17 +18,19 @@ from filelock import FileLock, Timeout
 
 from shutterlock import config as config_module
 from shutterlock import facade
-from shutterlock.config import Config, SourceConfig
+from shutterlock.config import Config, ShareConfig, SourceConfig
 from shutterlock.config import warnings as config_warnings
 from shutterlock.control import ControlServer
 from shutterlock.engine import Engine
-from shutterlock.errors import AlreadyRunning, ConfigError
+from shutterlock.errors import AlreadyRunning, ConfigError, ShutterlockError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.service import Notifier
 from shutterlock.status import SourceStatus, Status, UnsettledFile, duration
 from shutterlock.watch import SourceWatcher, StabilityGate, scan_source, walk
 
 log = logging.getLogger(__name__)
+
+SHARE_CHECK_MINUTES = ShareConfig.__dataclass_fields__["check_minutes"].default
 
 
 class _InstanceLock:
@@ -84,7 +86,7 @@ class Daemon:
         self._lock.acquire()
         started: list[Any] = []
         try:
-            keys = facade.load_keys(self.config)
+            keys = self.keys = facade.load_keys(self.config)
             self.catalog = facade.open_catalog(self.config)
             started.append(self.catalog.close)
             vault = facade.open_vault_or_wait(self.config, self.catalog)
@@ -131,8 +133,26 @@ class Daemon:
         for stage in self.engine.stages:
             for periodic in stage.schedule():
                 every(periodic.seconds, periodic.run, f"{stage.name}:{periodic.name}")
+        # Shares end on time and feedback arrives even after [share] is removed: they live in their own buckets.
+        every(60 * (self.config.share.check_minutes if self.config.share else SHARE_CHECK_MINUTES),
+              self._look_after_shares, "shares")
         scheduler.start()
         return scheduler
+
+    def _look_after_shares(self) -> None:
+        """Expire, renew and clean up shares, collect client feedback; the tray hears of it through the status."""
+        try:
+            done, new = facade.share_maintenance(self.config, self.catalog, self.keys)
+        except ShutterlockError as error:
+            log.error("looking after shares: %s", error)
+            self.catalog.record_event("error", "shares", str(error))
+            return
+        for line in done:
+            log.info("share %s", line)
+        if new:
+            log.info("%d new feedback message(s) from clients", new)
+        if done or new:
+            self.engine.wake()
 
     def _scan_in_background(self, why: str, sources: tuple[SourceConfig, ...] | None = None) -> None:
         """Walk the sources (each file statted once, compared with the catalog in bulk) and offer what is new
@@ -301,6 +321,9 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def share_link(self, name: str) -> dict[str, Any]:
+        return facade.share_link(self.config, name).to_dict()
 
     def wait_for_change(self, version: int, timeout: float) -> None:
         # Jitter so many clients do not wake in lockstep.

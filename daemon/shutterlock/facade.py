@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from shutterlock.catalog import Catalog
 from shutterlock.config import Choices, Config, parse, save, to_toml_dict, warnings, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
-from shutterlock.errors import ConfigError, DaemonNotRunning, OperationFailed, UsageError
+from shutterlock.errors import ConfigError, ControlError, DaemonNotRunning, OperationFailed, UsageError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.restore import Report, matches, matches_path, restore, verify
 from shutterlock.status import (
@@ -30,6 +31,7 @@ from shutterlock.status import (
     LaneStatus,
     ProcessFacts,
     ReplicaStatus,
+    ShareStatus,
     SourceStatus,
     Status,
     UnsettledFile,
@@ -42,6 +44,7 @@ from shutterlock.vault.store import Store, StoreError
 if TYPE_CHECKING:
     from shutterlock.derive.outbox import Placed
     from shutterlock.provenance import Verdict
+    from shutterlock.share import Check, ShareInfo, Shares
     from shutterlock.site import BuildReport, PublishReport
 
 log = logging.getLogger(__name__)
@@ -271,6 +274,7 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None,
                                 skipped=skipped_of(catalog, s.name))
                    for s in config.sources]
     return Status(
+        shares=share_statuses(catalog),
         running=live is not None,
         paused=catalog.get_setting("paused") == "1",
         files=catalog.file_counts(),
@@ -492,6 +496,104 @@ def verify_objects(config: Config, *, remote: bool = False, sample: float | None
         on_total(len(ids) if sample is None else max(1, round(len(ids) * sample / 100)) if ids else 0)
     store = select_store(config, "s3" if remote else "local", "--remote" if remote else "verify")
     return verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
+
+
+# --------------------------------------------------------------------------- private shares
+
+
+def share_statuses(catalog: Catalog) -> list[ShareStatus]:
+    """The active shares for the status document: names and counts, never a link."""
+    from shutterlock.share.state import ShareState
+
+    return [ShareStatus(**row) for row in ShareState(catalog).overview()]
+
+
+@contextmanager
+def _shares(config: Config, *, changes: bool = False) -> Iterator[Shares]:
+    """The share engine on this installation; ``changes``: tell a running daemon (its tray) afterwards."""
+    from shutterlock.share import Shares
+
+    keys = load_keys(config)
+    with open_catalog(config) as catalog:
+        yield Shares(config, catalog, keys)
+    if changes:
+        with contextlib.suppress(DaemonNotRunning, ControlError):
+            control(config, "wake")
+
+
+def share_create(config: Config, name: str, patterns: list[str], *, password: str | None = None,
+                 expires: str | None = None, download: bool = False, feedback: bool = True,
+                 allow_uncloaked: bool = False, title: str = "", message: str = "",
+                 progress: Callable[[int, int, str], None] | None = None) -> ShareInfo:
+    """``share create``: publish a new gallery of the selected originals' protected derivatives."""
+    from shutterlock.share import parse_expiry
+
+    expires_at = parse_expiry(expires) if expires else None
+    with _shares(config, changes=True) as shares:
+        return shares.create(name, patterns, password=password, expires_at=expires_at, download=download,
+                             feedback_on=feedback, allow_uncloaked=allow_uncloaked, title=title, message=message,
+                             progress=progress)
+
+
+def share_list(config: Config) -> list[ShareInfo]:
+    """``share ls``: every share, ended ones included."""
+    with _shares(config) as shares:
+        return shares.list()
+
+
+def share_show(config: Config, name: str) -> tuple[ShareInfo, str]:
+    """``share show``: the share, and its link's QR code drawn for a terminal ("" once it has ended)."""
+    from shutterlock.share.qr import terminal
+
+    with _shares(config) as shares:
+        info = shares.show(name)
+    return info, terminal(info.link) if info.link else ""
+
+
+def share_add(config: Config, name: str, patterns: list[str],
+              progress: Callable[[int, int, str], None] | None = None) -> ShareInfo:
+    with _shares(config, changes=True) as shares:
+        return shares.add(name, patterns, progress)
+
+
+def share_remove(config: Config, name: str, patterns: list[str]) -> ShareInfo:
+    with _shares(config, changes=True) as shares:
+        return shares.remove(name, patterns)
+
+
+def share_revoke(config: Config, name: str) -> ShareInfo:
+    with _shares(config, changes=True) as shares:
+        return shares.revoke(name)
+
+
+def share_feedback(config: Config, name: str) -> list[dict[str, Any]]:
+    """``share feedback``: collect what clients sent, then every visitor's latest selection (marked as seen)."""
+    with _shares(config, changes=True) as shares:
+        return shares.feedback(name)
+
+
+def share_link(config: Config, name: str) -> ShareInfo:
+    """The tray's "copy link" and "show QR code": the share with its link, through the control socket."""
+    with _shares(config) as shares:
+        return shares.show(name)
+
+
+def share_doctor(config: Config) -> list[Check]:
+    """``share doctor``: try everything shares need from the bucket, say what to change."""
+    from shutterlock.share import doctor
+
+    if config.share is None:
+        raise ConfigError(f"{config.paths.config_file.name}: [share]: not configured; add a [share] table with "
+                          'url = "s3://BUCKET/PREFIX" (docs/SHARING.md)')
+    return doctor(config.share, config.paths)
+
+
+def share_maintenance(config: Config, catalog: Catalog, keys: Keys) -> tuple[list[str], int]:
+    """The daemon's schedule for shares: expiry, renewals, clean-up, then new feedback. (what was done, new)."""
+    from shutterlock.share import Shares
+
+    shares = Shares(config, catalog, keys)
+    return shares.maintain(), shares.collect_feedback()
 
 
 # --------------------------------------------------------------------------- derivatives and publishing

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from rich.filesize import decimal as human_bytes
 
 __all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "LaneStatus",
-           "ProcessFacts", "ReplicaStatus", "ScrubReport", "SourceStatus", "State", "Status", "UnsettledFile",
+           "ProcessFacts", "ReplicaStatus", "ScrubReport", "ShareStatus", "SourceStatus", "State", "Status",
+           "UnsettledFile",
            "VaultStatus", "human_bytes"]
 
 
@@ -171,6 +172,18 @@ class ProcessFacts:
 
 
 @dataclass(frozen=True)
+class ShareStatus:
+    """One private share, as the tray lists it; the link itself is a secret and never in the status."""
+
+    name: str
+    state: str  # publishing | active | expired | revoked
+    images: int
+    expires_at: float
+    visitors: int = 0
+    new_feedback: int = 0  # visitors whose latest selection the photographer has not looked at
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything a user interface shows about the daemon; ``state`` and ``summary`` follow from the rest."""
 
@@ -202,6 +215,7 @@ class Status:
     catalog_error: str = ""  # why the catalog cannot be written right now (its disk is full)
     unsettled: list[UnsettledFile] = field(default_factory=list)
     scanning: list[str] = field(default_factory=list)  # sources being walked for new files right now
+    shares: list[ShareStatus] = field(default_factory=list)
     state: State = field(init=False)
     summary: str = field(init=False)
 
@@ -275,12 +289,18 @@ def summarise(status: Status, state: State) -> str:
         return "; ".join(parts) or f"sealing {_count(waiting, 'original')}"
     if state is State.DEGRADED:
         if status.cloak.error:
-            return f"all {sealed:,} originals sealed; {status.cloak.error}"
+            return f"{_all_sealed(sealed)}; {status.cloak.error}"
         problem = next((source.problem for source in status.sources if source.problem), "")
         if problem:  # a missing source or a skipped folder may hold originals not sealed: no "all" here
             return f"{_count(sealed, 'original')} sealed; {problem}"
-        return f"all {sealed:,} originals sealed; {status.warnings[0]}"
-    return f"all {sealed:,} originals sealed" if sealed != 1 else "the original is sealed"
+        return f"{_all_sealed(sealed)}; {status.warnings[0]}"
+    return _all_sealed(sealed)
+
+
+def _all_sealed(sealed: int) -> str:
+    if sealed == 0:
+        return "watching; nothing to seal yet"
+    return "the one original is sealed" if sealed == 1 else f"all {sealed:,} originals sealed"
 
 
 _LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:"}

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -141,6 +141,31 @@ def _import_pystray() -> ModuleType:
     import pystray
 
     return pystray
+
+
+CLIPBOARD_TOOLS = (["wl-copy"], ["xclip", "-selection", "clipboard"], ["xsel", "--clipboard", "--input"],
+                   ["pbcopy"], ["clip"])
+
+
+def copy_text(text: str) -> None:
+    """Put text on the desktop clipboard: GTK's own where the tray runs on GTK, else the usual tool."""
+    if "gi.repository.Gtk" in sys.modules:
+        from gi.repository import Gdk, GLib, Gtk
+
+        def put() -> bool:
+            clipboard = Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD)
+            clipboard.set_text(text, -1)
+            clipboard.store()
+            return False
+
+        GLib.idle_add(put)
+        return
+    for tool in CLIPBOARD_TOOLS:
+        if shutil.which(tool[0]):
+            subprocess.run(tool, input=text.encode(), check=True, timeout=10, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            return
+    raise RuntimeError("no clipboard available (install wl-clipboard or xclip)")
 
 
 def open_path(path: str) -> None:
@@ -277,14 +302,21 @@ class Tray:
 
     def _items(self) -> Iterator[Any]:
         """pystray calls this each time it builds the menu (after ``update_menu``)."""
-        pystray = self.pystray
         with self._lock:
             view = self._view
-        for entry in menu.build(view):
+        yield from self._menu_items(menu.build(view))
+
+    def _menu_items(self, entries: Iterable[menu.Entry]) -> Iterator[Any]:
+        pystray = self.pystray
+        for entry in entries:
             if entry.separator:
                 yield pystray.Menu.SEPARATOR
                 continue
-            action = self._action(entry.key) if entry.key else None
+            if entry.children:
+                yield pystray.MenuItem(entry.label, pystray.Menu(*self._menu_items(entry.children)),
+                                       enabled=entry.enabled, visible=entry.visible)
+                continue
+            action = self._action(entry.key, entry.arg) if entry.key else None
             checked = entry.checked
             yield pystray.MenuItem(entry.label, action, checked=None if checked is None else (lambda _, c=checked: c),
                                    enabled=entry.enabled, visible=entry.visible)
@@ -318,10 +350,13 @@ class Tray:
 
     # ------------------------------------------------------------------ actions
 
-    def _action(self, key: str) -> Callable[[Any, Any], None]:
+    def _action(self, key: str, arg: str = "") -> Callable[[Any, Any], None]:
         handlers: dict[str, Callable[[], None]] = {
+            menu.COPY_LINK: lambda: self.copy_link(arg),
+            menu.SHOW_QR: lambda: self.show_qr(arg),
             menu.PAUSE: self.toggle_pause,
             menu.RESCAN: lambda: self._command("rescan"),
+            menu.RETRY: lambda: self._command("retry"),
             menu.OPEN_OUTBOX: lambda: self._open(self._view_path("outbox")),
             menu.OPEN_VAULT: lambda: self._open(self._view_path("vault")),
             menu.PROBLEMS: self.show_problems,
@@ -353,6 +388,19 @@ class Tray:
     def _command(self, op: str) -> Status:
         log.info("tray: %s", op)
         return self.feed.command(op)
+
+    def _share(self, name: str) -> dict[str, Any]:
+        """The share's link and QR code files, asked of the daemon (the status never carries a link)."""
+        share: dict[str, Any] = self.feed.client.request("share_link", name=name)["share"]
+        return share
+
+    def copy_link(self, name: str) -> None:
+        link = str(self._share(name)["link"])
+        log.info("tray: copying the link of share %r", name)  # never the link itself: it holds the key
+        copy_text(link)
+
+    def show_qr(self, name: str) -> None:
+        self._open(str(self._share(name)["qr_png"]))
 
     def _view_path(self, name: str) -> str:
         with self._lock:

@@ -19,9 +19,10 @@ DISCONNECTED = "disconnected"
 LABEL_WIDTH = 60
 
 # Action keys: ``icon`` binds each to a callable.
-PAUSE, RESCAN, OPEN_OUTBOX, OPEN_VAULT, PROBLEMS, SETTINGS, RELOAD = (
-    "pause", "rescan", "open_outbox", "open_vault", "problems", "settings", "reload")
+PAUSE, RESCAN, RETRY, OPEN_OUTBOX, OPEN_VAULT, PROBLEMS, SETTINGS, RELOAD = (
+    "pause", "rescan", "retry", "open_outbox", "open_vault", "problems", "settings", "reload")
 START_DAEMON, STOP_DAEMON, QUIT = "start_daemon", "stop_daemon", "quit"
+COPY_LINK, SHOW_QR = "copy_link", "show_qr"  # their ``arg`` is the share's name
 
 _VERBS = {"seal": "Sealing", "replicate": "Uploading", "derive": "Making derivatives"}
 
@@ -36,6 +37,8 @@ class Entry:
     enabled: bool = True
     visible: bool = True
     separator: bool = False
+    arg: str = ""  # what the action is about (a share's name)
+    children: tuple[Entry, ...] = ()  # a submenu
 
 
 SEPARATOR = Entry("", "", enabled=False, separator=True)
@@ -102,6 +105,14 @@ def progress(status: Status) -> float | None:
     return sum(lane.done for lane in busy) / total if total else None
 
 
+def retryable(status: Status | None) -> bool:
+    """Something failed or is held back that `retry` would try again at once."""
+    if status is None:
+        return False
+    made = status.derive.by_status
+    return bool(status.files.failed or status.cloak.held or made.get("failed") or status.replica.failed)
+
+
 def status_lines(view: View, now: float | None = None) -> list[str]:
     """The greyed lines atop the menu, and the tooltip: the headline, progress per lane, the last seal,
     the last error and what waits for a restart; with no daemon, the whole reason, wrapped."""
@@ -147,18 +158,41 @@ def build(view: View, now: float | None = None) -> list[Entry]:
         SEPARATOR,
         Entry(PAUSE, "Pause", checked=bool(status and status.paused), enabled=running),
         Entry(RESCAN, "Rescan now", enabled=running),
+        Entry(RETRY, "Retry now", enabled=running and retryable(status)),
         SEPARATOR,
         Entry(OPEN_OUTBOX, "Open outbox", enabled=bool(outbox)),
         Entry(OPEN_VAULT, "Open vault folder", enabled=bool(vault)),
         Entry(PROBLEMS, "Show recent problems", enabled=has_problems(status)),
         Entry(SETTINGS, "Edit settings", enabled=bool(config_file)),
         Entry(RELOAD, "Reload settings", enabled=running),
+        shares_menu(status),
         SEPARATOR,
         Entry(START_DAEMON, "Start daemon", enabled=not view.starting, visible=not running),
         Entry(STOP_DAEMON, "Stop daemon", visible=running),
         Entry(QUIT, "Quit tray"),
     ]
     return entries
+
+
+def shares_menu(status: Status | None) -> Entry:
+    """"Shares": one submenu per active share (copy its link, show its QR code), with new feedback counted.
+
+    The links are not in the status (they hold the key); the actions ask the daemon for them.
+    """
+    shares = status.shares if status is not None else []
+    new = sum(share.new_feedback for share in shares)
+    children = []
+    for share in shares:
+        fresh = share.new_feedback
+        day = time.strftime("%Y-%m-%d", time.localtime(share.expires_at))
+        children.append(Entry("", _shorten(share.name + (f" — {fresh} new" if fresh else "")), children=(
+            Entry("", f"{share.images} photo{'' if share.images == 1 else 's'}, until {day}", enabled=False),
+            Entry(COPY_LINK, "Copy link", arg=share.name),
+            Entry(SHOW_QR, "Show QR code", arg=share.name),
+            Entry("", _shorten(f"{fresh} new selection{'' if fresh == 1 else 's'}: shutterlock share feedback "
+                               f"{share.name}"), enabled=False, visible=fresh > 0),
+        )))
+    return Entry("", f"Shares ({new} new)" if new else "Shares", visible=bool(children), children=tuple(children))
 
 
 def problems_report(status: Status) -> str:

@@ -3,7 +3,8 @@
 Why so careful: a photographer imports hundreds of files at once, so anything per file is spam. The
 tray tells about a whole batch when the daemon falls idle ("212 sealed, 198 derivatives ready"), about
 conditions that last (bucket offline past a threshold, a disk nearly full, the cloak unavailable) once
-per episode with a slow reminder, and never more than a few times an hour in total.
+per episode with a slow reminder, about a client's new selection on a share, and never more than a few
+times an hour in total.
 """
 
 from __future__ import annotations
@@ -68,10 +69,12 @@ class Notices:
     _sent: dict[str, float] = field(default_factory=dict)
     _episode_sent: set[str] = field(default_factory=set)
     _recent: deque[float] = field(default_factory=deque)
+    _feedback_seen: dict[str, int] = field(default_factory=dict)
 
     def observe(self, status: Status, now: float, disks: Sequence[Disk] = ()) -> list[Notice]:
         candidates = [self._batch_notice(status, now)]
         candidates += self._conditions(status, now, disks)
+        candidates += self._feedback(status)
         return [notice for notice in candidates if notice is not None and self._admit(notice, now)]
 
     # ------------------------------------------------------------------ batches
@@ -139,6 +142,20 @@ class Notices:
         wait = self.rules.repeat_after if notice.key in self._episode_sent else self.rules.episode_gap
         return notice if now - last >= wait else None
 
+    # ------------------------------------------------------------------ client feedback
+
+    def _feedback(self, status: Status) -> list[Notice | None]:
+        """A client sent a selection the photographer has not looked at: once per new selection, per share."""
+        notices: list[Notice | None] = []
+        for share in status.shares:
+            if share.new_feedback > self._feedback_seen.get(share.name, 0):
+                count = share.new_feedback
+                notices.append(Notice("feedback", "Shutterlock: client feedback",
+                                      f"{share.name}: {count} new selection{'' if count == 1 else 's'} "
+                                      f"(shutterlock share feedback {share.name})", key=f"feedback:{share.name}"))
+            self._feedback_seen[share.name] = share.new_feedback
+        return notices
+
     # ------------------------------------------------------------------ the overall cap
 
     def _admit(self, notice: Notice, now: float) -> bool:
@@ -150,7 +167,7 @@ class Notices:
         self._sent[notice.key] = now
         if notice.key == "batch":
             self._batch.unsent_sealed = self._batch.unsent_written = 0
-        else:
+        elif notice.kind != "feedback":  # feedback is counted per selection, not per episode
             self._episode_sent.add(notice.key)
         return True
 

@@ -124,9 +124,9 @@ class S3Store:
         try:
             return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if missing and _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            if missing and error_code(error) in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectMissing(missing, f"s3://{self.bucket}/{self.prefix}") from None
             raise classify(error, self.bucket, self.config.endpoint) from error
 
@@ -137,9 +137,9 @@ class S3Store:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if _error_code(error) in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(error) in ("404", "NoSuchBucket", "NotFound"):
                 raise StoreError(f"bucket {self.bucket!r} does not exist at {self.config.endpoint or 'AWS S3'}",
                                  transient=False) from error
             raise classify(error, self.bucket, self.config.endpoint) from error
@@ -152,9 +152,9 @@ class S3Store:
             self._client.head_object(Bucket=self.bucket, Key=key)
             return True
         except Exception as error:
-            if not _is_boto_error(error):
+            if not is_boto_error(error):
                 raise
-            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise classify(error, self.bucket, self.config.endpoint) from error
 
@@ -191,9 +191,9 @@ class S3Store:
                                             **self._class_args())
                 return
             except Exception as error:
-                if not _is_boto_error(error):
+                if not is_boto_error(error):
                     raise
-                code = _error_code(error)
+                code = error_code(error)
                 if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     return  # someone (us, before a crash) already stored it: content-addressed, so identical
                 if code in ("NotImplemented", "501", "InvalidArgument", "400"):
@@ -216,7 +216,7 @@ class S3Store:
                     if OBJECT_ID.match(name):
                         yield name
         except Exception as error:
-            if _is_boto_error(error):
+            if is_boto_error(error):
                 raise classify(error, self.bucket, self.config.endpoint) from error
             raise
 
@@ -253,7 +253,7 @@ class S3Store:
                 log.info("resuming upload of %s…: %d of %d parts already stored", object_id[:12], len(done),
                          len(layout))
             except StoreError as error:
-                if _error_code(error.__cause__) not in ("NoSuchUpload", "404"):
+                if error_code(error.__cause__) not in ("NoSuchUpload", "404"):
                     raise
                 log.info("upload of %s… expired on the server; starting again", object_id[:12])
                 upload_id, done = None, {}
@@ -333,12 +333,12 @@ def client_for(config: S3Config, paths: Paths) -> Any:
         **settings)
 
 
-def _is_boto_error(error: Exception) -> bool:
+def is_boto_error(error: Exception) -> bool:
     import botocore.exceptions as bex
 
     return isinstance(error, bex.BotoCoreError | bex.ClientError)
 
 
-def _error_code(error: BaseException | None) -> str:
+def error_code(error: BaseException | None) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
