@@ -324,6 +324,7 @@ class Catalog:
         source). The next durable commit syncs the WAL up to it, so order is kept.
         """
         with self._lock:
+            changes = self._db.total_changes
             try:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -342,7 +343,7 @@ class Catalog:
                 self._set_write_problem(f"the catalog's disk is full: cannot write {self.path} "
                                         f"({describe_free_space(self.path)})")
                 raise CatalogFull(self.write_problem) from None
-            if self.write_problem:
+            if self.write_problem and self._db.total_changes > changes:  # a write, not an empty commit, worked
                 self._set_write_problem("")
 
     def _set_write_problem(self, problem: str) -> None:

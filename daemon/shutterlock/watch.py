@@ -184,6 +184,7 @@ class _Candidate:
     quiet_since: float  # the last change observed: an event, or a stat that differed
     due: float  # when it is looked at next (its live heap entry carries the same value)
     seen: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) at the last look
+    settled: bool = False  # it settled, but the catalog could not take it yet: waiting, not changing
 
     @property
     def key(self) -> tuple[str, str]:
@@ -262,6 +263,7 @@ class StabilityGate:
             heapq.heappush(self._heap, (due, next(self._order), candidate))
         elif info is None or _identity(info) != candidate.seen:
             candidate.quiet_since = now  # its deadline moves; the heap entry is re-filed when it comes up
+            candidate.settled = False
 
     def __len__(self) -> int:
         with self._lock:
@@ -273,7 +275,7 @@ class StabilityGate:
         now = time.monotonic()
         with self._lock:
             return sorted((Unsettled(c.source.name, c.relpath, now - c.first_seen)
-                           for c in self._pending.values() if now - c.first_seen > older_than),
+                           for c in self._pending.values() if now - c.first_seen > older_than and not c.settled),
                           key=lambda u: -u.changing_for)
 
     # ------------------------------------------------------------------ the gate's thread
@@ -377,6 +379,7 @@ class StabilityGate:
             due = time.monotonic() + RELEASE_RETRY
             for candidate in candidates:
                 if candidate.key not in self._pending:
+                    candidate.settled = True
                     self._pending[candidate.key] = candidate
                     self._schedule(candidate, due)
 
