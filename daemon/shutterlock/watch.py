@@ -240,19 +240,21 @@ class StabilityGate:
         """A file may be new or changed. From watchdog threads (no I/O here) or from a walk (with its stat)."""
         now = time.monotonic()
         with self._lock:
-            self._offer(source, relpath, trusted, info, now)
-        self._wake.set()
+            wake = self._offer(source, relpath, trusted, info, now)
+        if wake:
+            self._wake.set()
 
     def offer_found(self, source: SourceConfig, found: list[tuple[str, os.stat_result]], *, trusted: bool) -> None:
         """What a walk found, in one go."""
         now = time.monotonic()
         with self._lock:
-            for relpath, info in found:
-                self._offer(source, relpath, trusted, info, now)
-        self._wake.set()
+            wake = [self._offer(source, relpath, trusted, info, now) for relpath, info in found]
+        if any(wake):
+            self._wake.set()
 
     def _offer(self, source: SourceConfig, relpath: str, trusted: bool, info: os.stat_result | None,
-               now: float) -> None:
+               now: float) -> bool:
+        """File or update one candidate; True if the gate's thread must wake for it (it is the next due)."""
         candidate = self._pending.get((source.name, relpath))
         if candidate is None:
             seen = _identity(info) if info is not None else None
@@ -261,9 +263,11 @@ class StabilityGate:
             candidate = _Candidate(source, relpath, trusted, first_seen=now, quiet_since=now, due=due, seen=seen)
             self._pending[candidate.key] = candidate
             heapq.heappush(self._heap, (due, next(self._order), candidate))
-        elif info is None or _identity(info) != candidate.seen:
+            return self._heap[0][2] is candidate
+        if info is None or _identity(info) != candidate.seen:
             candidate.quiet_since = now  # its deadline moves; the heap entry is re-filed when it comes up
             candidate.settled = False
+        return False
 
     def __len__(self) -> int:
         with self._lock:
