@@ -55,7 +55,7 @@ def start_write_back(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
-def flush(files: Sequence[Path], folders: Sequence[Path] = ()) -> None:
+def flush(files: Sequence[str | Path], folders: Sequence[str | Path] = ()) -> None:
     """Make ``files`` and the entries of ``folders`` durable, all on one file system.
 
     On Linux one syncfs(2) of that file system does it: a single journal commit and disk cache flush for

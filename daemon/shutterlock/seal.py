@@ -65,7 +65,7 @@ class SourceUnreadable(ShutterlockError):
 class Sealed:
     """One original sealed into a temp file of the vault, not yet durable or in place."""
 
-    staged: Path
+    staged: str
     content_id: str
     size: int
     mtime_ns: int

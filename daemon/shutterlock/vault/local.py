@@ -16,17 +16,18 @@ import errno
 import io
 import json
 import os
+import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from shutterlock.fsutil import (
+    TEMP_PREFIX,
     atomic_write_bytes,
     ensure_dir,
     flush,
     remove_stale_temps,
     start_write_back,
-    temp_path_in,
 )
 from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_id
 
@@ -63,7 +64,7 @@ class StagedFile(io.RawIOBase):
     while the next megabytes are encrypted, instead of all at once at the batch's flush.
     """
 
-    def __init__(self, store: LocalStore, path: Path, fd: int):
+    def __init__(self, store: LocalStore, path: str, fd: int):
         super().__init__()
         self._store, self._path, self._fd = store, path, fd
         self._written = self._started = 0
@@ -80,7 +81,7 @@ class StagedFile(io.RawIOBase):
                 self._started = self._written
             return written
         except OSError as error:
-            raise self._store.error(error, "write to", self._path) from None
+            raise self._store.error(error, "write to", Path(self._path)) from None
 
     def fileno(self) -> int:
         return self._fd
@@ -92,14 +93,16 @@ class StagedFile(io.RawIOBase):
 
 
 class Staging:
-    """Temp files of one batch inside the vault (same file system, so committing one is a rename)."""
+    """Temp files of one batch inside the vault (same file system, so committing one is a rename). Paths
+    are plain strings here: a pathlib join costs as much as a small file's hash."""
 
     def __init__(self, store: LocalStore):
         self._store = store
-        self.paths: list[Path] = []
+        self._prefix = os.path.join(store.tmp, TEMP_PREFIX)
+        self.paths: list[str] = []
 
-    def open(self) -> tuple[Path, StagedFile]:
-        tmp = temp_path_in(self._store.tmp)
+    def open(self) -> tuple[str, StagedFile]:
+        tmp = self._prefix + secrets.token_hex(8)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         except OSError as error:
@@ -107,7 +110,7 @@ class Staging:
         self.paths.append(tmp)
         return tmp, StagedFile(self._store, tmp, fd)
 
-    def discard(self, path: Path) -> None:
+    def discard(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -126,7 +129,7 @@ class LocalStore:
         self.objects = root / "objects"
         self.tmp = root / "tmp"
         self.marker = root / VAULT_MARKER
-        self._folders: set[Path] = set()  # fan-out folders known to exist (one mkdir each per process)
+        self._folders: set[str] = set()  # fan-out folders known to exist (one mkdir each per process)
 
     def present(self) -> bool:
         """The vault is there (its marker is): False while its drive is not mounted."""
@@ -178,38 +181,40 @@ class LocalStore:
             area.clean()
 
     @contextlib.contextmanager
-    def staging(self) -> Iterator[tuple[Path, StagedFile]]:
+    def staging(self) -> Iterator[tuple[str, StagedFile]]:
         """One temp file inside the vault, removed when the block ends unless adopted."""
         with self.staging_area() as area:
             tmp, handle = area.open()
             with handle:
                 yield tmp, handle
 
-    def commit(self, staged: Sequence[tuple[Path, str]]) -> list[bool]:
+    def commit(self, staged: Sequence[tuple[str, str]]) -> list[bool]:
         """Put complete staged files in place as objects, durably and as a group: one flush for their data,
         the renames, one flush for the folders. For each, True if it is new (False: it was already there).
         """
-        targets = [self.path_of(object_id) for _, object_id in staged]
-        new = [not target.exists() for target in targets]
+        objects = str(self.objects)
+        targets = [f"{objects}/{check_id(object_id)[:2]}/{object_id}" for _, object_id in staged]
+        new = [not os.path.exists(target) for target in targets]
         moving = [(tmp, target) for (tmp, _), target, is_new in zip(staged, targets, new, strict=True) if is_new]
         if not moving:
             return new
         try:
-            folders = sorted({target.parent for _, target in moving})
+            folders = sorted({os.path.dirname(target) for _, target in moving})
             for folder in folders:
                 if folder not in self._folders:
-                    folder.mkdir(mode=0o700, exist_ok=True)
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(folder, 0o700)
                     self._folders.add(folder)
             flush([tmp for tmp, _ in moving])
             for tmp, target in moving:
                 os.rename(tmp, target)
-            flush([], [*folders, self.objects])
+            flush([], [*folders, objects])
         except OSError as error:
             self._folders.clear()  # the vault may have gone: make sure of its folders next time
             raise self.error(error, "store objects in", self.objects) from None
         return new
 
-    def adopt(self, staged: Path, object_id: str) -> bool:
+    def adopt(self, staged: str, object_id: str) -> bool:
         """Move one complete staged file into place; False if the object already existed."""
         return self.commit([(staged, object_id)])[0]
 
