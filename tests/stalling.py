@@ -8,13 +8,14 @@ It lives in its own module so the spawned child can import it by name.
 from __future__ import annotations
 
 import time
+from typing import BinaryIO
 
 from shutterlock.derive.render import DeriveJob, Rendered, render
 
 STALL_NAME = "stall.jpg"
 
 
-def stall_on_name(job: DeriveJob) -> Rendered:
+def stall_on_name(job: DeriveJob, original: BinaryIO, sidecar: BinaryIO | None) -> Rendered:
     if job.source.name == STALL_NAME:
         time.sleep(10**6)
-    return render(job)
+    return render(job, original, sidecar)

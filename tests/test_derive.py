@@ -710,10 +710,12 @@ def test_only_rated_originals_get_derivatives(tmp_path: Path) -> None:
         image.save(rated, xmp=xmp)
     plain = tmp_path / "plain.jpg"
     shutil.copy(EXIF_SAMPLES / "jpg" / "Canon_40D.jpg", plain)
-    assert rating(rated) == 4 and rating(plain) is None
+    with rated.open("rb") as first, plain.open("rb") as second:
+        assert rating(first) == 4 and rating(second) is None
     sidecar = tmp_path / "plain.xmp"
     sidecar.write_bytes(b"<rdf:Description xmp:Rating='5'/>")
-    assert rating(plain, sidecar) == 5
+    with plain.open("rb") as original, sidecar.open("rb") as side:
+        assert rating(original, side) == 5
     d, w, r, c = configs(tmp_path / "out")
     keep = render(DeriveJob(source=rated, derive=d, watermark=w, rights=r, cloak=c, min_rating=3))
     skip = render(DeriveJob(source=plain, derive=d, watermark=w, rights=r, cloak=c, min_rating=3))

@@ -238,3 +238,37 @@ def test_choices_per_source_rating_folders_ignore_and_rederive(make_home) -> Non
     rows = {row["path"]: row for row in json.loads(home.cli("ls", "--json", check=True).stdout)}
     assert rows["keepers/a.jpg"]["derivative"]["stale"] is False
     assert Path(rows["keepers/a.jpg"]["derivative"]["output"]).read_bytes() != before
+
+
+def test_a_vault_alone_recovers_everything_on_a_new_machine(make_home, tmp_path: Path) -> None:
+    """`init` says the bucket *or the vault* plus the passphrase bring everything back: no bucket here. The
+    first machine's state is gone; the vault (an external drive) and the passphrase recover every original,
+    with the names and history the catalog snapshot in the vault keeps, and the drive is used in place."""
+    old: Home = make_home(name="old")
+    originals = {}
+    for photo in PHOTOS[:4]:
+        shutil.copy2(photo, old.sources[0] / photo.name)
+        originals[photo.name] = photo.read_bytes()
+    (old.sources[0] / "sub").mkdir()
+    shutil.copy2(PHOTOS[4], old.sources[0] / "sub" / "late.jpg")
+    old.cli("run", "--once", check=True)
+    (old.sources[0] / PHOTOS[0].name).write_bytes(b"an edited version")  # history: two versions of one file
+    old.cli("run", "--once", check=True)
+    assert list((old.vault / "catalog" / "snapshots").iterdir()), "the vault keeps its own catalog snapshot"
+
+    new: Home = make_home(name="new")
+    shutil.rmtree(new.state)  # a fresh machine: no key, no catalog
+    new.config_file.unlink()
+    restored = tmp_path / "restored"
+    result = new.cli("recover", "--vault", str(old.vault), "--passphrase-file", str(new.passphrase_file),
+                     "--to", str(restored))
+    assert result.returncode == 0, result.stderr
+    assert "catalog snapshot: generation" in result.stdout + result.stderr
+    assert (restored / PHOTOS[0].name).read_bytes() == b"an edited version"
+    for name in list(originals)[1:]:
+        assert (restored / name).read_bytes() == originals[name]
+    assert (restored / "sub" / "late.jpg").read_bytes() == PHOTOS[4].read_bytes()
+    versions = json.loads(new.cli("ls", "--versions", "--json", check=True).stdout)
+    assert len([v for v in versions if v["path"] == PHOTOS[0].name]) == 2, versions
+    assert str(old.vault) in new.config_file.read_text()  # the drive is this machine's vault now
+    assert new.cli("verify", check=True).returncode == 0

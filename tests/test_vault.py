@@ -15,6 +15,7 @@ from pathlib import Path
 import nacl.bindings as sodium
 import pytest
 from conftest import PASSPHRASE, SAMPLES, Home, at_most_chance, copy_tree
+from decryptor import content_id, decrypt_object, open_envelope, subkey
 
 
 def sha256(path: Path) -> str:
@@ -100,52 +101,69 @@ def test_corruption_is_named_and_refused(make_home):
 
 
 def test_independent_decryptor_from_format_md(make_home):
-    """Decrypts an object with nacl.bindings only, following docs/FORMAT.md (not the project's reader)."""
+    """Decrypts every object with nacl.bindings only, following docs/FORMAT.md (tests/decryptor.py)."""
     home = make_home()
     original = SAMPLES / "exif-samples" / "jpg" / "Canon_40D.jpg"
     shutil.copy2(original, home.sources[0] / "Canon_40D.jpg")
+    (home.sources[0] / "empty.raw").write_bytes(b"")
+    (home.sources[0] / "exact.raw").write_bytes(os.urandom(3 << 20))  # an exact multiple of the chunk size
     home.cli("run", "--once", check=True)
-    (obj,) = vault_objects(home)
+    master = open_envelope((home.vault / "key-envelope.json").read_bytes(), PASSPHRASE)
+    found = {}
+    for obj in vault_objects(home):
+        raw = obj.read_bytes()
+        assert raw[8] == 2 and len(raw) == padme(len(raw)), "version 2: the size is a Padmé bucket"
+        meta, body = decrypt_object(raw, master)
+        assert content_id(master, body) == obj.name
+        assert meta["mtime_ns"] == (home.sources[0] / meta["path"]).stat().st_mtime_ns
+        found[meta["path"]] = body
+    assert found == {name: (home.sources[0] / name).read_bytes() for name in ("Canon_40D.jpg", "empty.raw",
+                                                                               "exact.raw")}
 
-    envelope = json.loads((home.vault / "key-envelope.json").read_text())
-    import base64
 
-    kek = sodium.crypto_pwhash_alg(32, PASSPHRASE.encode(), base64.b64decode(envelope["salt"]),
-                                   envelope["opslimit"], envelope["memlimit"],
-                                   sodium.crypto_pwhash_ALG_ARGON2ID13)
-    master = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        base64.b64decode(envelope["wrapped_key"]), b"shutterlock/v1/key-envelope",
-        base64.b64decode(envelope["nonce"]), kek)
+def padme(length: int) -> int:
+    """FORMAT.md section 4, written out again here."""
+    exponent = length.bit_length() - 1
+    low = exponent - exponent.bit_length()
+    return (length + (1 << low) - 1) & ~((1 << low) - 1)
 
-    def subkey(label: bytes) -> bytes:
-        return sodium.crypto_generichash_blake2b_salt_personal(label, digest_size=32, key=master)
 
-    object_key = subkey(b"shutterlock/v1/object")
-    id_key = subkey(b"shutterlock/v1/content-id")
-    raw = obj.read_bytes()
-    assert raw[:8] == b"SHUTRLK\x00" and raw[8] == 1
-    (chunk_size,) = struct.unpack(">I", raw[12:16])
+def seal_v1(master: bytes, plaintext: bytes, meta: dict, chunk_size: int = 4096) -> tuple[str, bytes]:
+    """A version 1 object made by hand from FORMAT.md (what the first cut wrote), with nacl.bindings only."""
+    prelude = b"SHUTRLK\x00" + bytes([1, 0, 0, 0]) + struct.pack(">I", chunk_size)
     state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, raw[16:40], object_key)
-    (meta_len,) = struct.unpack(">I", raw[40:44])
-    padded, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(state, raw[44:44 + meta_len], raw[:16])
-    assert tag == 0 and len(padded) % 256 == 0
-    (json_len,) = struct.unpack(">I", padded[:4])
-    meta = json.loads(padded[4:4 + json_len])
-    body, offset = b"", 44 + meta_len
-    while True:
-        piece = raw[offset:offset + chunk_size + 17]
-        offset += len(piece)
-        plain, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(state, piece, None)
-        body += plain
-        if tag == sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL:
-            break
-    assert offset == len(raw)
-    assert body == original.read_bytes()
-    assert meta["path"] == "Canon_40D.jpg" and meta["size"] == len(body)
-    assert meta["mtime_ns"] == (home.sources[0] / "Canon_40D.jpg").stat().st_mtime_ns
-    content_id = sodium.crypto_generichash_blake2b_salt_personal(body, digest_size=32, key=id_key).hex()
-    assert content_id == obj.name
+    header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, subkey(master, b"shutterlock/v1/object"))
+    body = json.dumps(meta).encode()
+    framed = struct.pack(">I", len(body)) + body
+    framed += bytes(-len(framed) % 256)
+    meta_ct = sodium.crypto_secretstream_xchacha20poly1305_push(state, framed, prelude, 0)
+    chunks = [plaintext[i:i + chunk_size] for i in range(0, len(plaintext), chunk_size)] or [b""]
+    out = [prelude, header, struct.pack(">I", len(meta_ct)), meta_ct]
+    for index, chunk in enumerate(chunks):
+        out.append(sodium.crypto_secretstream_xchacha20poly1305_push(state, chunk, None,
+                                                                     3 if index == len(chunks) - 1 else 0))
+    return content_id(master, plaintext), b"".join(out)
+
+
+def test_version_1_objects_still_read(make_home):
+    """Objects of the first cut (no padding) restore and verify, from the vault and after a catalog rebuild."""
+    home = make_home()
+    home.cli("run", "--once", check=True)
+    master = open_envelope((home.vault / "key-envelope.json").read_bytes(), PASSPHRASE)
+    data = os.urandom(10_000)
+    meta = {"source": home.sources[0].name, "path": "old/first-cut.jpg", "size": len(data),
+            "mtime_ns": 1_600_000_000_000_000_000, "sealed_at": 1_600_000_000.0, "capture_time": None}
+    object_id, raw = seal_v1(master, data, meta)
+    decrypt_meta, decrypted = decrypt_object(raw, master)
+    assert decrypted == data and decrypt_meta["path"] == "old/first-cut.jpg"
+    target = home.vault / "objects" / object_id[:2] / object_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(raw)
+    home.cli("catalog", "rebuild", check=True)
+    assert home.cli("verify").returncode == 0
+    dest = home.base / "restored"
+    home.cli("restore", "--to", str(dest), check=True)
+    assert (dest / "old" / "first-cut.jpg").read_bytes() == data
 
 
 def test_dedupe_and_new_versions(make_home):
@@ -286,3 +304,16 @@ def test_two_gib_file_streams_in_bounded_memory(make_home):
     assert sha256(dest / "huge.tif") == expected
     print(f"peak RSS: seal {seal_rss_mb:.0f} MB, restore {restore_rss_mb:.0f} MB")
     assert seal_rss_mb < 200 and restore_rss_mb < 200
+
+
+def test_stored_sizes_do_not_reveal_exact_sizes(make_home):
+    """Issue 16 item 5: the bucket (and a disk thief) sees Padmé buckets, not each original's exact size."""
+    home = make_home()
+    for index in range(10):
+        (home.sources[0] / f"img{index}.jpg").write_bytes(os.urandom(1_000_000 + 37 * index))
+    home.cli("run", "--once", check=True)
+    sizes = {obj.stat().st_size for obj in vault_objects(home)}
+    assert len(vault_objects(home)) == 10
+    assert len(sizes) == 1, f"ten originals of different sizes stored as {sorted(sizes)}"
+    (stored,) = sizes
+    assert stored == padme(stored) and stored < 1_000_000 * 1.12

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from shutterlock.errors import ShutterlockError
-from shutterlock.fsutil import describe_free_space, ensure_dir
+from shutterlock.fsutil import describe_free_space, ensure_dir, fsync_dir, fsync_file, temp_path_in
+from shutterlock.names import display, from_bytes, is_text, to_bytes
 from shutterlock.status import Event, FailedFile, FileCounts
 from shutterlock.vault.format import ObjectMeta
 
@@ -202,7 +205,30 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (share_id, visitor)
     );
     """,
+    # 5: objects a reconcile found missing from a store (a lost or emptied bucket), until they are back.
+    """
+    CREATE TABLE missing_replicas (
+        content_id TEXT NOT NULL,
+        store TEXT NOT NULL,
+        found_at REAL NOT NULL,
+        PRIMARY KEY (content_id, store)
+    );
+    """,
+    # 6: objects a key rotation has replaced by re-encrypted copies; deleted from every store, then forgotten.
+    """
+    CREATE TABLE retired_objects (content_id TEXT PRIMARY KEY, retired_at REAL NOT NULL);
+    """,
 ]
+
+
+def stored_name(relpath: str) -> str | bytes:
+    """A path as SQLite keeps it: text when it is UTF-8, else its exact bytes (a BLOB in the same column)."""
+    return relpath if is_text(relpath) else to_bytes(relpath)
+
+
+def loaded_name(value: str | bytes) -> str:
+    """The inverse of :func:`stored_name`."""
+    return from_bytes(value) if isinstance(value, bytes) else value
 
 
 def backoff(attempts: int) -> float:
@@ -284,6 +310,11 @@ class CatalogFull(CatalogError):
     """The catalog's file system is full: nothing can be recorded until space is freed (nothing is lost)."""
 
 
+def damaged(path: Path, error: Exception) -> CatalogError:
+    return CatalogError(f"{path}: the catalog is damaged ({error}); run `shutterlock catalog rebuild` to rebuild it "
+                        "from the vault and the bucket (the damaged file is kept beside it)")
+
+
 class Catalog:
     """Thread-safe access to the catalog; every method is one short transaction. Use it as a context manager."""
 
@@ -299,9 +330,14 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             path.chmod(0o600)
+            problem = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
             self._migrate()
         except sqlite3.DatabaseError as error:
-            raise CatalogError(f"{path}: the catalog cannot be opened: {error}") from None
+            with suppress(AttributeError):
+                self._db.close()
+            raise damaged(path, error) from None
 
     def __enter__(self) -> Self:
         return self
@@ -323,7 +359,7 @@ class Catalog:
         busy disk). For what a power cut may undo without loss: a claim, a discovery (the file is still in its
         source). The next durable commit syncs the WAL up to it, so order is kept.
         """
-        with self._lock:
+        with self._lock, self._intact():
             changes = self._db.total_changes
             try:
                 if not durable:
@@ -355,15 +391,25 @@ class Catalog:
         self.write_problem = problem
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._intact():
             return self._db.execute(sql, args).fetchall()
 
     def _db_rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Plain tuples: for the bulk reads, where building a Row per result costs more than the query."""
-        with self._lock:
+        with self._lock, self._intact():
             cursor = self._db.cursor()
             cursor.row_factory = None
             return cursor.execute(sql, args).fetchall()
+
+    @contextmanager
+    def _intact(self) -> Iterator[None]:
+        """Damage found while working (not only at opening) is one line that says what to run."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            if type(error) is not sqlite3.DatabaseError:  # locked, full disk, …: not damage
+                raise
+            raise damaged(self.path, error) from None
 
     def _migrate(self) -> None:
         with self.transaction() as db:
@@ -389,7 +435,7 @@ class Catalog:
     def record_event(self, level: str, subject: str, message: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO events (at, level, subject, message) VALUES (?, ?, ?, ?)",
-                       (time.time(), level, subject, message))
+                       (time.time(), level, display(subject), display(message)))
             db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - 500")
 
     def recent_events(self, limit: int = 20) -> list[Event]:
@@ -408,7 +454,7 @@ class Catalog:
         queued = 0
         now = time.time()
         for start in range(0, len(found), DISCOVER_CHUNK):
-            rows = [(d.source, d.relpath, d.size, d.mtime_ns, FileState.DISCOVERED, now)
+            rows = [(d.source, stored_name(d.relpath), d.size, d.mtime_ns, FileState.DISCOVERED, now)
                     for d in found[start:start + DISCOVER_CHUNK]]
             with self.transaction(durable=False) as db:
                 queued += db.executemany(
@@ -422,7 +468,7 @@ class Catalog:
     def known_stat(self, source: str) -> dict[str, tuple[int, int, str]]:
         """relpath -> (size, mtime_ns, state) for a source; lets a scan compare a whole walk in bulk."""
         rows = self._db_rows("SELECT relpath, size, mtime_ns, state FROM files WHERE source = ?", (source,))
-        return {relpath: (size, mtime_ns, state) for relpath, size, mtime_ns, state in rows}
+        return {loaded_name(relpath): (size, mtime_ns, state) for relpath, size, mtime_ns, state in rows}
 
     def reset_interrupted(self) -> int:
         """After a crash, work that was in flight is due again."""
@@ -483,7 +529,7 @@ class Catalog:
                 "INSERT INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at, capture_time) "
                 "VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT DO UPDATE SET mtime_ns = excluded.mtime_ns, "
                 "sealed_at = excluded.sealed_at",
-                [(s.file.source, s.file.relpath, s.content_id, s.size, s.mtime_ns, now) for s in sealed])
+                [(s.file.source, stored_name(s.file.relpath), s.content_id, s.size, s.mtime_ns, now) for s in sealed])
             db.executemany("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) "
                            "VALUES (?, ?, ?, ?)", [(s.content_id, s.size, s.stored_size, now) for s in sealed])
             db.executemany("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
@@ -497,7 +543,7 @@ class Catalog:
             db.executemany("UPDATE files SET state = ? WHERE id = ? AND content_id IS NOT NULL",
                            [(FileState.SEALED, f.id) for f in vanished])
             db.executemany("UPDATE files SET state = ?, error = ?, not_before = ? WHERE id = ? AND state = ?",
-                           [(FileState.DISCOVERED, why, now, f.id, FileState.SEALING) for f, why in alone])
+                           [(FileState.DISCOVERED, display(why), now, f.id, FileState.SEALING) for f, why in alone])
 
     def retry_file(self, file: FileRow, error: str, max_attempts: int, *, count: bool = True,
                    delay: float | None = None) -> bool:
@@ -508,7 +554,7 @@ class Catalog:
         wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE files SET state = ?, attempts = ?, not_before = ?, error = ? WHERE id = ?",
-                       (FileState.DISCOVERED, attempts, time.time() + wait, error, file.id))
+                       (FileState.DISCOVERED, attempts, time.time() + wait, display(error), file.id))
         return True
 
     def postpone_files(self, files: Sequence[FileRow], delay: float) -> None:
@@ -520,7 +566,8 @@ class Catalog:
 
     def fail_file(self, file: FileRow, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?", (FileState.FAILED, error, file.id))
+            db.execute("UPDATE files SET state = ?, error = ? WHERE id = ?",
+                       (FileState.FAILED, display(error), file.id))
 
     def file_by_id(self, file_id: int) -> FileRow | None:
         rows = self._query("SELECT * FROM files WHERE id = ?", (file_id,))
@@ -534,7 +581,20 @@ class Catalog:
             "  SELECT source, relpath, MAX(sealed_at) AS at FROM versions GROUP BY source, relpath"
             ") latest ON v.source = latest.source AND v.relpath = latest.relpath AND v.sealed_at = latest.at "
             "ORDER BY v.source, v.relpath")
-        return [Version(**dict(row)) for row in rows]
+        return [_version(row) for row in rows]
+
+    def all_versions(self) -> list[Version]:
+        """Every version of every path, oldest first per path (``ls --versions``, ``restore --at``)."""
+        rows = self._query("SELECT * FROM versions ORDER BY source, relpath, sealed_at")
+        return [_version(row) for row in rows]
+
+    def all_paths(self) -> list[tuple[str, str]]:
+        """Every (source, path) that was ever sealed."""
+        return [(row["source"], loaded_name(row["relpath"]))
+                for row in self._query("SELECT DISTINCT source, relpath FROM versions")]
+
+    def object_set(self) -> set[str]:
+        return set(self.object_ids())
 
     def object_ids(self) -> list[str]:
         return [row["content_id"] for row in self._query("SELECT content_id FROM objects ORDER BY content_id")]
@@ -549,26 +609,110 @@ class Catalog:
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
                        (content_id, store, time.time()))
+            db.execute("DELETE FROM missing_replicas WHERE content_id = ? AND store = ?", (content_id, store))
+
+    def reconcile_replicas(self, store: str, present: set[str], kind: str) -> int:
+        """Make the replica rows of ``store`` agree with its listing: objects it lost are queued for upload
+        again (and remembered as missing until they are back), objects it holds are recorded. Returns how
+        many objects the store lost since the last reconcile."""
+        now = time.time()
+        with self.transaction() as db:
+            ids = {row[0] for row in db.execute("SELECT content_id FROM objects")}
+            recorded = {row[0] for row in db.execute("SELECT content_id FROM replicas WHERE store = ?", (store,))}
+            lost = sorted((ids - present) & recorded)
+            for content_id in lost:
+                db.execute("DELETE FROM replicas WHERE content_id = ? AND store = ?", (content_id, store))
+                db.execute("INSERT OR IGNORE INTO missing_replicas (content_id, store, found_at) VALUES (?, ?, ?)",
+                           (content_id, store, now))
+            for content_id in sorted((ids & present) - recorded):
+                db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
+                           (content_id, store, now))
+                db.execute("DELETE FROM missing_replicas WHERE content_id = ? AND store = ?", (content_id, store))
+            db.executemany(
+                "INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) "
+                "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE content_id = ? "
+                "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, attempts = 0, "
+                "not_before = 0, error = NULL WHERE jobs.state = ?",
+                [(kind, JobState.PENDING, now, now, content_id, JobState.DONE) for content_id in sorted(ids - present)])
+        return len(lost)
+
+    def swap_object(self, old: str, new: str, stored_size: int, replicate: str | None) -> None:
+        """A key rotation re-encrypted ``old`` as ``new``: every reference moves to it, in one transaction,
+        ``new`` is queued for the bucket (``replicate``: its lane), and ``old`` waits to be deleted."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE OR IGNORE versions SET content_id = ? WHERE content_id = ?", (new, old))
+            db.execute("DELETE FROM versions WHERE content_id = ?", (old,))  # the path had ``new`` already
+            db.execute("UPDATE files SET content_id = ? WHERE content_id = ?", (new, old))
+            db.execute("UPDATE derivatives SET content_id = ? WHERE content_id = ?", (new, old))
+            db.execute("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) "
+                       "SELECT ?, size, ?, created_at FROM objects WHERE content_id = ?", (new, stored_size, old))
+            for table in ("objects", "replicas", "missing_replicas", "uploads"):
+                db.execute(f"DELETE FROM {table} WHERE content_id = ?", (old,))
+            db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
+                       (new, now))
+            if replicate is not None:
+                db.execute("DELETE FROM jobs WHERE kind = ? AND subject = ?", (replicate, old))
+                _enqueue(db, replicate, new, stored_size, now)
+            db.execute("INSERT OR IGNORE INTO retired_objects (content_id, retired_at) VALUES (?, ?)", (old, now))
+
+    def retired_object_ids(self) -> list[str]:
+        return [row["content_id"] for row in self._query("SELECT content_id FROM retired_objects ORDER BY 1")]
+
+    def forget_retired(self, content_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM retired_objects WHERE content_id = ?", (content_id,))
+
+    def enqueue_every_object(self, kind: str) -> int:
+        """A job per object not queued for ``kind`` yet, and again for those that failed for good (key rotation:
+        each object is looked at once, and a failure is retried at the next start)."""
+        now = time.time()
+        with self.transaction() as db:
+            return db.execute("INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) "
+                              "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE true "
+                              "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, "
+                              "attempts = 0, error = NULL WHERE jobs.permanent = 1",
+                              (kind, JobState.PENDING, now, now)).rowcount
+
+    def job_progress(self, kind: str, besides: str = "") -> tuple[int, int]:
+        """(done, total) of the jobs of a kind."""
+        rows = self._query("SELECT COUNT(*) AS total, COALESCE(SUM(state = ?), 0) AS done FROM jobs "
+                           "WHERE kind = ? AND subject != ?", (JobState.DONE, kind, besides))
+        return rows[0]["done"], rows[0]["total"]
+
+    def forget_jobs(self, kind: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE kind = ?", (kind,))
+
+    def objects_without(self, store: str) -> int:
+        """Objects the store has no copy of (yet)."""
+        return self._query("SELECT COUNT(*) AS n FROM objects WHERE content_id NOT IN "
+                           "(SELECT content_id FROM replicas WHERE store = ?)", (store,))[0]["n"]
+
+    def missing_count(self, store: str) -> int:
+        """Objects a reconcile found missing from ``store`` that are not back yet."""
+        return self._query("SELECT COUNT(*) AS n FROM missing_replicas WHERE store = ?", (store,))[0]["n"]
 
     def forget_replicas(self, store: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM replicas WHERE store = ?", (store,))
 
-    def adopt_recovered(self, content_id: str, meta: ObjectMeta, staged_size: int) -> None:
-        """Register an object found in the bucket (recovery); its metadata names one path holding it."""
+    def adopt_recovered(self, content_id: str, meta: ObjectMeta, staged_size: int, holder: str = "local") -> None:
+        """Register an object found in a store (recovery, rebuild); its metadata names one path holding it."""
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO objects (content_id, size, stored_size, created_at) VALUES (?, ?, ?, ?)",
                        (content_id, meta.size, staged_size, meta.sealed_at))
-            db.execute("INSERT OR REPLACE INTO replicas (content_id, store, stored_at) VALUES (?, 'local', ?)",
-                       (content_id, time.time()))
+            db.execute("INSERT OR REPLACE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
+                       (content_id, holder, time.time()))
             if db.execute("SELECT 1 FROM versions WHERE content_id = ?", (content_id,)).fetchone():
                 return
+            name = stored_name(meta.path)
             db.execute("INSERT OR IGNORE INTO versions (source, relpath, content_id, size, mtime_ns, sealed_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (meta.source, meta.path, content_id, meta.size, meta.mtime_ns,
+                       "VALUES (?, ?, ?, ?, ?, ?)", (meta.source, name, content_id, meta.size, meta.mtime_ns,
                                                      meta.sealed_at))
             db.execute("INSERT OR IGNORE INTO files (source, relpath, size, mtime_ns, state, content_id, "
                        "discovered_at, sealed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (meta.source, meta.path, meta.size, meta.mtime_ns, FileState.SEALED, content_id, meta.sealed_at,
+                       (meta.source, name, meta.size, meta.mtime_ns, FileState.SEALED, content_id, meta.sealed_at,
                         meta.sealed_at))
 
     def enqueue_missing_replicas(self, kind: str, store: str) -> int:
@@ -614,12 +758,13 @@ class Catalog:
         wait = backoff(attempts) if delay is None else delay
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, attempts = ?, not_before = ?, error = ?, updated_at = ? "
-                       "WHERE id = ?", (JobState.PENDING, attempts, time.time() + wait, error, time.time(), job.id))
+                       "WHERE id = ?", (JobState.PENDING, attempts, time.time() + wait, display(error), time.time(),
+                                        job.id))
 
     def fail_job(self, job: Job, error: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET state = ?, error = ?, permanent = 1, updated_at = ? WHERE id = ?",
-                       (JobState.DONE, error, time.time(), job.id))
+                       (JobState.DONE, display(error), time.time(), job.id))
 
     def expedite_files(self) -> None:
         with self.transaction() as db:
@@ -647,12 +792,13 @@ class Catalog:
         rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE state = ? AND error IS NOT NULL", (JobState.PENDING,))
         return rows[0]["n"]
 
-    def job_backlog(self, kind: str, *, due_only: bool = False) -> tuple[int, int]:
+    def job_backlog(self, kind: str, *, due_only: bool = False, besides: str = "") -> tuple[int, int]:
         """Jobs of a kind not yet done, and their bytes; ``due_only`` leaves out those waiting out a delay
-        (a back-off, a held derivative) — the lane is not busy with those."""
+        (a back-off, a held derivative) — the lane is not busy with those; ``besides``: a subject not counted."""
         rows = self._query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM jobs WHERE kind = ? AND "
-                           "(state = ? OR (state = ? AND not_before <= ?))",
-                           (kind, JobState.RUNNING, JobState.PENDING, time.time() if due_only else float("inf")))
+                           "(state = ? OR (state = ? AND not_before <= ?)) AND subject != ?",
+                           (kind, JobState.RUNNING, JobState.PENDING, time.time() if due_only else float("inf"),
+                            besides))
         return rows[0]["n"], rows[0]["bytes"]
 
     # ------------------------------------------------------------------ derivatives
@@ -668,27 +814,29 @@ class Catalog:
                        "reason = excluded.reason, cloaked = excluded.cloaked, strength = excluded.strength, "
                        "watermark = excluded.watermark, settings = excluded.settings, rating = excluded.rating, "
                        "made_at = excluded.made_at",
-                       (file_id, content_id, status, output, reason, int(cloaked), strength, watermark, settings,
-                        rating, time.time()))
+                       (file_id, content_id, status, None if output is None else stored_name(output), display(reason),
+                        int(cloaked), strength, watermark, settings, rating, time.time()))
 
     def file_ids(self, pairs: list[tuple[str, str]]) -> list[int]:
         """The ids of these (source, relpath) originals."""
         ids = []
         for source, relpath in pairs:
-            rows = self._query("SELECT id FROM files WHERE source = ? AND relpath = ?", (source, relpath))
+            rows = self._query("SELECT id FROM files WHERE source = ? AND relpath = ?", (source, stored_name(relpath)))
             ids += [row["id"] for row in rows]
         return ids
 
     def files_named(self, source: str, folder: str, stem: str) -> list[FileRow]:
         """Files in one folder of a source named ``stem`` or ``stem.EXT`` (the images an XMP sidecar speaks for)."""
         prefix = f"{folder}/" if folder else ""
+        if not is_text(prefix + stem):
+            return []  # a sidecar whose name is not UTF-8 matches by exact bytes only, through file_ids
         rows = self._query("SELECT * FROM files WHERE source = ? AND (relpath = ? OR relpath LIKE ? ESCAPE '\\')",
                            (source, prefix + stem, _like_escape(prefix + stem) + ".%"))
-        return [_file_row(row) for row in rows if "/" not in row["relpath"][len(prefix):]]
+        return [_file_row(row) for row in rows if "/" not in loaded_name(row["relpath"])[len(prefix):]]
 
     def derivative_of(self, file_id: int) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM derivatives WHERE file_id = ?", (file_id,))
-        return dict(rows[0]) if rows else None
+        return _derivative(rows[0]) if rows else None
 
     def latest_held_reason(self) -> str:
         """Why the cloak could not run for the derivative held back most recently."""
@@ -698,7 +846,7 @@ class Catalog:
     def derivatives(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT d.*, f.source, f.relpath FROM derivatives d JOIN files f ON f.id = d.file_id "
                            "ORDER BY f.source, f.relpath")
-        return [dict(row) for row in rows]
+        return [{**_derivative(row), "relpath": loaded_name(row["relpath"])} for row in rows]
 
     # ------------------------------------------------------------------ multipart uploads
 
@@ -733,6 +881,11 @@ class Catalog:
                            (FileState.DISCOVERED, FileState.SEALING))
         return rows[0]["n"], rows[0]["bytes"]
 
+    def sealing_fingerprint(self) -> str:
+        """Changes whenever an original is sealed or a version added (cheap: two aggregates)."""
+        row = self._query("SELECT COUNT(*) AS n, MAX(sealed_at) AS last FROM versions")[0]
+        return f"{row['n']}:{row['last']}"
+
     def object_count(self) -> int:
         return self._query("SELECT COUNT(*) AS n FROM objects")[0]["n"]
 
@@ -754,14 +907,84 @@ class Catalog:
     def failed_files(self, limit: int = 20) -> list[FailedFile]:
         rows = self._query("SELECT source, relpath, error FROM files WHERE state = ? ORDER BY id DESC LIMIT ?",
                            (FileState.FAILED, limit))
-        return [FailedFile(source=row["source"], relpath=row["relpath"], error=row["error"] or "") for row in rows]
+        return [FailedFile(source=row["source"], relpath=display(loaded_name(row["relpath"])), error=row["error"] or "")
+                for row in rows]
 
     # ------------------------------------------------------------------ snapshots
+
+    def identity(self) -> str:
+        """A random id given to this catalog when it was created; a snapshot of it carries the same id, so a
+        new, empty catalog is never taken for a later state of an old one."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = 'catalog_id'").fetchone()
+            if row is not None:
+                return row[0]
+            value = secrets.token_hex(16)
+            db.execute("INSERT INTO settings (key, value) VALUES ('catalog_id', ?)", (value,))
+            return value
+
+    def snapshot_generation(self) -> int:
+        """The generation of the newest snapshot of this catalog in the bucket (0: none yet)."""
+        return int(self.get_setting("snapshot_generation", "0"))
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file (before it is copied or renamed)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def snapshot_bytes(self) -> bytes:
         """A consistent copy of the whole database, for the encrypted off-site snapshot."""
         with self._lock:
             return self._db.serialize()
+
+
+def install_catalog(target: Path, data: bytes, settings: dict[str, str]) -> None:
+    """Make a database image (a snapshot, a rebuilt catalog) the catalog at ``target``, with ``settings``
+    written into it before it gets its name: a crash leaves the old catalog or the new one, complete."""
+    ensure_dir(target.parent)
+    tmp = temp_path_in(target.parent)
+    try:
+        tmp.write_bytes(data)
+        with Catalog(tmp) as catalog:
+            for key, value in settings.items():
+                catalog.set_setting(key, value)
+            catalog.checkpoint()
+        fsync_file(tmp)
+        for suffix in ("-wal", "-shm"):
+            target.with_name(target.name + suffix).unlink(missing_ok=True)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class SnapshotFacts:
+    """What a catalog snapshot says about itself, read without installing it."""
+
+    catalog_id: str
+    paths: frozenset[tuple[str, str]]
+    objects: frozenset[str]
+
+
+def snapshot_facts(data: bytes) -> SnapshotFacts:
+    """Open a snapshot's database in memory and read its identity, paths and objects."""
+    image = bytearray(data)
+    if len(image) >= 20 and image[18:20] == b"\x02\x02":
+        image[18:20] = b"\x01\x01"  # a WAL database's image opens in memory only as a rollback-journal one
+    db = sqlite3.connect(":memory:")
+    try:
+        db.deserialize(bytes(image))
+        row = db.execute("SELECT value FROM settings WHERE key = 'catalog_id'").fetchone()
+        paths = frozenset((source, loaded_name(relpath))
+                          for source, relpath in db.execute("SELECT source, relpath FROM versions"))
+        objects = frozenset(row[0] for row in db.execute("SELECT content_id FROM objects"))
+    except sqlite3.DatabaseError as error:
+        raise CatalogError(f"the catalog snapshot is not a usable database: {error}") from None
+    finally:
+        db.close()
+    return SnapshotFacts(catalog_id=row[0] if row else "", paths=paths, objects=objects)
 
 
 def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: float) -> None:
@@ -771,11 +994,20 @@ def _enqueue(db: sqlite3.Connection, kind: str, subject: str, size: int, now: fl
                (kind, subject, JobState.PENDING, size, now, now))
 
 
+def _derivative(row: sqlite3.Row) -> dict[str, Any]:
+    output = row["output"]
+    return {**dict(row), "output": None if output is None else loaded_name(output)}
+
+
+def _version(row: sqlite3.Row) -> Version:
+    return Version(**{**dict(row), "relpath": loaded_name(row["relpath"])})
+
+
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _file_row(row: sqlite3.Row) -> FileRow:
-    return FileRow(id=row["id"], source=row["source"], relpath=row["relpath"], size=row["size"],
+    return FileRow(id=row["id"], source=row["source"], relpath=loaded_name(row["relpath"]), size=row["size"],
                    mtime_ns=row["mtime_ns"], state=row["state"], content_id=row["content_id"],
                    attempts=row["attempts"], error=row["error"], sealed_at=row["sealed_at"])

@@ -103,6 +103,8 @@ def progress_bar(label: str, unit_bytes: bool) -> Iterator[tuple[Callable[[int],
 
 def finish_restore(report: Report, dest: Path, verb: str) -> None:
     """Name every refused file, sum up, exit 1 if anything could not be restored."""
+    for note in report.notes:
+        click.echo(note)
     for label, reason in report.bad:
         click.echo(f"REFUSED {label}: {reason}", err=True)
     click.echo(f"{verb} {len(report.ok)} file(s), {human_bytes(report.bytes)} to {dest}"
@@ -153,7 +155,8 @@ def init(ctx: click.Context, sources: tuple[Path, ...], vault: Path | None, outb
     result = facade.init(config, passphrase_source(passphrase_file, confirm=True), choices)
     config = load_config(ctx)
     click.echo(f"\nconfig  {result.config_file} ({'created' if result.created_config else 'kept'})")
-    click.echo(f"key     {'created' if result.created_key else 'present'} ({config.paths.key_file})")
+    where = result.key_file or f"from {config.paths.credentials_dir}, no key file kept"
+    click.echo(f"key     {'created' if result.created_key else 'present'} ({where})")
     for source in config.sources:
         click.echo(f"import  {source.path}\n        copy or import your photos here: each is sealed within seconds")
     click.echo(f"vault   {config.vault.path}\n        your originals, encrypted; with the passphrase, enough to "
@@ -257,6 +260,11 @@ def describe(info: Status) -> list[str]:
         lines.append(f"  derivatives  {', '.join(parts)} (cloak: {info.cloak.strength}); outbox {info.outbox}")
         if info.cloak.error:
             lines.append(f"  cloak        {info.cloak.error}")
+        isolation = info.derive.isolation
+        if isolation is not None:
+            lines.append(f"  worker       confined: {'; '.join(isolation.active)}")
+            for missing in isolation.missing:
+                lines.append(f"  worker       ! not available: {missing}")
     for source in info.sources:
         warn = f"  ! {source.warning}" if source.warning else ""
         lines.append(f"  source       {source.name}: {source.path} ({source.watch_mode}){warn}")
@@ -266,6 +274,11 @@ def describe(info: Status) -> list[str]:
         lines.append(f"  now          {item}")
     for why in info.restart_needed:
         lines.append(f"  restart      {why}")
+    if info.rotation is not None:
+        lines.append(f"  key rotation {info.rotation.done:,} of {info.rotation.total:,} objects under the new key; "
+                     "the old key and its objects are deleted when all are")
+    if info.replica.problem:
+        lines.append(f"  ! bucket     {info.replica.problem}")
     for failed in info.failed_files:
         lines.append(f"  not sealed   {failed.source}/{failed.relpath}: {failed.error}")
     for event in info.errors[:5]:
@@ -358,32 +371,57 @@ def reload(ctx: click.Context) -> None:
 
 @main.command(name="ls")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--versions", is_flag=True, help="Every sealed version of every path, numbered from the oldest.")
 @click.pass_context
-def list_command(ctx: click.Context, as_json: bool) -> None:
+def list_command(ctx: click.Context, as_json: bool, versions: bool) -> None:
     """The sealed originals."""
-    rows = facade.list_originals(load_config(ctx))
+    rows = facade.list_originals(load_config(ctx), versions=versions)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         sealed = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["sealed_at"]))
+        if versions:
+            click.echo(f"{row['source']}/{row['path']}\tv{row['version']}\t{row['size']}\t{sealed}\t"
+                       f"{row['content_id'][:12]}\t{','.join(row['replicas'])}")
+            continue
         made = row["derivative"] or {}
         shared = made.get("status", "-") + (" (cloaked)" if made.get("cloaked") else "") + \
             (" STALE" if made.get("stale") else "")
         click.echo(f"{row['source']}/{row['path']}\t{row['size']}\t{sealed}\t{','.join(row['replicas'])}\t{shared}")
 
 
+def octal_mode(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777 or not mode & 0o600 == 0o600:
+        raise click.BadParameter(f"{value!r}: an octal mode such as 600 or 644 (the owner must read and write)")
+    return mode
+
+
 @main.command()
 @click.argument("patterns", nargs=-1)
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
 @click.option("--from", "where", type=click.Choice(["local", "s3"]), default="local", show_default=True)
+@click.option("--at", type=click.DateTime(["%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]),
+              help='The versions current at this local time, "YYYY-MM-DD HH:MM".')
+@click.option("--all-versions", is_flag=True, help="Every version, each as NAME.vN.ext (N = 1 is the oldest).")
+@click.option("--overwrite", is_flag=True, help="Replace files already in the way (otherwise they are reported).")
+@click.option("--mode", default="600", show_default=True, callback=octal_mode,
+              help="Permissions of restored files (folders get the matching search bits).")
 @click.pass_context
-def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: str) -> None:
-    """Restore originals byte-identical, with their mtimes."""
+def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: str, at: Any, all_versions: bool,
+            overwrite: bool, mode: int) -> None:
+    """Restore originals byte-identical, with their mtimes, confined under --to."""
+    if at is not None and all_versions:
+        raise click.UsageError("--at and --all-versions exclude each other")
     config = load_config(ctx)
     with progress_bar("restoring", unit_bytes=True) as (advance, set_total):
-        report = facade.restore_originals(config, list(patterns), dest, where, progress=advance,
-                                          on_total=set_total)
+        report = facade.restore_originals(config, list(patterns), dest, where, at=at.timestamp() if at else None,
+                                          all_versions=all_versions, overwrite=overwrite, mode=mode,
+                                          progress=advance, on_total=set_total)
     finish_restore(report, dest, "restored")
 
 
@@ -392,31 +430,36 @@ def restore(ctx: click.Context, patterns: tuple[str, ...], dest: Path, where: st
 @click.option("--sample", type=click.FloatRange(0.01, 100), help="Check a random PERCENT of the objects.")
 @click.pass_context
 def verify(ctx: click.Context, remote: bool, sample: float | None) -> None:
-    """Authenticate stored objects; exit 1 if any is bad or missing."""
+    """Authenticate stored objects, repair bad ones from the other copy; exit 1 if any stays bad or missing."""
     config = load_config(ctx)
     with progress_bar("verifying", unit_bytes=False) as (advance, set_total):
         report = facade.verify_objects(config, remote=remote, sample=sample, progress=advance, on_total=set_total)
+    for note in report.notes:
+        click.echo(note, err=True)
     for label, reason in report.bad:
         click.echo(f"BAD {label}: {reason}", err=True)
     click.echo(f"verified {len(report.ok)} object(s) ({human_bytes(report.bytes)}): "
-               + ("all good" if not report.bad else f"{len(report.bad)} bad or missing"))
+               + ("all good" if not report.bad else f"{len(report.bad)} bad or missing")
+               + (f"; {len(report.repaired)} repaired" if report.repaired else ""))
     if report.failed:
         sys.exit(EXIT_FAILED)
 
 
 @main.command()
-@click.option("--s3-url", required=True, help="s3://BUCKET/PREFIX of the replica.")
+@click.option("--s3-url", help="s3://BUCKET/PREFIX of the replica.")
 @click.option("--s3-endpoint", help="Endpoint URL of an S3-compatible service.")
+@click.option("--vault", "vault_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A vault folder (e.g. on an external drive), instead of a bucket; it is used in place.")
 @click.option("--passphrase-file", type=click.Path(path_type=Path))
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path))
 @click.pass_context
-def recover(ctx: click.Context, s3_url: str, s3_endpoint: str | None, passphrase_file: Path | None,
-            dest: Path) -> None:
-    """Disaster recovery: rebuild local state from the bucket and restore every original."""
+def recover(ctx: click.Context, s3_url: str | None, s3_endpoint: str | None, vault_dir: Path | None,
+            passphrase_file: Path | None, dest: Path) -> None:
+    """Disaster recovery: rebuild local state from the bucket (or the vault) and restore every original."""
     config = load_config(ctx)
     with progress_bar("recovering", unit_bytes=True) as (advance, _):
-        report = facade.recover(config, s3_url, s3_endpoint, passphrase_source(passphrase_file, confirm=False), dest,
-                              progress=advance)
+        report = facade.recover(config, passphrase_source(passphrase_file, confirm=False), dest, s3_url=s3_url,
+                                s3_endpoint=s3_endpoint, vault=vault_dir, progress=advance)
     finish_restore(report, dest, "recovered")
 
 
@@ -528,6 +571,46 @@ def passwd(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file
         passphrase_source(None, confirm=True, prompt="New passphrase")()
     facade.change_passphrase(config, old, new)
     click.echo("passphrase changed")
+
+
+@main.group(name="catalog")
+def catalog_group() -> None:
+    """Look after the catalog."""
+
+
+@catalog_group.command(name="rebuild")
+@click.option("--from", "where", type=click.Choice(["local", "s3"]),
+              help="Start from the bucket's newest catalog snapshot (s3, the default with a bucket) or from the "
+                   "objects alone (local). Objects in the vault and the bucket are always read.")
+@click.pass_context
+def catalog_rebuild(ctx: click.Context, where: str | None) -> None:
+    """Rebuild a lost or damaged catalog (the daemon must be stopped; the old file is kept)."""
+    result = facade.rebuild_catalog(load_config(ctx), where)
+    for note in result.notes:
+        click.echo(note)
+    if result.kept is not None:
+        click.echo(f"the old catalog is kept as {result.kept}")
+    click.echo(f"catalog rebuilt: {result.paths:,} paths, {result.objects:,} objects")
+
+
+@key.command()
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help="The current passphrase.")
+@click.option("--new-passphrase-file", type=click.Path(path_type=Path),
+              help="The passphrase for the new key (may be the current one).")
+@click.pass_context
+def rotate(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file: Path | None) -> None:
+    """A new master key: new objects use it at once, the daemon re-encrypts the old ones in the background,
+    then deletes them, the old key and its envelope (the daemon must be stopped to start it)."""
+    config = load_config(ctx)
+    if new_passphrase_file is None and not sys.stdin.isatty():
+        raise KeyProblem("no new passphrase: give --new-passphrase-file FILE when not on a terminal")
+    old = passphrase_source(passphrase_file, confirm=False, prompt="Current passphrase")()
+    facade.check_passphrase(config, old)
+    new = read_passphrase_file(new_passphrase_file) if new_passphrase_file else \
+        passphrase_source(None, confirm=True, prompt="Passphrase for the new key")()
+    count = facade.rotate_key(config, old, new)
+    click.echo(f"new master key in use; {count:,} object(s) will be re-encrypted in the background when the daemon "
+               "runs (`shutterlock status` shows how far it is)")
 
 
 @main.command()

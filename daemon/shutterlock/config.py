@@ -107,6 +107,11 @@ class Paths:
         return self.state_dir / "key-envelope.json"
 
     @property
+    def retired_keys(self) -> Path:
+        """The master keys an unfinished key rotation still needs, sealed under the current one."""
+        return self.state_dir / "retired-keys.blob"
+
+    @property
     def socket(self) -> Path:
         return self.runtime_dir / SOCKET_NAME
 
@@ -212,6 +217,10 @@ class S3Config:
     # Transient errors (5xx, throttling) an upload survives before it fails for good; an unreachable
     # endpoint is an outage, not an attempt, and never fails an upload.
     max_attempts: int = field(default=32, metadata=rule(low=1, high=1000))
+    # How often the bucket's listing is compared with the catalog (a lost or emptied bucket is refilled),
+    # and how many dated catalog snapshots the bucket keeps (a rollback needs all of them deleted).
+    reconcile_minutes: float = field(default=60.0, metadata=rule(low=0.01))
+    snapshots_kept: int = field(default=30, metadata=rule(low=1, high=100000))
 
     @property
     def bucket(self) -> str:
@@ -247,8 +256,14 @@ class DeriveConfig:
     # A JPEG may be decoded at a reduced scale that falls this much short of the long edge and be topped
     # up (4000 px → 2000 px → 2048 px): ~3× faster, 43 dB from a full decode, below JPEG q90's own loss.
     draft_tolerance: float = field(default=0.03, metadata=rule(low=0.0, high=0.25))
-    # Derive processes (niced); 2 on an otherwise idle 2-core box doubles throughput.
-    workers: int = field(default=1, metadata=rule(low=1, high=64))
+    # Derive processes (niced, so sealing always goes first). 0: one per core, but no more than fit in the
+    # machine's memory at memory_limit each (derive/lane.py:worker_count).
+    workers: int = field(default=0, metadata=rule(low=0, high=64))
+    # Each derive process's address-space limit (RLIMIT_AS) in MB: a file that makes a decoder allocate
+    # without end fails there. The cloak of a 24 MP photo peaks at ~2.3 GB of address space
+    # (bench/worker_memory.py); HEIF and RAW files larger than a quarter of it are refused unread.
+    # An idle worker maps ~0.5 GB of address space (numpy, Pillow, OpenCV), hence the floor.
+    memory_limit: int = field(default=3072, metadata=rule(low=1024, high=1 << 20))
 
 
 @dataclass(frozen=True)

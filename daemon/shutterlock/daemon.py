@@ -24,11 +24,14 @@ from shutterlock.control import ControlServer
 from shutterlock.engine import Engine
 from shutterlock.errors import AlreadyRunning, ConfigError, ShutterlockError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.names import display
 from shutterlock.service import Notifier
 from shutterlock.status import SourceStatus, Status, UnsettledFile, duration
 from shutterlock.watch import SourceWatcher, StabilityGate, scan_source, walk
 
 log = logging.getLogger(__name__)
+
+VAULT_SNAPSHOT_SECONDS = 600  # the vault's own catalog snapshot, when something was sealed since the last
 
 SHARE_CHECK_MINUTES = ShareConfig.__dataclass_fields__["check_minutes"].default
 
@@ -89,7 +92,7 @@ class Daemon:
             keys = self.keys = facade.load_keys(self.config)
             self.catalog = facade.open_catalog(self.config)
             started.append(self.catalog.close)
-            vault = facade.open_vault_or_wait(self.config, self.catalog)
+            vault = self.vault = facade.open_vault_or_wait(self.config, self.catalog)
             self.engine = Engine(self.catalog, facade.build_stages(self.config, self.catalog, keys, vault))
             started.append(self.engine.close)
             self.engine.start()
@@ -136,6 +139,8 @@ class Daemon:
         # Shares end on time and feedback arrives even after [share] is removed: they live in their own buckets.
         every(60 * (self.config.share.check_minutes if self.config.share else SHARE_CHECK_MINUTES),
               self._look_after_shares, "shares")
+        every(VAULT_SNAPSHOT_SECONDS, lambda: facade.snapshot_vault(self.catalog, self.keys, self.vault),
+              "vault-snapshot")
         scheduler.start()
         return scheduler
 
@@ -224,6 +229,7 @@ class Daemon:
         self.gate.stop()
         clean = self.engine.stop(timeout=7.0)
         self.engine.close()
+        facade.snapshot_vault(self.catalog, self.keys, self.vault)
         self.control.stop()
         if not clean:
             log.warning("in-flight work was abandoned; it will be redone on the next start")
@@ -291,11 +297,12 @@ class Daemon:
             cloak_problem=derive.cloak_problem if derive is not None else None,  # type: ignore[attr-defined]
             restart_needed=self.restart_needed,
             vault_problem=seal.guard.problem() if seal is not None else "",  # type: ignore[attr-defined]
-            unsettled=[UnsettledFile(source=u.source, relpath=u.relpath,
+            unsettled=[UnsettledFile(source=u.source, relpath=display(u.relpath),
                                      reason=f"keeps changing (for {duration(u.changing_for)}): it is sealed once it "
                                             f"has not changed for {settle:g} s")
                        for u in self.gate.unsettled()],
             scanning=sorted(set(self._scanning)),
+            isolation=derive.isolation if derive is not None else None,  # type: ignore[attr-defined]
         )
         return facade.read_status(self.config, self.catalog, live)
 

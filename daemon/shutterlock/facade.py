@@ -11,26 +11,30 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from filelock import FileLock, Timeout
+
 from shutterlock import keystore
-from shutterlock.catalog import Catalog
-from shutterlock.config import Choices, Config, parse, save, to_toml_dict, warnings, with_overrides
+from shutterlock.catalog import Catalog, CatalogError, Version
+from shutterlock.config import Choices, Config, Credential, parse, save, to_toml_dict, warnings, with_overrides
 from shutterlock.control import ControlClient
 from shutterlock.engine import Engine, Stage
-from shutterlock.errors import ConfigError, ControlError, DaemonNotRunning, OperationFailed, UsageError
+from shutterlock.errors import ConfigError, ControlError, DaemonNotRunning, KeyProblem, OperationFailed, UsageError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
-from shutterlock.restore import Report, matches, matches_path, restore, verify
+from shutterlock.names import b64, display, is_text
+from shutterlock.restore import Report, matches, matches_path, plan, repair, restore, verify
 from shutterlock.status import (
     Backlog,
     CloakStatus,
     DeriveStatus,
+    IsolationStatus,
     LaneStatus,
     ProcessFacts,
     ReplicaStatus,
+    RotationStatus,
     ShareStatus,
     SourceStatus,
     Status,
@@ -44,6 +48,7 @@ from shutterlock.vault.store import Store, StoreError
 if TYPE_CHECKING:
     from shutterlock.derive.outbox import Placed
     from shutterlock.provenance import Verdict
+    from shutterlock.rebuild import Rebuilt
     from shutterlock.share import Check, ShareInfo, Shares
     from shutterlock.site import BuildReport, PublishReport
 
@@ -58,6 +63,7 @@ class InitResult:
     replica_problem: str | None  # None: no bucket configured or the envelope is there; else why not yet
     signer: str  # who the C2PA manifests name as signer
     created_signer: bool
+    key_file: Path | None = None  # None: a credential supplies the key at every start, so none is kept
 
 
 def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> InitResult:
@@ -76,14 +82,21 @@ def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> I
     parse(to_toml_dict(config), paths.config_file, paths)  # the flags must make a valid config too
     ensure_dir(paths.state_dir)
     created_key = False
+    # A key or passphrase credential ($CREDENTIALS_DIRECTORY: systemd, Docker secrets) unlocks every start:
+    # then no master.key is written, so the key never lies on the disk beside the data.
+    given_key = paths.credential(Credential.MASTER_KEY)
+    given_passphrase = paths.credential(Credential.PASSPHRASE)
     if not paths.key_file.exists():
         if paths.envelope_file.exists():
-            master = keystore.unwrap(keystore.read_envelope(paths.envelope_file), passphrase())
+            master = keystore.load_master_key(paths) if given_key or given_passphrase else \
+                keystore.unwrap(keystore.read_envelope(paths.envelope_file), passphrase())
         else:
-            master = keystore.new_master_key()
-            keystore.write_envelope(paths.envelope_file, keystore.wrap(master, passphrase()))
+            master = keystore.load_master_key(paths) if given_key else keystore.new_master_key()
+            secret = keystore.read_passphrase_file(given_passphrase) if given_passphrase else passphrase()
+            keystore.write_envelope(paths.envelope_file, keystore.wrap(master, secret))
             created_key = True
-        keystore.write_key_file(paths.key_file, master)
+        if not (given_key or given_passphrase):
+            keystore.write_key_file(paths.key_file, master)
     with open_catalog(config) as catalog:  # created now, so `status` works before the daemon first runs
         try:
             local = open_vault(config, catalog, create_new=choices.vault is not None)
@@ -98,36 +111,61 @@ def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> I
         for source in config.sources:
             ensure_dir(source.path, 0o755)
     return InitResult(paths.config_file, not existed, created_key, publish_envelope(config), signer.subject,
-                      created_signer)
+                      created_signer, key_file=paths.key_file if paths.key_file.exists() else None)
 
 
 def publish_envelope(config: Config) -> str | None:
-    """Copy the key envelope to the bucket, if one is configured; returns why it could not be, or None."""
+    """Bring the bucket's copy of the key envelope up to date, if a bucket is configured; returns why it could
+    not be, or None."""
     if config.s3 is None:
         return None
-    from shutterlock.replicate import open_replica
-    from shutterlock.replicate import publish_envelope as put_envelope
+    from shutterlock.replicate import open_replica, publish_signing_identity, sync_envelopes
 
     try:
-        put_envelope(open_replica(config), config.paths.envelope_file, config.vault.path)
+        store = open_replica(config)
+        problem = sync_envelopes(config.paths, LocalStore(config.vault.path), store, load_keys(config))
+        publish_signing_identity(store, config.vault.path)
     except StoreError as error:
         return str(error)
-    return None
+    return problem or None
 
 
 def change_passphrase(config: Config, old: bytes, new: bytes) -> None:
-    """Re-wrap the master key (no object is re-encrypted) and replace every copy of the envelope."""
+    """Re-wrap the master key (no object is re-encrypted) as the next generation of the envelope, and replace
+    every copy; an older copy can then never win over it (docs/FORMAT.md section 2)."""
     envelope_file = config.paths.envelope_file
     master = keystore.unwrap(keystore.read_envelope(envelope_file), old)
-    data = keystore.wrap(master, new).to_json()
-    atomic_write_bytes(envelope_file, data)
     vault = LocalStore(config.vault.path)
+    copies = [envelope_file, vault.envelope_path]
+    generations = [keystore.read_envelope(path).generation for path in copies if path.exists()]
+    if config.s3 is not None:
+        from shutterlock.replicate import open_replica
+        from shutterlock.vault.s3 import ENVELOPE_KEY
+
+        try:
+            remote = open_replica(config).get_bytes_if_any(ENVELOPE_KEY)
+        except StoreError:
+            remote = None  # the bucket gets the new generation when it is reachable again
+        if remote is not None:
+            with contextlib.suppress(KeyProblem):
+                generations.append(keystore.Envelope.from_json(remote, "the bucket").generation)
+    data = keystore.wrap(master, new, generation=max(generations, default=0) + 1).to_json()
+    atomic_write_bytes(envelope_file, data)
     if vault.present():  # not into the empty mount point of a drive that is not there
         atomic_write_bytes(vault.envelope_path, data)
     problem = publish_envelope(config)
     if problem is not None:
-        raise OperationFailed(f"passphrase changed locally, but the bucket still has the old envelope: {problem}; "
-                              "run `shutterlock key passwd` again when it is reachable")
+        raise OperationFailed(f"passphrase changed locally, but the bucket's key envelope is not updated yet: "
+                              f"{problem}; the daemon will update it when the bucket is reachable")
+
+
+def rotate_key(config: Config, passphrase: bytes, new_passphrase: bytes) -> int:
+    """``key rotate``: a new master key for everything sealed from now on, wrapped by ``new_passphrase``;
+    the daemon re-encrypts the existing objects in the background. Returns how many there are."""
+    from shutterlock import rotate
+
+    with daemon_stopped(config):
+        return rotate.begin(config, passphrase, new_passphrase)
 
 
 def check_passphrase(config: Config, passphrase: bytes) -> None:
@@ -136,11 +174,62 @@ def check_passphrase(config: Config, passphrase: bytes) -> None:
 
 
 def load_keys(config: Config) -> Keys:
-    return Keys.from_master(keystore.load_master_key(config.paths))
+    """The current key, with the retired ones of an unfinished rotation (objects under them still read)."""
+    current, *retired = keystore.load_keys(config.paths)
+    return Keys.from_master(current, tuple(retired))
 
 
 def open_catalog(config: Config) -> Catalog:
-    return Catalog(config.paths.catalog)
+    """The catalog; a missing one is an error when the vault shows there was one (a fresh, empty catalog
+    would hide every sealed file's history), with the command that brings it back."""
+    path = config.paths.catalog
+    if not path.exists() and any(LocalStore(config.vault.path).list()):
+        raise CatalogError(f"{path}: the catalog is missing, but the vault ({config.vault.path}) holds sealed "
+                           "objects: run `shutterlock catalog rebuild` to rebuild it from the vault and the bucket")
+    return Catalog(path)
+
+
+def rebuild_catalog(config: Config, where: str | None = None) -> Rebuilt:
+    """``catalog rebuild``: a new catalog from the bucket's newest snapshot (``where="s3"``, the default when a
+    bucket is configured) and every object's own metadata, in the vault and the bucket."""
+    from shutterlock.rebuild import rebuild
+
+    keys = load_keys(config)
+    where = where or ("s3" if config.s3 is not None else "local")
+    if where == "s3" and config.s3 is None:
+        raise ConfigError(f"--from s3 needs a bucket, and {config.paths.config_file} has no [s3] table")
+    bucket = None
+    if config.s3 is not None:
+        from shutterlock.replicate import open_replica
+
+        try:
+            bucket = open_replica(config)
+            bucket.check()
+        except StoreError as error:
+            if where == "s3":
+                raise OperationFailed(str(error)) from None
+            bucket = None
+    with daemon_stopped(config):
+        result = rebuild(config.paths.catalog, LocalStore(config.vault.path), bucket, keys, from_bucket=where == "s3")
+    if config.s3 is not None and bucket is None:
+        result.notes.append("the bucket was not reachable: only the local vault was read")
+    return result
+
+
+@contextlib.contextmanager
+def daemon_stopped(config: Config) -> Iterator[None]:
+    """Hold the daemon's instance lock: operations that replace the catalog or the keys need it stopped."""
+    lock = FileLock(config.paths.lock_file, timeout=0, mode=0o600)
+    ensure_dir(config.paths.lock_file.parent)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OperationFailed("the daemon is running: stop it first (`systemctl --user stop shutterlock`, or "
+                              "Ctrl-C on `shutterlock run`)") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 VAULT_SETTING = "vault_path"
@@ -175,7 +264,7 @@ def open_vault_or_wait(config: Config, catalog: Catalog) -> LocalStore:
 def lane_names(config: Config) -> list[str]:
     """The lanes this config asks for, in the order data flows through them."""
     return ["seal", *(["replicate"] if config.s3 is not None else []),
-            *(["derive"] if config.derive.enabled else [])]
+            *(["derive"] if config.derive.enabled else []), "rotate"]
 
 
 def build_stages(config: Config, catalog: Catalog, keys: Keys, vault: LocalStore) -> list[Stage[Any]]:
@@ -190,6 +279,9 @@ def build_stages(config: Config, catalog: Catalog, keys: Keys, vault: LocalStore
         from shutterlock.derive.lane import DeriveStage
 
         later.append(DeriveStage(config, catalog, keys, vault))
+    from shutterlock.rotate import RotateStage
+
+    later.append(RotateStage(config, catalog, keys, vault))
     from shutterlock.seal import SealStage
 
     return [SealStage(config, catalog, keys, vault, later), *later]
@@ -215,10 +307,24 @@ def run_once(config: Config) -> tuple[int, Status]:
             engine.run_until_idle()
         finally:
             engine.close()
+        snapshot_vault(catalog, keys, vault)
         seal = engine.stage("seal")
         status = read_status(config, catalog, vault_problem=seal.guard.problem() if seal else "")  # type: ignore[attr-defined]
         unfinished = status.backlog.items + catalog.jobs_retrying()
         return engine.failures + unfinished, status
+
+
+def snapshot_vault(catalog: Catalog, keys: Keys, vault: LocalStore) -> None:
+    """A sealed catalog snapshot in the vault too (the vault and the passphrase alone recover everything);
+    a problem is logged, never fatal: the originals are sealed either way."""
+    from shutterlock.replicate import snapshot_into_vault
+
+    try:
+        problem = snapshot_into_vault(vault, catalog, keys)
+    except (StoreError, CatalogError) as error:
+        problem = str(error)
+    if problem:
+        log.warning("no catalog snapshot in the vault: %s", problem)
 
 
 # --------------------------------------------------------------------------- status
@@ -242,6 +348,7 @@ class LiveFacts:
     vault_problem: str = ""  # why the seal lane cannot write to the vault right now
     unsettled: list[UnsettledFile] = field(default_factory=list)
     scanning: list[str] = field(default_factory=list)
+    isolation: IsolationStatus | None = None  # how the derive lane's worker is confined (None: not started)
 
 
 def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None, *, vault_problem: str = "") -> Status:
@@ -284,7 +391,8 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None,
         backlog=Backlog(items=items, bytes=size),
         replica=replica,
         derive=DeriveStatus(enabled=config.derive.enabled, waiting=derive_lane.waiting if derive_lane else 0,
-                            by_status=catalog.derivative_counts()),
+                            by_status=catalog.derivative_counts(),
+                            isolation=live.isolation if live is not None else None),
         cloak=CloakStatus(strength=config.cloak.strength, held=held, error=cloak_error),
         vault=VaultStatus(path=str(config.vault.path), error=vault_problem),
         sources=sources,
@@ -304,15 +412,25 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None,
         catalog_error=catalog.write_problem,
         unsettled=live.unsettled if live is not None else [],
         scanning=live.scanning if live is not None else [],
+        rotation=_rotation(catalog),
     )
 
 
+def _rotation(catalog: Catalog) -> RotationStatus | None:
+    from shutterlock.rotate import FINISH
+
+    done, total = catalog.job_progress("rotate", besides=FINISH)
+    return RotationStatus(done=done, total=total) if total else None
+
+
 def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:
+    from shutterlock.replicate import RECONCILE
+
     items, size = catalog.seal_backlog()
     lanes = [LaneStatus(name="seal", waiting=items, waiting_bytes=size)]
     for name, wanted in (("replicate", config.s3 is not None), ("derive", config.derive.enabled)):
         if wanted:
-            waiting, waiting_bytes = catalog.job_backlog(name, due_only=True)
+            waiting, waiting_bytes = catalog.job_backlog(name, due_only=True, besides=RECONCILE)
             lanes.append(LaneStatus(name=name, waiting=waiting, waiting_bytes=waiting_bytes))
     return lanes
 
@@ -320,9 +438,12 @@ def _offline_lanes(config: Config, catalog: Catalog) -> list[LaneStatus]:
 def _offline_replica(config: Config, catalog: Catalog) -> ReplicaStatus:
     if config.s3 is None:
         return ReplicaStatus(configured=False)
-    waiting, waiting_bytes = catalog.job_backlog("replicate")
+    from shutterlock.replicate import RECONCILE, replica_problem
+
+    waiting, waiting_bytes = catalog.job_backlog("replicate", besides=RECONCILE)
     return ReplicaStatus(configured=True, url=config.s3.url, waiting=waiting, waiting_bytes=waiting_bytes,
-                         failed=catalog.jobs_failed("replicate"))
+                         failed=catalog.jobs_failed("replicate"), lost=catalog.missing_count("s3"),
+                         snapshot_generation=catalog.snapshot_generation(), problem=replica_problem(catalog))
 
 
 def process_facts() -> ProcessFacts:
@@ -342,7 +463,7 @@ def status(config: Config) -> Status:
         return control(config, "status")
     except DaemonNotRunning:
         pass
-    if not config.paths.catalog.exists():
+    if not config.paths.catalog.exists() and not any(LocalStore(config.vault.path).list()):
         raise OperationFailed(f"no catalog at {config.paths.catalog}: run `shutterlock init` first")
     with open_catalog(config) as catalog:
         return read_status(config, catalog)
@@ -419,8 +540,9 @@ def set_paused_offline(config: Config, paused: bool) -> None:
 # --------------------------------------------------------------------------- originals
 
 
-def list_originals(config: Config) -> list[dict[str, Any]]:
-    """Every sealed original with its replicas and its derivative (``stale``: made under other settings)."""
+def list_originals(config: Config, *, versions: bool = False) -> list[dict[str, Any]]:
+    """What is sealed: the newest version of each path with its replicas and its derivative (``stale``: made
+    under other settings), or (``versions``) every version, numbered from 1."""
     from shutterlock.derive.lane import settings_fingerprint
 
     current = settings_fingerprint(config)
@@ -436,10 +558,22 @@ def list_originals(config: Config) -> list[dict[str, Any]]:
                     "cloaked": bool(made["cloaked"]), "strength": made["strength"], "watermark": made["watermark"],
                     "stale": made["status"] in ("written", "held") and made["settings"] != current}
 
-        return [{"source": v.source, "path": v.relpath, "size": v.size, "sealed_at": v.sealed_at,
-                 "content_id": v.content_id, "replicas": replicas.get(v.content_id, []),
-                 "derivative": derivative(v.source, v.relpath)}
-                for v in catalog.latest_versions()]
+        rows = []
+        numbers: dict[tuple[str, str], int] = {}
+        for v in catalog.all_versions() if versions else catalog.latest_versions():
+            row = {"source": v.source, **path_fields(v.relpath), "size": v.size, "sealed_at": v.sealed_at,
+                   "mtime_ns": v.mtime_ns, "content_id": v.content_id, "replicas": replicas.get(v.content_id, [])}
+            if versions:
+                numbers[(v.source, v.relpath)] = row["version"] = numbers.get((v.source, v.relpath), 0) + 1
+            else:
+                row["derivative"] = derivative(v.source, v.relpath)
+            rows.append(row)
+        return rows
+
+
+def path_fields(relpath: str) -> dict[str, str]:
+    """A path for people and JSON: escaped to one printable line, plus its exact bytes when it is not UTF-8."""
+    return {"path": display(relpath)} | ({} if is_text(relpath) else {"path_b64": b64(relpath)})
 
 
 def select_store(config: Config, where: str, flag: str) -> Store:
@@ -459,27 +593,48 @@ def select_store(config: Config, where: str, flag: str) -> Store:
     return store
 
 
-def restore_originals(config: Config, patterns: list[str], dest: Path, where: str = "local",
-                      progress: Callable[[int], None] | None = None,
+def restore_originals(config: Config, patterns: list[str], dest: Path, where: str = "local", *,
+                      at: float | None = None, all_versions: bool = False, overwrite: bool = False,
+                      mode: int = 0o600, progress: Callable[[int], None] | None = None,
                       on_total: Callable[[int], None] | None = None) -> Report:
+    """Restore the newest version of each matching path; ``at``: the version current then (sealed at or
+    before it); ``all_versions``: every version, as NAME.vN.ext."""
     keys = load_keys(config)
     with open_catalog(config) as catalog:
-        versions = [v for v in catalog.latest_versions() if matches(v, patterns)]
+        versions = [v for v in (catalog.all_versions() if at is not None or all_versions
+                                else catalog.latest_versions()) if matches(v, patterns)]
     if patterns and not versions:
         raise OperationFailed(f"nothing in the catalog matches {' '.join(patterns)}")
+    if at is not None:
+        current: dict[tuple[str, str], Version] = {}
+        for version in versions:  # oldest first: the last one sealed by ``at`` wins
+            if version.sealed_at <= at:
+                current[(version.source, version.relpath)] = version
+        versions = list(current.values())
+        if not versions:
+            raise OperationFailed(f"nothing {'matching ' + ' '.join(patterns) + ' ' if patterns else ''}"
+                                  f"was sealed by {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}")
     if on_total is not None:
         on_total(sum(v.size for v in versions))
     by_source = len({v.source for v in versions}) > 1 or len(config.sources) > 1
-    ensure_dir(dest, 0o755)
-    return restore(versions, select_store(config, where, f"--from {where}"), keys, dest, by_source=by_source,
-                   progress=progress)
+    planned, report = plan(versions, by_source=by_source, numbered=all_versions)
+    store = select_store(config, where, f"--from {where}")
+    return restore(planned, store, keys, dest, overwrite=overwrite, mode=mode, report=report, progress=progress)
 
 
-def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Callable[[], bytes], dest: Path,
+def recover(config: Config, passphrase: Callable[[], bytes], dest: Path, *, s3_url: str | None = None,
+            s3_endpoint: str | None = None, vault: Path | None = None,
             progress: Callable[[int], None] | None = None) -> Report:
-    """Disaster recovery on a new machine: the bucket and the passphrase bring everything back."""
+    """Disaster recovery on a new machine: the bucket, or the vault, and the passphrase bring everything back."""
     from shutterlock.recover import recover as recover_from_bucket
+    from shutterlock.recover import recover_from_vault
 
+    if (s3_url is None) == (vault is None):
+        raise UsageError("recover needs where from: --s3-url s3://BUCKET/PREFIX (the bucket) or --vault DIR "
+                         "(the vault, e.g. on an external drive)")
+    if vault is not None:
+        return recover_from_vault(config, vault.expanduser().resolve(), passphrase, dest, progress=progress)
+    assert s3_url is not None
     return recover_from_bucket(config, s3_url, s3_endpoint, passphrase, dest, progress=progress)
 
 
@@ -495,7 +650,20 @@ def verify_objects(config: Config, *, remote: bool = False, sample: float | None
     if on_total is not None:
         on_total(len(ids) if sample is None else max(1, round(len(ids) * sample / 100)) if ids else 0)
     store = select_store(config, "s3" if remote else "local", "--remote" if remote else "verify")
-    return verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
+    report = verify(ids, store, keys, sample_percent=sample, referenced_by=referenced, progress=progress)
+    if report.bad and (remote or config.s3 is not None):
+        # The other copy repairs what is missing or damaged here: the vault the bucket, the bucket the vault.
+        try:
+            other = LocalStore(config.vault.path) if remote else select_store(config, "s3", "verify")
+        except OperationFailed as error:
+            report.notes.append(f"cannot repair from the bucket: {error}")
+            return report
+        repair(report, store, other, keys)
+        if remote and report.repaired:
+            with open_catalog(config) as catalog:
+                for content_id in report.repaired:
+                    catalog.add_replica(content_id, store.name)
+    return report
 
 
 # --------------------------------------------------------------------------- private shares
@@ -508,7 +676,7 @@ def share_statuses(catalog: Catalog) -> list[ShareStatus]:
     return [ShareStatus(**row) for row in ShareState(catalog).overview()]
 
 
-@contextmanager
+@contextlib.contextmanager
 def _shares(config: Config, *, changes: bool = False) -> Iterator[Shares]:
     """The share engine on this installation; ``changes``: tell a running daemon (its tray) afterwards."""
     from shutterlock.share import Shares

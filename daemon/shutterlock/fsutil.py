@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import secrets
 import sys
@@ -74,8 +75,7 @@ def flush(files: Sequence[str | Path], folders: Sequence[str | Path] = ()) -> No
             os.close(fd)
         return
     for path in files:
-        with open(path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(Path(path))
     for folder in folders:
         fsync_dir(folder)
 
@@ -108,6 +108,11 @@ def free_bytes(path: Path) -> int:
     """Bytes an unprivileged writer may still use on ``path``'s file system."""
     info = os.statvfs(path)
     return info.f_bavail * info.f_frsize
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:
@@ -191,3 +196,107 @@ def remove_stale_temps(directory: Path, older_than: float = 0.0, *, recursive: b
                 path.unlink()
                 removed += 1
     return removed
+
+
+class Confined:
+    """Writes files below one root folder and nowhere else.
+
+    Every folder under the root is opened by name relative to its parent with ``O_NOFOLLOW``, so a symbolic
+    link already in the tree (planted, or left by an earlier restore) is refused instead of followed, and a
+    name can never climb out with ``..`` or an absolute path (callers pass single components). The root
+    itself is the user's choice and may be a link.
+    """
+
+    def __init__(self, root: Path, dir_mode: int = 0o700):
+        ensure_dir(root, dir_mode)
+        self.root, self.dir_mode = root, dir_mode
+        self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+
+    def close(self) -> None:
+        os.close(self._root_fd)
+
+    def __enter__(self) -> Confined:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def folder(self, parts: tuple[str, ...]) -> int:
+        """An open descriptor of the folder ``root/parts...``, created as needed; the caller closes it.
+
+        Raises NotADirectoryError naming the component when a link or a file is in the way."""
+        fd = os.dup(self._root_fd)
+        try:
+            for depth, part in enumerate(parts):
+                _check_component(part)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, self.dir_mode, dir_fd=fd)
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as error:
+                    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise NotADirectoryError(
+                            f"{'/'.join(parts[:depth + 1])} is a symbolic link or not a folder") from None
+                    raise
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _check_component(name: str) -> None:
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"unsafe path component {name!r}")
+
+
+@contextlib.contextmanager
+def staged_at(folder_fd: int, mode: int) -> Iterator[tuple[str, BinaryIO]]:
+    """Like :func:`staged`, for a folder given by descriptor: a synced temp file, removed unless committed."""
+    name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=folder_fd)
+    try:
+        os.fchmod(fd, mode)  # exactly what was asked, whatever the umask
+        with os.fdopen(fd, "wb") as handle:
+            yield name, handle
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder_fd)
+        raise
+
+
+def commit_at(folder_fd: int, tmp: str, target: str, *, replace: bool) -> bool:
+    """Give a temp file in a folder (by descriptor) its name; without ``replace`` an existing name (file,
+    link, anything) is left alone and False returned. The folder is synced."""
+    _check_component(target)
+    try:
+        if replace:
+            os.replace(tmp, target, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        else:
+            try:
+                os.link(tmp, target, src_dir_fd=folder_fd, dst_dir_fd=folder_fd, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            except OSError:
+                # File systems without hard links (exFAT, some network shares): check, then rename.
+                if _lexists_at(folder_fd, target):
+                    return False
+                os.replace(tmp, target, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+            else:
+                os.unlink(tmp, dir_fd=folder_fd)
+        os.fsync(folder_fd)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=folder_fd)
+
+
+def _lexists_at(folder_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

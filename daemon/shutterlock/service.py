@@ -12,6 +12,8 @@ import sys
 import time
 from typing import ClassVar
 
+from shutterlock.names import display
+
 
 class _SecretFilter(logging.Filter):
     """Belt and braces: never let a credential-looking value through, whatever a library logs."""
@@ -43,7 +45,7 @@ def setup_logging(level: str = "INFO") -> None:
     under_journal = bool(os.environ.get("JOURNAL_STREAM"))
     fmt = "<%(levelno)s>%(name)s: %(message)s" if under_journal else "%(asctime)s %(levelname)-7s %(message)s"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JournalFormatter(fmt) if under_journal else logging.Formatter(fmt, "%H:%M:%S"))
+    handler.setFormatter(_JournalFormatter(fmt) if under_journal else _OneLineFormatter(fmt, "%H:%M:%S"))
     handler.addFilter(_SecretFilter())
     handler.addFilter(_OneLineFilter())
     root = logging.getLogger()
@@ -53,7 +55,15 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-class _JournalFormatter(logging.Formatter):
+class _OneLineFormatter(logging.Formatter):
+    """One event, one line: a file name holding a newline or bytes that are not UTF-8 is shown escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = display(record.message)
+        return super().formatMessage(record)
+
+
+class _JournalFormatter(_OneLineFormatter):
     """Maps Python levels to syslog priorities in the ``<N>`` prefix journald understands."""
 
     PRIORITY: ClassVar[dict[int, int]] = {

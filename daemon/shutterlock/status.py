@@ -16,10 +16,9 @@ from typing import Any, TypeVar
 
 from rich.filesize import decimal as human_bytes
 
-__all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "LaneStatus",
-           "ProcessFacts", "ReplicaStatus", "ScrubReport", "ShareStatus", "SourceStatus", "State", "Status",
-           "UnsettledFile",
-           "VaultStatus", "human_bytes"]
+__all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "IsolationStatus",
+           "LaneStatus", "ProcessFacts", "ReplicaStatus", "RotationStatus", "ScrubReport", "ShareStatus",
+           "SourceStatus", "State", "Status", "UnsettledFile", "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -123,6 +122,18 @@ class ReplicaStatus:
     failed: int = 0
     last_snapshot: float | None = None
     scrub: ScrubReport | None = None
+    lost: int = 0  # objects the bucket lost (found by a reconcile) that are not uploaded again yet
+    snapshot_generation: int = 0  # of the newest catalog snapshot this catalog put in the bucket
+    problem: str = ""  # the key envelope or the catalog snapshot could not be kept current, and why
+
+
+@dataclass(frozen=True)
+class IsolationStatus:
+    """How the derive worker, which parses untrusted files, is confined: the layers this system applied
+    (``active``) and those it refused (``missing``), as the latest worker reported them."""
+
+    active: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class DeriveStatus:
     enabled: bool = True
     waiting: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    isolation: IsolationStatus | None = None  # None: no worker has started since the daemon did
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,14 @@ class CloakStatus:
     strength: str = "standard"
     held: int = 0
     error: str = ""
+
+
+@dataclass(frozen=True)
+class RotationStatus:
+    """A key rotation under way: objects looked at (re-encrypted or already under the new key) of all."""
+
+    done: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -216,6 +236,7 @@ class Status:
     unsettled: list[UnsettledFile] = field(default_factory=list)
     scanning: list[str] = field(default_factory=list)  # sources being walked for new files right now
     shares: list[ShareStatus] = field(default_factory=list)
+    rotation: RotationStatus | None = None
     state: State = field(init=False)
     summary: str = field(init=False)
 
@@ -249,10 +270,11 @@ def headline_state(status: Status) -> State:
         return State.ERROR
     if status.replica.configured and not status.replica.online:
         return State.OFFLINE
-    if status.backlog.items or status.pending or status.scanning or \
+    if status.backlog.items or status.pending or status.scanning or status.replica.lost or \
             any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
-    if status.cloak.error or status.warnings or any(source.problem for source in status.sources):
+    if status.cloak.error or status.replica.problem or status.warnings or \
+            any(source.problem for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -280,6 +302,8 @@ def summarise(status: Status, state: State) -> str:
                 parts.append(_lane_phrase(lane))
         if status.pending and not any(lane.name == "seal" and lane.waiting for lane in status.lanes):
             parts.insert(0, f"{_count(status.pending, 'new file')} settling")
+        if status.replica.lost:
+            parts.insert(0, f"the bucket lost {_count(status.replica.lost, 'object')}; re-uploading")
         if status.scanning:
             parts.insert(0, f"looking for new files in {', '.join(status.scanning)}")
         if status.unsettled:
@@ -293,6 +317,8 @@ def summarise(status: Status, state: State) -> str:
         problem = next((source.problem for source in status.sources if source.problem), "")
         if problem:  # a missing source or a skipped folder may hold originals not sealed: no "all" here
             return f"{_count(sealed, 'original')} sealed; {problem}"
+        if status.replica.problem:
+            return f"{_all_sealed(sealed)}; {status.replica.problem}"
         return f"{_all_sealed(sealed)}; {status.warnings[0]}"
     return _all_sealed(sealed)
 
@@ -303,7 +329,8 @@ def _all_sealed(sealed: int) -> str:
     return "the one original is sealed" if sealed == 1 else f"all {sealed:,} originals sealed"
 
 
-_LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:"}
+_LANE_VERBS = {"seal": "sealing", "replicate": "uploading", "derive": "making derivatives:",
+               "rotate": "re-encrypting under the new key"}
 
 
 def _lane_phrase(lane: LaneStatus) -> str:

@@ -39,6 +39,9 @@ TMP_ROOTS = ("/tmp", "/var/tmp")
 # the units carry them so the service and the CLI agree (the service manager's environment lacks them).
 SYSTEM_ENVIRONMENT = (MODELS_DIR_ENV,)
 USER_ENVIRONMENT = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", *SYSTEM_ENVIRONMENT)
+# Landlock's system calls, which the derive worker uses to confine itself: systemd 252's @system-service
+# group lacks them (later releases add them), and a filtered call fails with EPERM.
+LANDLOCK_SYSCALLS = "SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self"
 # The daemon stops within 10 s (engine drain 7 s + teardown); systemd waits a little longer before SIGKILL.
 STOP_TIMEOUT = "15s"
 # The main loop pings at least once a second while the workers progress; a hung loop or a worker stuck
@@ -147,6 +150,7 @@ def render_user(spec: UnitSpec) -> str:
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "SystemCallArchitectures=native",
         "SystemCallFilter=@system-service",
+        LANDLOCK_SYSCALLS,
         "SystemCallErrorNumber=EPERM",
         "",
         "[Install]",
@@ -182,9 +186,10 @@ def render_system(spec: UnitSpec) -> str:
         "Environment=XDG_CACHE_HOME=%C",
         *(f"Environment={_escape(f'{name}={value}')}" for name, value in spec.environment),
         "UMask=0077",
-        "# The master key (or the passphrase) and the S3 keys, each optional, from /etc/credstore/:",
-        "# the service reads them from $CREDENTIALS_DIRECTORY and never needs access to the store.",
-        *(f"LoadCredential={name}" for name in CREDENTIALS),
+        "# The master key (or the passphrase) and the S3 keys, each optional, encrypted at rest with",
+        "# systemd-creds in /etc/credstore.encrypted/: the service reads them in clear from",
+        "# $CREDENTIALS_DIRECTORY and never needs access to the store.",
+        *(f"LoadCredentialEncrypted={name}" for name in CREDENTIALS),
         "",
         "# Everything is read-only except the vault, the outbox and the directories above;",
         "# the sources are read, never written.",
@@ -215,6 +220,7 @@ def render_system(spec: UnitSpec) -> str:
         "KeyringMode=private",
         "SystemCallArchitectures=native",
         "SystemCallFilter=@system-service",
+        LANDLOCK_SYSCALLS,
         "SystemCallFilter=~@privileged",
         "SystemCallErrorNumber=EPERM",
         "",
@@ -333,14 +339,15 @@ def _next_steps_system(spec: UnitSpec, path: Path, written: bool) -> str:
         f"#   useradd --system --user-group --home-dir /var/lib/shutterlock --shell /usr/sbin/nologin {SYSTEM_USER}",
         f"#   install -d -o {SYSTEM_USER} -g {SYSTEM_USER} -m 0700 /var/lib/shutterlock"
         + (f" {dirs}" if dirs else ""),
-        f"#   {as_service} init       # once: the key envelope (asks for the passphrase)",
-        "# The unit loads these credentials, each optional, from /etc/credstore/ (root-only, mode 0700):",
-        "#   shutterlock.key         the master key: install -m 0600 /var/lib/shutterlock/master.key "
-        "/etc/credstore/shutterlock.key && rm /var/lib/shutterlock/master.key",
-        "#   shutterlock.passphrase  or the passphrase instead (the envelope in /var/lib/shutterlock is unwrapped)",
-        "#   s3.access_key_id, s3.secret_access_key   the S3 replica's keys",
-        "# (to keep them encrypted at rest: `systemd-creds encrypt --name=NAME FILE /etc/credstore.encrypted/NAME`",
-        "#  and LoadCredentialEncrypted=NAME in a drop-in from `systemctl edit shutterlock`.)",
+        "# The passphrase, typed at a prompt (never on a command line, never in clear on disk), encrypted",
+        "# for this machine (its TPM2 if it has one) into the credential store the unit reads:",
+        "#   install -d -m 0700 /etc/credstore.encrypted",
+        "#   systemd-ask-password -n 'Shutterlock passphrase:' | systemd-creds encrypt "
+        "--name=shutterlock.passphrase - /etc/credstore.encrypted/shutterlock.passphrase",
+        "# Once, the key envelope, made with that credential (so no master.key is written):",
+        f"#   systemd-run --wait --pipe -p User={SYSTEM_USER} -p StateDirectory=shutterlock "
+        f"-p LoadCredentialEncrypted=shutterlock.passphrase {_command(spec)} init",
+        "# The S3 replica's keys likewise, as s3.access_key_id and s3.secret_access_key.",
         "#   systemctl daemon-reload",
         "#   systemctl enable --now shutterlock.service",
         f"# Then: `{as_service} status`, `journalctl -u shutterlock -f`,",

@@ -39,6 +39,7 @@ from watchdog.observers.polling import PollingObserver
 
 from shutterlock.catalog import Catalog, CatalogFull, Discovery, FileState
 from shutterlock.config import SourceConfig
+from shutterlock.names import display
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def remember_skipped(catalog: Catalog, source: str, skipped: list[str]) -> None:
         before = json.loads(catalog.get_setting(key, '{"items": []}'))["items"]
     except (ValueError, KeyError, TypeError):
         before = []
-    kept = skipped[:SKIPPED_KEPT]
+    kept = [display(item) for item in skipped[:SKIPPED_KEPT]]  # names escaped to one line, as status shows them
     for item in sorted(set(kept) - set(before)):
         log.warning("source %s: %s", source, item)
     if kept != before or len(skipped) > SKIPPED_KEPT:

@@ -7,7 +7,9 @@ catalog and in ``status`` ("decompression bomb: … pixels > limit …", "trunca
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import mmap
 import os
 import re
 import struct
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -34,6 +37,7 @@ VIDEO_EXTENSIONS = frozenset({
 })
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".thm", ".pp3", ".dop", ".cos", ".json", ".txt", ".xml"})
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif"})
+HEIF_BRANDS = frozenset({b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif", b"ftyphevc"})
 
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
@@ -71,40 +75,73 @@ def classify(path: Path) -> str:
     return "unknown"
 
 
-def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: float = 0.0) -> Decoded:
+def decode(path: Path, *, long_edge: int, max_pixels: int, draft_tolerance: float = 0.0,
+           handle: BinaryIO | None = None, max_bytes: int = 1 << 30) -> Decoded:
     """Decode ``path`` at the smallest scale that still covers ``long_edge`` (JPEG draft, RAW preview).
 
+    ``handle``: the file, already open (the confined worker may open no path); else ``path`` is opened.
     ``draft_tolerance``: how far (as a fraction) a JPEG's reduced decode may fall short of
     ``long_edge``; the shortfall is then made up by a slight upscale of the reduced decode (the
     result is still far below the original's resolution). 0 means the reduced decode must cover it.
+    ``max_bytes``: see :func:`inspect`.
     """
+    if handle is None:
+        try:
+            with path.open("rb") as opened:
+                return decode(path, long_edge=long_edge, max_pixels=max_pixels, draft_tolerance=draft_tolerance,
+                              handle=opened, max_bytes=max_bytes)
+        except OSError as error:
+            raise DeriveError(f"cannot read file: {error.strerror or error}") from None
+    inspect(path, handle, max_bytes)
+    return decode_inspected(path, handle, long_edge=long_edge, max_pixels=max_pixels,
+                            draft_tolerance=draft_tolerance)
+
+
+def inspect(path: Path, handle: BinaryIO, max_bytes: int) -> None:
+    """Refuse what can be refused before any library parses the file: an empty file, one too large to be
+    read whole (``max_bytes``: JPEG, mapped whole for the stream check; HEIF and RAW, whose libraries read
+    the whole file into memory; every other format is read as it decodes, within ``max_pixels`` and the
+    worker's memory limit), and a JPEG whose entropy-coded data is corrupt."""
     try:
-        size = path.stat().st_size
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(16)
+        handle.seek(0)
     except OSError as error:
         raise DeriveError(f"cannot read file: {error.strerror or error}") from None
     if size == 0:
         raise DeriveError("empty file")
-    if classify(path) == "raw":
-        return _decode_raw(path, long_edge=long_edge, max_pixels=max_pixels)
-    if path.suffix.lower() in HEIF_EXTENSIONS:
-        _register_heif()
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(16)
-        # Only JPEGs are read whole (for the stream check); anything else is left to Pillow, which
-        # reads no more than it needs, so a huge unknown file costs no memory.
-        data = path.read_bytes() if head.startswith(b"\xff\xd8") else None
-    except OSError as error:
-        raise DeriveError(f"cannot read file: {error.strerror or error}") from None
-    source: io.BytesIO | Path = path
-    if data is not None:
-        problem = jpeg_stream_problem(data)
+    jpeg = head.startswith(b"\xff\xd8")
+    kind = "RAW" if classify(path) == "raw" else "HEIF" if _is_heif(path, head) else "JPEG" if jpeg else ""
+    if kind and size > max_bytes:
+        raise DeriveError(f"file too large: {size:,} bytes; a {kind} file is read whole, and the limit is "
+                          f"{max_bytes:,} bytes (a quarter of [derive] memory_limit)")
+    if jpeg and kind == "JPEG":
+        # The stream check walks a read-only map of the file: the page cache holds it, not the heap.
+        try:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                problem = jpeg_stream_problem(data)
+        except (OSError, ValueError) as error:
+            if getattr(error, "errno", None) == errno.ENOMEM:
+                raise DeriveError("out of memory while mapping the file") from None
+            raise DeriveError(f"cannot read file: {error}") from None
         if problem:
             raise DeriveError(problem)
-        source = io.BytesIO(data)
-    elif head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif", b"ftyphevc"):
+
+
+def decode_inspected(path: Path, handle: BinaryIO, *, long_edge: int, max_pixels: int,
+                     draft_tolerance: float = 0.0) -> Decoded:
+    """:func:`decode`, for a file :func:`inspect` has passed."""
+    if classify(path) == "raw":
+        return _decode_raw(handle, long_edge=long_edge, max_pixels=max_pixels)
+    head = handle.read(16)
+    handle.seek(0)
+    if _is_heif(path, head):
         _register_heif()
-    return _decode_pillow(source, long_edge=long_edge, max_pixels=max_pixels, draft_tolerance=draft_tolerance)
+    return _decode_pillow(handle, long_edge=long_edge, max_pixels=max_pixels, draft_tolerance=draft_tolerance)
+
+
+def _is_heif(path: Path, head: bytes) -> bool:
+    return path.suffix.lower() in HEIF_EXTENSIONS or head[4:12] in HEIF_BRANDS
 
 
 def _register_heif() -> None:
@@ -134,7 +171,7 @@ def _pixel_limit(max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def open_checked(source: io.BytesIO | Path, max_pixels: int) -> Image.Image:
+def open_checked(source: BinaryIO | Path, max_pixels: int) -> Image.Image:
     """Open (headers only) and refuse images over the pixel limit before anything is decoded.
 
     Pillow's own check (inside ``Image.open``) covers formats whose header it trusts; the explicit
@@ -160,7 +197,7 @@ def open_checked(source: io.BytesIO | Path, max_pixels: int) -> Image.Image:
     return image
 
 
-def _decode_pillow(source: io.BytesIO | Path, *, long_edge: int, max_pixels: int,
+def _decode_pillow(source: BinaryIO, *, long_edge: int, max_pixels: int,
                    draft_tolerance: float = 0.0) -> Decoded:
     image = open_checked(source, max_pixels)
     exif = _safe_exif(image)
@@ -257,10 +294,11 @@ def parse_exif_datetime(value: object) -> datetime | None:
         return None
 
 
-def file_time(path: Path) -> datetime:
+def file_time(path: Path, handle: BinaryIO | None = None) -> datetime:
     """The fallback capture time: the file's mtime (now, if the file has vanished meanwhile)."""
     try:
-        return datetime.fromtimestamp(os.stat(path).st_mtime)
+        info = os.fstat(handle.fileno()) if handle is not None else os.stat(path)
+        return datetime.fromtimestamp(info.st_mtime)
     except (OSError, ValueError, OverflowError):
         return datetime.now()
 
@@ -341,14 +379,14 @@ def _scan_entropy(data: bytes, pos: int, restart_interval: int) -> tuple[int, st
 # --------------------------------------------------------------------------- RAW
 
 
-def _decode_raw(path: Path, *, long_edge: int, max_pixels: int) -> Decoded:
+def _decode_raw(handle: BinaryIO, *, long_edge: int, max_pixels: int) -> Decoded:
     """The embedded preview when it covers the long edge (fast, camera-rendered), else a demosaic."""
     try:
         import rawpy
     except ImportError:
         raise DeriveError("camera RAW support (rawpy) is not installed") from None
     try:
-        raw = rawpy.imread(str(path))
+        raw = rawpy.imread(handle)
     except (rawpy.LibRawError, OSError, ValueError) as error:
         raise DeriveError(f"cannot decode camera RAW: {_raw_reason(error)}") from None
     with raw:
@@ -360,7 +398,7 @@ def _decode_raw(path: Path, *, long_edge: int, max_pixels: int) -> Decoded:
         preview = _raw_preview(raw, min(long_edge, full_edge), max_pixels)
         if preview is not None:
             if preview.capture_time is None:
-                preview.capture_time = _raw_capture_time(path)
+                preview.capture_time = _raw_capture_time(handle)
             preview.full_edge = full_edge
             return preview
         try:
@@ -369,7 +407,7 @@ def _decode_raw(path: Path, *, long_edge: int, max_pixels: int) -> Decoded:
         except (rawpy.LibRawError, MemoryError, ValueError) as error:
             raise DeriveError(f"cannot decode camera RAW: {_raw_reason(error)}") from None
     image = Image.fromarray(rgb, "RGB")
-    return Decoded(image=image, orientation=1, icc_profile=None, capture_time=_raw_capture_time(path),
+    return Decoded(image=image, orientation=1, icc_profile=None, capture_time=_raw_capture_time(handle),
                    target_edge=min(long_edge, max(image.size)), full_edge=full_edge)
 
 
@@ -397,10 +435,11 @@ def _raw_preview(raw: object, needed_edge: int, max_pixels: int) -> Decoded | No
     return decoded if decoded.target_edge >= needed_edge else None
 
 
-def _raw_capture_time(path: Path) -> datetime | None:
+def _raw_capture_time(handle: BinaryIO) -> datetime | None:
     """TIFF-based RAWs (DNG, NEF, ARW, …) carry EXIF that Pillow's TIFF reader can get at."""
     try:
-        with Image.open(path) as image:
+        handle.seek(0)
+        with Image.open(handle) as image:
             return _capture_time(image.getexif())
     except Exception:  # no readable EXIF: fall back to the file time
         return None

@@ -23,12 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from shutterlock.catalog import Catalog, FileRow, Job
-from shutterlock.config import Config, SourceConfig
+from shutterlock.config import Config, DeriveConfig, SourceConfig
 from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
 from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import ensure_dir
 from shutterlock.provenance import SigningIdentity
 from shutterlock.provenance.signing import identity_for, sign_rendered
+from shutterlock.status import IsolationStatus
 from shutterlock.vault.format import FormatError, Keys, ObjectReader
 from shutterlock.vault.local import LocalStore
 
@@ -36,13 +37,22 @@ from . import outbox
 from .decode import classify
 from .pairs import skip_reason
 from .render import DeriveJob, Outcome, Rendered
-from .runner import DeriveRunner
+from .runner import DeriveRunner, Work
 
 log = logging.getLogger(__name__)
 
 HELD_RETRY = 3600.0  # seconds before a held-back (uncloaked) derivative is tried again anyway
 CLOAK_PROBE = 10.0  # while derivatives are held back, how often to look whether the cloak can run again
 KILL_GRACE = 60.0  # beyond the per-image limit, how long a derive worker may look stuck to the watchdog
+
+
+def worker_count(derive: DeriveConfig) -> int:
+    """``[derive] workers``; 0 means one per core, but no more than fit in memory at ``memory_limit`` each
+    (a 2-core box with 24 GB runs two; a 4 GB NAS one, so two cloaks cannot exhaust it)."""
+    if derive.workers:
+        return derive.workers
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(os.cpu_count() or 1, memory // (derive.memory_limit << 20)))
 
 
 def settings_fingerprint(config: Config) -> str:
@@ -90,10 +100,12 @@ class DeriveStage:
 
     name = "derive"
 
-    def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore):
+    def __init__(self, config: Config, catalog: Catalog, keys: Keys, vault: LocalStore, *, work: Work | None = None):
+        """``work``: what the workers run per job (default: ``render``)."""
         self.catalog, self.keys, self.vault = catalog, keys, vault
+        self._work = work
         self.queue = JobQueue(catalog, self.name)
-        self.workers = config.derive.workers
+        self.workers = worker_count(config.derive)
         self._local = threading.local()
         self._runners: list[DeriveRunner] = []
         # Why the cloak could not run on the latest attempt: "" once it runs, None before the first attempt.
@@ -111,7 +123,7 @@ class DeriveStage:
         self.stall_limit = max(config.engine.stall_seconds, config.derive.time_limit + KILL_GRACE)
         for runner in self._runners:
             runner.time_limit = config.derive.time_limit
-        if config.derive.workers != self.workers:
+        if worker_count(config.derive) != self.workers:
             return "[derive] workers changes after a restart"
         return ""
 
@@ -138,9 +150,19 @@ class DeriveStage:
         """One long-lived worker process per lane thread, started on first use."""
         runner: DeriveRunner | None = getattr(self._local, "runner", None)
         if runner is None:
-            runner = self._local.runner = DeriveRunner(self.config.derive.time_limit)
+            config = self.config
+            guarded = [config.vault.path, config.derive.outbox, *(source.path for source in config.sources)]
+            runner = self._local.runner = DeriveRunner(config.derive.time_limit, work=self._work, guarded=guarded)
             self._runners.append(runner)
         return runner
+
+    @property
+    def isolation(self) -> IsolationStatus | None:
+        """How the lane's workers are confined, as the latest one reported (None before the first job)."""
+        reports = [runner.isolation for runner in self._runners if runner.isolation is not None]
+        if not reports:
+            return None
+        return IsolationStatus(active=list(reports[-1].active), missing=list(reports[-1].missing))
 
     def process(self, job: Job, worker: WorkerState) -> None:
         file = self.catalog.file_by_id(int(job.subject))

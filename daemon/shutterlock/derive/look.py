@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import io
+import math
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFilter
@@ -19,10 +21,11 @@ from shutterlock.config import OutputSize
 
 from .decode import Decoded
 
-# Hamming-windowed sinc: on 12 MP -> 2048 px it lands 46 dB PSNR from Lanczos (far below the q90 JPEG
-# error that follows, i.e. invisible) at about half the cost, which is what the lane's throughput
-# target needs (bench/derive.py). reducing_gap box-reduces first when the ratio is large (24+ MP).
-RESAMPLE = Image.Resampling.HAMMING
+# Lanczos for every downscale. After the JPEG draft the ratio left is below 2, where Hamming's short
+# window visibly softens: a 4608-px phone photo decoded at 2304 px and brought to 2048 scores SSIMULACRA2
+# 69 with Hamming and 83 with Lanczos (a full-quality reference through the same q90 encode: 86) for 6 ms
+# more (bench/decode_paths.py). reducing_gap box-reduces first when the ratio is large (non-JPEG sources).
+RESAMPLE = Image.Resampling.LANCZOS
 REDUCING_GAP = 2.0
 
 _TRANSPOSE = {
@@ -53,10 +56,15 @@ def srgb_icc_bytes() -> bytes:
     return bytes(data)
 
 
-def prepare(decoded: Decoded) -> Image.Image:
-    """The derivative's pixels: RGB, sRGB, flattened on white, at ``decoded.target_edge``, upright."""
+def prepare(decoded: Decoded, sharpening: str = "off") -> Image.Image:
+    """The derivative's pixels: RGB, sRGB, flattened on white, at ``decoded.target_edge``, upright.
+
+    ``sharpening``: the output sharpening (:func:`sharpen`), for when this is already the final size. It is
+    applied right after the resize, where it commutes with the orientation that follows and, to within a
+    level, with the colour conversion; after OpenCV's top-up it then saves a copy out of and back into Pillow.
+    """
     image = _flatten(_to_working_mode(decoded.image))
-    image = resize_long_edge(image, decoded.target_edge or max(image.size))
+    image = resize_long_edge(image, decoded.target_edge or max(image.size), sharpening)
     image = _to_srgb(image, decoded.icc_profile)
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -93,14 +101,40 @@ def fit(image: Image.Image, size: OutputSize) -> Image.Image:
 # Unsharp mask per level (percent): what "sharpen for screen" does after a downscale, before the cloak
 # (sharpening after it would amplify the perturbation). The radius follows the output size.
 SHARPEN_PERCENT = {"off": 0, "low": 35, "standard": 60, "high": 90}
+SHARPEN_THRESHOLD = 2  # levels of difference below which a pixel is left alone (noise, flat sky)
 
 
 def sharpen(image: Image.Image, level: str) -> Image.Image:
+    """Pillow's unsharp mask (Gaussian of ``radius``, ``percent`` of the difference added where it exceeds
+    ``SHARPEN_THRESHOLD``), computed with OpenCV: Pillow's takes ~115 ms on a 2048-px derivative, more than
+    the rest of the derivative together; this ~35 ms (bench/derive.py)."""
     percent = SHARPEN_PERCENT[level]
     if not percent:
         return image
-    radius = max(0.5, 0.8 * max(image.size) / 2048)
-    return image.filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=2))
+    if image.mode not in ("RGB", "L"):
+        return image.filter(ImageFilter.UnsharpMask(radius=_radius(image.size), percent=percent,
+                                                    threshold=SHARPEN_THRESHOLD))
+    return Image.fromarray(_unsharp(np.array(image), level), image.mode)
+
+
+def _radius(size: tuple[int, int]) -> float:
+    return max(0.5, 0.8 * max(size) / 2048)
+
+
+def _unsharp(pixels: np.ndarray, level: str) -> np.ndarray:
+    """:func:`sharpen` on an OpenCV array, in place."""
+    percent = SHARPEN_PERCENT[level]
+    if not percent:
+        return pixels
+    cv2 = resampler()
+    radius = _radius((pixels.shape[1], pixels.shape[0]))
+    side = 2 * math.ceil(2.5 * radius) + 1  # OpenCV's default, 3 sigma, adds taps that round to nothing in 8 bits
+    blurred = cv2.GaussianBlur(pixels, (side, side), sigmaX=radius)
+    gain = percent / 100
+    sharpened = cv2.addWeighted(pixels, 1 + gain, blurred, -gain, 0)  # pixels + gain * (pixels - blurred)
+    _, edges = cv2.threshold(cv2.absdiff(pixels, blurred), SHARPEN_THRESHOLD, 255, cv2.THRESH_BINARY)
+    cv2.copyTo(sharpened, edges, pixels)  # per channel, where the difference is above the threshold
+    return pixels
 
 
 def orient(image: Image.Image, orientation: int) -> Image.Image:
@@ -108,20 +142,39 @@ def orient(image: Image.Image, orientation: int) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def resize_long_edge(image: Image.Image, long_edge: int) -> Image.Image:
-    """Scale to ``long_edge`` exactly. Callers never ask for more than the original's resolution; an
-    upscale only happens for the last few percent after a tolerated JPEG draft. It uses bicubic: on a
-    12 MP photo topped up from 2000 to 2048 px that lands 43 dB from a full-decode Lanczos reference
-    (Lanczos: 45 dB) at 70% of Lanczos' cost, and the q90 JPEG that follows loses more than either."""
+def resize_long_edge(image: Image.Image, long_edge: int, sharpening: str = "off") -> Image.Image:
+    """Scale to ``long_edge`` exactly, then :func:`sharpen`. Callers never ask for more than the original's
+    resolution; an upscale only happens for the last few percent after a tolerated JPEG draft (:func:`_top_up`)."""
     width, height = image.size
     longest = max(width, height)
     if longest == long_edge:
-        return image
+        return sharpen(image, sharpening)
     scale = long_edge / longest
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if scale > 1:
-        return image.resize(size, Image.Resampling.BICUBIC)
-    return image.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP)
+        return _top_up(image, size, sharpening)
+    return sharpen(image.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP), sharpening)
+
+
+def _top_up(image: Image.Image, size: tuple[int, int], sharpening: str) -> Image.Image:
+    """Bicubic, through OpenCV: a 12 MP photo's half-scale decode (2016 px) topped up to 2048 px costs
+    ~7 ms there and ~50 ms in Pillow's resampler, which has no SIMD: the largest single cost of a
+    derivative (bench/decode_paths.py). Same kernel family and pixel-centre convention as Pillow's."""
+    if image.mode not in ("RGB", "L"):
+        return sharpen(image.resize(size, Image.Resampling.BICUBIC), sharpening)
+    cv2 = resampler()
+    pixels = cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_CUBIC)
+    return Image.fromarray(_unsharp(pixels, sharpening), image.mode)
+
+
+def resampler() -> ModuleType:
+    """OpenCV, imported here rather than at the top: the daemon imports this package for its types only, and
+    OpenCV would cost it tens of MB. The worker calls this before its first job, whose time limit the import
+    (over a second on a busy machine) would otherwise eat into."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one worker, one core: the lane runs one worker per core
+    return cv2
 
 
 def _to_working_mode(image: Image.Image) -> Image.Image:

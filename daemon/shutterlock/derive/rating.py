@@ -9,7 +9,7 @@ and only the first 256 KB are looked at.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -18,27 +18,29 @@ EXIF_RATING = 0x4746
 SCAN_BYTES = 256 * 1024
 
 
-def rating(source: Path, sidecar: Path | None = None) -> int | None:
-    """The rating (−1 rejected, 0 unrated … 5 stars), or None when nothing says."""
+def rating(original: BinaryIO, sidecar: BinaryIO | None = None) -> int | None:
+    """The rating (−1 rejected, 0 unrated … 5 stars), or None when nothing says. Both files are open
+    already (the worker may open no path); the original is left at its start, for the decoder."""
     if sidecar is not None:
         found = _from_xmp(_head(sidecar))
         if found is not None:
             return found
     try:
-        with Image.open(source) as image:  # reads the header only; no pixels are decoded
+        with Image.open(original) as image:  # reads the header only; no pixels are decoded
             found = _from_xmp(image.info.get("xmp") or b"")
             if found is None:
                 value = image.getexif().get(EXIF_RATING)
                 found = int(value) if isinstance(value, int) else None
     except Exception:  # a RAW Pillow cannot open, or a broken file: the decode step reports the latter
-        found = _from_xmp(_head(source))
+        found = _from_xmp(_head(original))
+    original.seek(0)
     return found
 
 
-def _head(path: Path) -> bytes:
+def _head(handle: BinaryIO) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            return handle.read(SCAN_BYTES)
+        handle.seek(0)
+        return handle.read(SCAN_BYTES)
     except OSError:
         return b""
 

@@ -8,6 +8,7 @@ the outbox (``outbox.place``), so the process that parses untrusted files needs 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import time
@@ -15,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
 
 from . import look, metadata, watermark
-from .decode import DeriveError, classify, decode, file_time
+from .decode import DeriveError, classify, decode_inspected, file_time, inspect
 from .rating import rating
 
 
@@ -81,8 +83,14 @@ class Rendered:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -> Rendered:
-    """Run the whole pipeline for one original; every outcome is a result, never an exception."""
+def render(job: DeriveJob, original: BinaryIO | None = None, sidecar: BinaryIO | None = None, *,
+           progress: Callable[[float], None] | None = None) -> Rendered:
+    """Run the whole pipeline for one original; every outcome is a result, never an exception.
+
+    ``original``, ``sidecar``: the files, already open (the runner's worker may open no path); without
+    them ``job.source`` and ``job.sidecar`` are opened here. ``job.source`` still names the original (its
+    extension picks the decoder).
+    """
     started = time.monotonic()
     cpu_started = time.process_time()
     timings: dict[str, float] = {}
@@ -90,7 +98,18 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
     kind = classify(source)
     if kind in ("video", "sidecar"):
         return Rendered(source, Outcome.SKIPPED, reason=f"not an image ({kind})", cloak_strength=job.cloak.strength)
-    stars = rating(source, job.sidecar)  # cheap (headers only); the catalog keeps it for the site too
+    if original is None:
+        try:
+            with source.open("rb") as opened, _open_sidecar(job.sidecar) as side:
+                return render(job, opened, side, progress=progress)
+        except OSError as error:
+            return _failed(job, Outcome.FAILED, f"cannot read file: {error.strerror or error}", None, started)
+    max_bytes = (job.derive.memory_limit << 20) // 4
+    try:
+        inspect(source, original, max_bytes)  # before the rating's header parse sees a hostile file
+    except DeriveError as error:
+        return _failed(job, Outcome.FAILED, str(error), None, started)
+    stars = rating(original, sidecar)  # cheap (headers only); the catalog keeps it for the site too
     if job.min_rating and (stars or 0) < job.min_rating:
         rated = f"rated {stars}" if stars is not None else "not rated"
         return Rendered(source, Outcome.SKIPPED, cloak_strength=job.cloak.strength, rating=stars,
@@ -99,13 +118,16 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
     size = job.derive.size
     try:
         mark = time.monotonic()
-        decoded = decode(source, long_edge=look.decode_edge(size), max_pixels=job.derive.max_pixels,
-                         draft_tolerance=job.derive.draft_tolerance)
-        capture = decoded.capture_time or file_time(source)
+        decoded = decode_inspected(source, original, long_edge=look.decode_edge(size),
+                                   max_pixels=job.derive.max_pixels, draft_tolerance=job.derive.draft_tolerance)
+        capture = decoded.capture_time or file_time(source, original)
         timings["decode"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        image = look.sharpen(look.fit(look.prepare(decoded), size), job.derive.sharpen)
+        if size.width:  # fit crops and scales to the width: the sharpening comes after it
+            image = look.sharpen(look.fit(look.prepare(decoded), size), job.derive.sharpen)
+        else:  # the prepared image has its final size already
+            image = look.fit(look.prepare(decoded, job.derive.sharpen), size)
         resized_to = max(image.size) if max(image.size) < decoded.full_edge else 0
         del decoded
         timings["look"] = time.monotonic() - mark
@@ -155,6 +177,14 @@ def render(job: DeriveJob, *, progress: Callable[[float], None] | None = None) -
                     cloak_strength=strength, cloak_error=cloak_error, watermark=mark_description,
                     resized_to=resized_to, width=image.width, height=image.height, capture_time=capture,
                     seconds=time.monotonic() - started, timings=timings, rating=stars)
+
+
+def _open_sidecar(path: Path | None) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    """The sidecar opened, or nothing: a sidecar that vanished simply says nothing about the rating."""
+    try:
+        return path.open("rb") if path is not None else contextlib.nullcontext()
+    except OSError:
+        return contextlib.nullcontext()
 
 
 def _failed(job: DeriveJob, outcome: Outcome, reason: str, capture: datetime | None, started: float) -> Rendered:

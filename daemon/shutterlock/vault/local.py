@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from shutterlock.fsutil import (
@@ -188,13 +188,14 @@ class LocalStore:
             with handle:
                 yield tmp, handle
 
-    def commit(self, staged: Sequence[tuple[str, str]]) -> list[bool]:
+    def commit(self, staged: Sequence[tuple[str, str]], *, replace: bool = False) -> list[bool]:
         """Put complete staged files in place as objects, durably and as a group: one flush for their data,
-        the renames, one flush for the folders. For each, True if it is new (False: it was already there).
+        the renames, one flush for the folders. For each, True if it was put in place (False: it was already
+        there; ``replace``: a damaged copy is replaced).
         """
         objects = str(self.objects)
         targets = [f"{objects}/{check_id(object_id)[:2]}/{object_id}" for _, object_id in staged]
-        new = [not os.path.exists(target) for target in targets]
+        new = [replace or not os.path.exists(target) for target in targets]
         moving = [(tmp, target) for (tmp, _), target, is_new in zip(staged, targets, new, strict=True) if is_new]
         if not moving:
             return new
@@ -214,17 +215,18 @@ class LocalStore:
             raise self.error(error, "store objects in", self.objects) from None
         return new
 
-    def adopt(self, staged: str, object_id: str) -> bool:
-        """Move one complete staged file into place; False if the object already existed."""
-        return self.commit([(staged, object_id)])[0]
+    def adopt(self, staged: str, object_id: str, *, replace: bool = False) -> bool:
+        """Move one complete staged file into place; False if the object already existed (``replace``: a
+        damaged copy is replaced)."""
+        return self.commit([(staged, object_id)], replace=replace)[0]
 
-    def put_file(self, object_id: str, sealed: Path) -> bool:
-        if self.exists(object_id):
+    def put_file(self, object_id: str, sealed: Path, *, replace: bool = False) -> bool:
+        if self.exists(object_id) and not replace:
             return False
         with self.staging() as (tmp, handle), open(sealed, "rb") as source:
             while chunk := source.read(1 << 20):
                 handle.write(chunk)
-            return self.adopt(tmp, object_id)
+            return self.adopt(tmp, object_id, replace=replace)
 
     def open(self, object_id: str) -> BinaryIO:
         try:
@@ -256,6 +258,48 @@ class LocalStore:
     @property
     def envelope_path(self) -> Path:
         return self.root / ENVELOPE_NAME
+
+    # Named blobs (catalog snapshots, the signing identity): the same names the bucket uses, as files below the
+    # vault's root, so a vault on an external drive is enough to recover from, like the bucket.
+
+    def _named(self, name: str) -> Path:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise ValueError(f"not a blob name: {name!r}")
+        return self.root.joinpath(*path.parts)
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        if not self.present():  # never a blob on the disk under an unmounted drive's mount point
+            raise VaultMissing(self.root)
+        try:
+            atomic_write_bytes(self._named(name), data)
+        except OSError as error:
+            raise self.error(error, "write", self._named(name)) from None
+
+    def get_bytes(self, name: str) -> bytes:
+        try:
+            return self._named(name).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(name, f"the local vault ({self.root})") from None
+
+    def get_bytes_if_any(self, name: str) -> bytes | None:
+        try:
+            return self.get_bytes(name)
+        except ObjectMissing:
+            return None
+
+    def list_names(self, under: str) -> list[str]:
+        folder = self._named(under.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob("*")
+                      if path.is_file() and not path.name.startswith(TEMP_PREFIX))
+
+    def delete_name(self, name: str) -> None:
+        path = self._named(name)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            flush([], [path.parent])
 
 
 def open_local_vault(root: Path, envelope_file: Path, *, create: bool = True) -> LocalStore:

@@ -10,6 +10,9 @@ logged or passed on a command line.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import io
 import logging
 import os
 import threading
@@ -30,6 +33,10 @@ MULTIPART_THRESHOLD = 64 << 20
 TARGET_PART = 16 << 20
 ENVELOPE_KEY = "key-envelope.json"
 CATALOG_KEY = "catalog/latest"
+
+READ_ATTEMPTS = 8  # consecutive broken reads (no byte received in between) before a download fails
+READ_BACKOFF = (0.25, 8.0)  # first and longest wait before a download is resumed
+READ_PIECE = 1 << 16
 
 OFFLINE_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                   "ProxyConnectionError", "SSLError")
@@ -158,15 +165,17 @@ class S3Store:
                 return False
             raise classify(error, self.bucket, self.config.endpoint) from error
 
-    def put_file(self, object_id: str, sealed: Path, journal: UploadJournal | None = None) -> bool:
+    def put_file(self, object_id: str, sealed: Path, journal: UploadJournal | None = None, *,
+                 replace: bool = False) -> bool:
+        """Upload unless the object is there (``replace``: a damaged copy is overwritten)."""
         key = self.object_key(object_id)
-        if self.exists_key(key):
+        if not replace and self.exists_key(key):
             if journal is not None:
                 journal.forget_upload(object_id, self.name)
             return False
         size = sealed.stat().st_size
         if size <= MULTIPART_THRESHOLD:
-            self._put_small(key, sealed, size)
+            self._put_small(key, sealed, size, conditional=not replace)
         else:
             self.upload_multipart(object_id, sealed, journal)
         return True
@@ -176,15 +185,37 @@ class S3Store:
         self._call("put_object", Key=self.key(name), Body=data, **self._class_args())
 
     def get_bytes(self, name: str) -> bytes:
-        return self._call("get_object", Key=self.key(name), missing=name)["Body"].read()
+        with self.open_key(self.key(name), missing=name) as body:
+            return body.read()
+
+    def get_bytes_if_any(self, name: str) -> bytes | None:
+        try:
+            return self.get_bytes(name)
+        except ObjectMissing:
+            return None
+
+    def list_names(self, under: str) -> list[str]:
+        """Names (relative to the prefix) of every key below ``under``, e.g. ``catalog/snapshots/``."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        base = self.key("")
+        try:
+            return [item["Key"][len(base):] for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(under))
+                    for item in page.get("Contents", [])]
+        except Exception as error:
+            if is_boto_error(error):
+                raise classify(error, self.bucket, self.config.endpoint) from error
+            raise
+
+    def delete_name(self, name: str) -> None:
+        self._call("delete_object", Key=self.key(name))
 
     def _class_args(self) -> dict[str, str]:
         return {"StorageClass": self.config.storage_class} if self.config.storage_class else {}
 
-    def _put_small(self, key: str, sealed: Path, size: int) -> None:
+    def _put_small(self, key: str, sealed: Path, size: int, *, conditional: bool = True) -> None:
         """One streamed PUT, conditional where the service supports it."""
         self._throttle.spend(size)
-        if self._conditional_puts:
+        if conditional and self._conditional_puts:
             try:
                 with open(sealed, "rb") as body:
                     self._client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
@@ -205,7 +236,13 @@ class S3Store:
             self._call("put_object", Key=key, Body=body, **self._class_args())
 
     def open(self, object_id: str) -> BinaryIO:
-        return self._call("get_object", Key=self.object_key(object_id), missing=object_id)["Body"]
+        return self.open_key(self.object_key(object_id), missing=object_id)
+
+    def open_key(self, key: str, *, missing: str) -> BinaryIO:
+        """A download that survives dropped connections (see :class:`ResumingBody`)."""
+        body = ResumingBody(self, key, missing)
+        body.connect()  # a missing object or a refused request is reported here, not at the first read
+        return body  # type: ignore[return-value]
 
     def list(self) -> Iterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
@@ -305,6 +342,98 @@ class S3Store:
                 self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted.append(upload["UploadId"])
         return aborted
+
+
+class ResumingBody(io.RawIOBase):
+    """The bytes of one object, fetched again from where they broke off when a connection drops.
+
+    Every resumed request asks for the rest (``Range``) of the same version (``If-Match`` its ETag), with
+    back-off; attempts are counted only while no byte arrives. The length the server announced is checked
+    at the end, so a download cut short is an error, never a short object.
+    """
+
+    def __init__(self, store: S3Store, key: str, missing: str):
+        self._store, self._key, self._missing = store, key, missing
+        self._body: Any = None
+        self._offset = 0
+        self._length: int | None = None
+        self._etag: str | None = None
+        self._failures = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def connect(self) -> None:
+        extra: dict[str, str] = {}
+        if self._offset:
+            extra["Range"] = f"bytes={self._offset}-"
+        if self._etag:
+            extra["IfMatch"] = self._etag
+        try:
+            response = self._store._call("get_object", Key=self._key, missing=self._missing, **extra)
+        except StoreError as error:
+            if error_code(error.__cause__) in ("PreconditionFailed", "412"):
+                raise StoreError(f"{self._missing[:12]}…: the object changed while it was downloaded",
+                                 transient=False) from None
+            raise
+        if self._length is None:
+            self._length, self._etag = int(response["ContentLength"]), response.get("ETag")
+        elif int(response["ContentLength"]) != self._length - self._offset:
+            raise StoreError(f"{self._missing[:12]}…: the object changed while it was downloaded")
+        self._body = response["Body"]
+
+    def readinto(self, buffer: Any) -> int:
+        assert self._length is not None
+        while True:
+            if self._offset >= self._length:
+                return 0
+            try:
+                if self._body is None:
+                    self.connect()
+                # Small reads: what arrived before a connection broke is kept, not read again.
+                data = self._body.read(min(len(buffer), READ_PIECE, self._length - self._offset))
+                if not data:
+                    raise ConnectionError(f"connection closed at byte {self._offset} of {self._length}")
+            except ObjectMissing:
+                raise
+            except (StoreError, ConnectionError, OSError, http.client.HTTPException, *_stream_errors()) as error:
+                if isinstance(error, StoreError) and not error.transient:
+                    raise
+                self._retry(error)
+                continue
+            buffer[:len(data)] = data
+            self._offset += len(data)
+            self._failures = 0
+            return len(data)
+
+    def _retry(self, error: BaseException) -> None:
+        self._close_body()
+        self._failures += 1
+        if self._failures > READ_ATTEMPTS:
+            raise StoreError(f"download of {self._missing[:12]}… broke off at byte {self._offset} of {self._length} "
+                             f"{READ_ATTEMPTS} times in a row ({type(error).__name__})", transient=True) from None
+        wait = min(READ_BACKOFF[1], READ_BACKOFF[0] * 2 ** (self._failures - 1))
+        log.info("download of %s… interrupted at byte %d (%s); resuming in %.1f s", self._missing[:12],
+                 self._offset, type(error).__name__, wait)
+        time.sleep(wait)
+
+    def _close_body(self) -> None:
+        if self._body is not None:
+            with contextlib.suppress(Exception):
+                self._body.close()
+            self._body = None
+
+    def close(self) -> None:
+        self._close_body()
+        super().close()
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What botocore and urllib3 raise when a response body breaks off (imported late: boto is heavy)."""
+    import botocore.exceptions as bex
+    import urllib3.exceptions
+
+    return (bex.BotoCoreError, urllib3.exceptions.HTTPError)
 
 
 def client_for(config: S3Config, paths: Paths) -> Any:

@@ -39,8 +39,9 @@ class Store(Protocol):
 
     name: str
 
-    def put_file(self, object_id: str, sealed: Path) -> bool:
-        """Store the sealed file under ``object_id``; False if it was already there (idempotent)."""
+    def put_file(self, object_id: str, sealed: Path, *, replace: bool = False) -> bool:
+        """Store the sealed file under ``object_id``; False if it was already there (idempotent). ``replace``
+        overwrites a copy known to be damaged."""
         ...
 
     def open(self, object_id: str) -> BinaryIO:
@@ -54,3 +55,14 @@ class Store(Protocol):
     def delete(self, object_id: str) -> None:
         """Remove an object (key rotation replaces objects); a missing one is not an error."""
         ...
+
+
+class NamedBlobs(Protocol):
+    """Small sealed files under fixed names beside the objects (catalog snapshots, the signing identity):
+    the bucket and the local vault both keep them, so either is enough to recover from."""
+
+    def put_bytes(self, name: str, data: bytes) -> None: ...
+    def get_bytes(self, name: str) -> bytes: ...
+    def get_bytes_if_any(self, name: str) -> bytes | None: ...
+    def list_names(self, under: str) -> list[str]: ...
+    def delete_name(self, name: str) -> None: ...
