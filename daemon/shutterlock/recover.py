@@ -175,7 +175,7 @@ def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[],
     machine's vault where it is (nothing is copied), the newest catalog snapshot in it becomes the catalog,
     objects sealed after that snapshot are added from their own metadata, and every original is restored."""
     vault = LocalStore(vault_dir)
-    if not (vault_dir / VAULT_MARKER).is_file():
+    if not vault.present():
         raise OperationFailed(f"{vault_dir} is not a Shutterlock vault (no {VAULT_MARKER})")
     config = with_overrides(config, Choices(vault=vault_dir))
     paths = config.paths

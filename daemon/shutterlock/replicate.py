@@ -113,8 +113,9 @@ def sync_envelopes(paths: Paths, vault: LocalStore, store: S3Store | None, keys:
     Never overwrites a newer envelope it cannot vouch for."""
     retired = _read_or_none(paths.retired_keys) if keys.retired else None
     local_retired = vault.root / RETIRED_NAME
+    in_vault = vault.present()  # a vault whose drive is not mounted gets its copies when it is back
     if retired is not None:
-        if _read_or_none(local_retired) != retired:
+        if in_vault and _read_or_none(local_retired) != retired:
             atomic_write_bytes(local_retired, retired)
         if store is not None and store.get_bytes_if_any(RETIRED_NAME) != retired:
             store.put_bytes(RETIRED_NAME, retired)
@@ -122,10 +123,9 @@ def sync_envelopes(paths: Paths, vault: LocalStore, store: S3Store | None, keys:
         local_retired.unlink(missing_ok=True)
         if store is not None and store.exists_key(store.key(RETIRED_NAME)):
             store.delete_name(RETIRED_NAME)
-    copies: dict[str, bytes | None] = {
-        "the state directory": _read_or_none(paths.envelope_file),
-        "the vault": _read_or_none(vault.envelope_path),
-    }
+    copies: dict[str, bytes | None] = {"the state directory": _read_or_none(paths.envelope_file)}
+    if in_vault:
+        copies["the vault"] = _read_or_none(vault.envelope_path)
     if store is not None:
         copies["the bucket"] = store.get_bytes_if_any(ENVELOPE_KEY)
     try:
