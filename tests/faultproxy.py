@@ -3,7 +3,9 @@
 Each accepted connection is forwarded to the target by two pump threads. While the proxy is in ``drop`` mode
 a connection is cut (both sides reset) after a random number of bytes; in ``stall`` mode nothing is
 forwarded (the bytes wait in the kernel buffers) until the mode changes. Tests switch modes themselves or let
-:meth:`FaultProxy.chaos` switch them at random.
+:meth:`FaultProxy.chaos` switch them at random. With ``cut_after``, every connection is also cut once that many
+bytes have gone back to the client: a response that breaks off mid-body, as a dropping Wi-Fi or mobile link
+does, at the same place every time.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import time
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, seed: int = 0):
+    def __init__(self, target_port: int, seed: int = 0, cut_after: int | None = None):
         self.target = ("127.0.0.1", target_port)
+        self.cut_after = cut_after
         self.mode = "pass"  # pass | drop | stall
         self._rng = random.Random(seed)
         self._listener = socket.socket()
@@ -29,13 +32,19 @@ class FaultProxy:
         self._stop = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self.dropped = 0
+        self.dropped = 0  # connections cut: by ``drop`` mode or by ``cut_after``
         self.stalled = 0
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -52,10 +61,13 @@ class FaultProxy:
             with self._lock:
                 self._sockets.update((client, upstream))
             budget = self._rng.randint(1, 4 << 20)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink, budget), daemon=True).start()
+            for source, sink, limit in ((client, upstream, None), (upstream, client, self.cut_after)):
+                threading.Thread(target=self._pump, args=(source, sink, budget, limit), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, budget: int) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, budget: int, limit: int | None) -> None:
+        """Forward until either side closes; ``budget``: bytes left before a cut in drop mode; ``limit``: bytes
+        to forward at most (then the connection is cut)."""
+        sent = 0
         try:
             while not self._stop.is_set():
                 if self.mode == "stall":
@@ -70,7 +82,12 @@ class FaultProxy:
                     if budget <= 0:
                         self.dropped += 1
                         break
+                if limit is not None and sent + len(data) > limit:
+                    sink.sendall(data[:max(0, limit - sent)])
+                    self.dropped += 1
+                    break
                 sink.sendall(data)
+                sent += len(data)
         except OSError:
             pass
         finally:
@@ -81,6 +98,8 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 # A reset, not a polite close: the client sees the connection die mid-request.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the other direction's pump, blocked in recv
             with contextlib.suppress(OSError):
                 sock.close()
             with self._lock:
