@@ -113,6 +113,52 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return seconds, usage.ru_maxrss / 1024, result
 
 
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    cpu_seconds: float  # user + system of the child
+    rss_mb: float  # its peak
+    result: subprocess.CompletedProcess
+
+
+def measured(command: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run a command to completion; its wall time, CPU time and peak RSS (fails loudly if it fails).
+
+    Output goes through temp files, not pipes: a run that logs 100,000 lines must not block on a full pipe.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(command, code, out.read().decode(), err.read().decode(errors="replace"))
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({code}):\n{result.stderr[-2000:]}")
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, result)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_average() -> str:
+    """The machine's load (1, 5, 15 min), printed beside every figure: 2 shared cores make it matter."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
+
+
 def cleanup(*paths: Path) -> None:
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)

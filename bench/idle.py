@@ -11,21 +11,8 @@ import argparse
 import os
 import subprocess
 import time
-from pathlib import Path
 
-from common import Installation, cleanup, installation, scratch
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from common import Installation, cleanup, cpu_seconds, installation, rss_mb, scratch
 
 
 def main() -> None:

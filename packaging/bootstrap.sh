@@ -34,7 +34,7 @@ RUNTIME_PACKAGES=(fonts-dejavu-core)
 # PyGObject and pycairo have no Linux wheels: they build against these.
 TRAY_PACKAGES=(gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config gcc libc6-dev)
 TEST_PACKAGES=(libimage-exiftool-perl xvfb trayer dbus-x11 dbus-bin dbus-daemon dunst x11-utils xdotool
-               imagemagick procps systemd restic mat2 chromium chromium-driver zbar-tools e2fsprogs util-linux
+               imagemagick procps systemd restic rclone mat2 chromium chromium-driver zbar-tools e2fsprogs util-linux
                docker-compose)
 TORCH_VERSION="2.13.0"
 

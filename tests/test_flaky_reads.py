@@ -19,7 +19,7 @@ from pathlib import Path
 
 from conftest import PASSPHRASE, S3Server, s3_config, with_replica
 from decryptor import decrypt_object, open_envelope
-from netfault import DroppingProxy
+from faultproxy import FaultProxy
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -46,12 +46,12 @@ def _exercise(make_home, server: S3Server) -> None:
     home.cli("run", "--once", check=True)
     originals = digests(home.sources[0])
 
-    with DroppingProxy(server.port, cut_after=800_000) as proxy:
+    with FaultProxy(server.port, cut_after=800_000) as proxy:
         home.write_config(s3_config(server).replace(server.endpoint, proxy.endpoint))
         remote = home.cli("verify", "--remote")
         assert remote.returncode == 0 and "Traceback" not in remote.stderr, remote.stderr
         assert "verified 6 object(s)" in remote.stdout and "all good" in remote.stdout
-        cuts_after_verify = proxy.cuts
+        cuts_after_verify = proxy.dropped
         assert cuts_after_verify >= 6, "the link must really have dropped during the downloads"
 
         restored = home.base / "from-s3"
@@ -86,7 +86,7 @@ def _exercise(make_home, server: S3Server) -> None:
         assert again.returncode == 0, again.stderr
         assert "Traceback" not in again.stderr
         assert digests(dest) == originals
-        assert proxy.cuts > cuts_after_verify
+        assert proxy.dropped > cuts_after_verify
     assert home.cli("verify").returncode == 0
 
 

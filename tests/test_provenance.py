@@ -39,6 +39,7 @@ from shutterlock.provenance import (
 )
 from shutterlock.provenance.signing import sign_rendered
 from shutterlock.vault.format import Keys
+from shutterlock.vault.local import VAULT_MARKER
 from test_derive import ALLOWED_GROUPS, ALLOWED_TAGS, EXIF_SAMPLES, FORBIDDEN_WORDS, exif_json
 
 pytestmark = pytest.mark.skipif(not EXIF_SAMPLES.is_dir(), reason="../shared/samples not present")
@@ -373,10 +374,12 @@ def _walk(data: bytes, label: str, out: list[tuple[str, str]]) -> None:
 def test_ensure_creates_once_and_restore_brings_the_same_identity_back(tmp_path: Path) -> None:
     keys = Keys.from_master(b"\x03" * 32)
     state, vault = tmp_path / "state", tmp_path / "vault"
-    vault.mkdir()
+    vault.mkdir()  # the mount point of a vault drive that is not mounted: no marker
     first, created = identity.ensure(state, CREATOR, keys.catalog, vault)
+    assert created and not any(vault.iterdir()), "nothing is written into an absent vault"
+    (vault / VAULT_MARKER).write_text("{}")
     again, created_again = identity.ensure(state, CREATOR, keys.catalog, vault)
-    assert created and not created_again and again.key_pem == first.key_pem
+    assert not created_again and again.key_pem == first.key_pem
     blob = (vault / identity.SEALED_NAME).read_bytes()
     assert (vault / identity.SEALED_NAME).stat().st_mode & 0o777 == 0o600
     restored = identity.restore(tmp_path / "new-machine", keys.catalog, blob, "s3://b/p/signing-identity")

@@ -24,7 +24,7 @@ from shutterlock.derive import DeriveJob, DeriveRunner, Outcome
 from shutterlock.derive.lane import DeriveStage
 from shutterlock.engine import Engine
 from shutterlock.seal import SealStage
-from shutterlock.watch import scan
+from shutterlock.watch import discoveries, scan_source
 
 GOOD = SAMPLES / "exif-samples" / "jpg" / "gps" / "DSCN0010.jpg"
 SECRET = "AKIA-not-for-the-worker"
@@ -138,13 +138,13 @@ def test_the_daemon_records_each_refused_attempt_and_goes_on(make_home, monkeypa
     (home.sources[0] / "good.jpg").write_bytes(GOOD.read_bytes())
     config = config_module.load(home.config_file)
     keys = facade.load_keys(config)
-    vault = facade.open_vault(config)
     with facade.open_catalog(config) as catalog:
+        vault = facade.open_vault(config, catalog)
         lane = DeriveStage(config, catalog, keys, vault, work=misbehave)
         engine = Engine(catalog, [SealStage(config, catalog, keys, vault, [lane]), lane])
         try:
-            scan(config.sources, catalog,
-                 lambda source, relpath, info: engine.discover(source, relpath, info.st_size, info.st_mtime_ns))
+            for source in config.sources:
+                engine.discover(discoveries(source, scan_source(source, catalog).found))
             engine.run_until_idle()
         finally:
             engine.close()

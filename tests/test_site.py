@@ -340,7 +340,7 @@ def test_republish_after_one_new_photo_sends_only_its_files_and_changed_pages(st
 
 
 def test_candidates_come_from_the_catalog_records(tmp_path: Path) -> None:
-    from shutterlock.catalog import Catalog
+    from shutterlock.catalog import Catalog, Discovery
     from shutterlock.site.select import candidates
 
     catalog = Catalog(tmp_path / "catalog.sqlite3")
@@ -348,7 +348,7 @@ def test_candidates_come_from_the_catalog_records(tmp_path: Path) -> None:
             ("top.jpg", "written", True, "light"), ("Lisbon/held.jpg", "held", False, "standard"),
             ("Lisbon/pair.CR3", "skipped", False, "standard")]
     for number, (relpath, status, cloaked, strength) in enumerate(rows, start=1):
-        catalog.discover("trips", relpath, 1, 1)
+        catalog.discover_many([Discovery("trips", relpath, 1, 1)])
         catalog.record_derivative(number, "0" * 64, status=status, output=str(tmp_path / f"{number}.jpg")
                                   if status == "written" else None, reason="cloak weights missing" if
                                   status == "held" else "", cloaked=cloaked, strength=strength, watermark="© Ada",

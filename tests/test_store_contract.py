@@ -45,7 +45,7 @@ def s3_store(backend: Backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if request.param == "local":
         vault = LocalStore(tmp_path / "vault")
-        vault.prepare()
+        vault.create()
         yield vault
         return
     yield s3_store(backend(request.param, request, tmp_path), monkeypatch, tmp_path)

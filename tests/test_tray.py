@@ -30,7 +30,7 @@ from conftest import ROOT, SAMPLES, Home, stop, wait_for
 from PIL import Image
 from shutterlock import autostart, facade
 from shutterlock import config as config_module
-from shutterlock.catalog import Catalog
+from shutterlock.catalog import Catalog, Discovery, SealedFile
 from shutterlock.control import ControlClient
 from shutterlock.errors import DaemonNotRunning
 from shutterlock.status import LaneStatus, ProcessFacts, ReplicaStatus, Status
@@ -66,20 +66,22 @@ class Catalogued:
         self._count = 0
 
     def discover(self, count: int, size: int = 25_000_000) -> None:
+        found = []
         for _ in range(count):
             self._count += 1
-            self.catalog.discover("src", f"IMG_{self._count:04}.jpg", size, self._count)
+            found.append(Discovery("src", f"IMG_{self._count:04}.jpg", size, self._count))
+        self.catalog.discover_many(found)
 
     def seal(self, count: int) -> None:
         """Seal ``count`` waiting originals as the seal lane does (each queues its derivative)."""
-        for file in self.catalog.claim_files(count):
-            content_id = hashlib.sha256(file.relpath.encode()).hexdigest()
-            follow_up = [("derive", str(file.id), file.size)] if self.derive else []
-            self.catalog.mark_sealed(file, content_id=content_id, size=file.size, mtime_ns=file.mtime_ns,
-                                     stored_size=file.size + 40, capture_time=None, follow_up=follow_up)
+        self.catalog.record_seal_batch([
+            SealedFile(file=file, content_id=hashlib.sha256(file.relpath.encode()).hexdigest(), size=file.size,
+                       mtime_ns=file.mtime_ns, stored_size=file.size + 40,
+                       follow_up=[("derive", str(file.id), file.size)] if self.derive else [])
+            for file in self.catalog.claim_batch(count, max_bytes=1 << 62)])
 
     def fail(self, count: int, error: str) -> None:
-        for file in self.catalog.claim_files(count):
+        for file in self.catalog.claim_batch(count, max_bytes=1 << 62):
             self.catalog.fail_file(file, error)
             self.catalog.record_event("error", f"{file.source}/{file.relpath}", error)
 

@@ -268,6 +268,8 @@ def describe(info: Status) -> list[str]:
     for source in info.sources:
         warn = f"  ! {source.warning}" if source.warning else ""
         lines.append(f"  source       {source.name}: {source.path} ({source.watch_mode}){warn}")
+        lines.extend(f"  skipped      {source.name}: {item}" for item in source.skipped)
+    lines.extend(f"  settling     {item.source}/{item.relpath} {item.reason}" for item in info.unsettled)
     for item in info.current:
         lines.append(f"  now          {item}")
     for why in info.restart_needed:

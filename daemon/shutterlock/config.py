@@ -180,6 +180,12 @@ def _pictures() -> Path:
 # says what values are valid. One generic reader (:func:`_read_table`) turns a TOML table into it.
 
 
+def bucket_and_prefix(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix")."""
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    return bucket, prefix.strip("/")
+
+
 def rule(*, low: float | None = None, high: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
     """Validation for one key: a numeric range, or the allowed words."""
     return {"low": low, "high": high, "choices": choices}
@@ -224,12 +230,11 @@ class S3Config:
 
     @property
     def bucket(self) -> str:
-        return self.url[len("s3://"):].split("/", 1)[0]
+        return bucket_and_prefix(self.url)[0]
 
     @property
     def prefix(self) -> str:
-        rest = self.url[len("s3://"):].split("/", 1)
-        return rest[1].strip("/") if len(rest) > 1 else ""
+        return bucket_and_prefix(self.url)[1]
 
 
 @dataclass(frozen=True)
@@ -324,12 +329,11 @@ class ShareConfig:
 
     @property
     def bucket(self) -> str:
-        return self.url[len("s3://"):].split("/", 1)[0]
+        return bucket_and_prefix(self.url)[0]
 
     @property
     def prefix(self) -> str:
-        rest = self.url[len("s3://"):].split("/", 1)
-        return rest[1].strip("/") if len(rest) > 1 else ""
+        return bucket_and_prefix(self.url)[1]
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from shutterlock.control import ControlServer
 from shutterlock.engine import Engine
 from shutterlock.errors import AlreadyRunning, ConfigError, ShutterlockError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
+from shutterlock.names import display
 from shutterlock.service import Notifier
-from shutterlock.status import SourceStatus, Status
-from shutterlock.watch import SourceWatcher, StabilityGate, scan, walk
+from shutterlock.status import SourceStatus, Status, UnsettledFile, duration
+from shutterlock.watch import SourceWatcher, StabilityGate, scan_source, walk
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Daemon:
         self._reloading = threading.Lock()
         self.started_at = time.time()
         self.restart_needed: list[str] = []
+        self._scanning: list[str] = []  # sources being walked (status says so: until then, nothing is "all sealed")
+        self._scan_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -87,9 +90,9 @@ class Daemon:
         started: list[Any] = []
         try:
             keys = self.keys = facade.load_keys(self.config)
-            vault = self.vault = facade.open_vault(self.config)
             self.catalog = facade.open_catalog(self.config)
             started.append(self.catalog.close)
+            vault = self.vault = facade.open_vault_or_wait(self.config, self.catalog)
             self.engine = Engine(self.catalog, facade.build_stages(self.config, self.catalog, keys, vault))
             started.append(self.engine.close)
             self.engine.start()
@@ -97,7 +100,7 @@ class Daemon:
             self.gate = StabilityGate(self.config.engine.settle_seconds, self.engine.discover)
             self.gate.start()
             started.append(self.gate.stop)
-            self.watcher = SourceWatcher(self.config.sources, self.gate, self._new_folder)
+            self.watcher = SourceWatcher(self.config.sources, self.gate, self._new_folder, self._source_back)
             self.watcher.start()
             started.append(self.watcher.stop)
             self.control = ControlServer(self.config.paths.socket, self)
@@ -156,21 +159,38 @@ class Daemon:
         if done or new:
             self.engine.wake()
 
-    def _scan_in_background(self, why: str) -> None:
-        def offer(source: SourceConfig, relpath: str, _info: os.stat_result) -> None:
-            self.gate.offer(source, relpath)
+    def _scan_in_background(self, why: str, sources: tuple[SourceConfig, ...] | None = None) -> None:
+        """Walk the sources (each file statted once, compared with the catalog in bulk) and offer what is new
+        or changed to the stability gate."""
+        watcher, gate, walking = self.watcher, self.gate, list(sources or self.config.sources)
+        with self._scan_lock:
+            self._scanning.extend(source.name for source in walking)
 
         def run() -> None:
-            found = scan(self.config.sources, self.catalog, offer)
-            if found:
-                log.info("%s: %d new or changed file(s)", why, found)
+            for source in walking:
+                try:
+                    result = scan_source(source, self.catalog)
+                    if result.found:
+                        gate.offer_found(source, result.found, trusted=watcher.native(source.name))
+                        log.info("%s of %s: %d new or changed file(s) of %d", why, source.name, len(result.found),
+                                 result.files)
+                except Exception:
+                    log.exception("%s of %s failed", why, source.name)
+                finally:
+                    with self._scan_lock:
+                        self._scanning.remove(source.name)
+                    self.engine.wake()
 
         threading.Thread(target=run, name="scan", daemon=True).start()
 
+    def _source_back(self, source: SourceConfig) -> None:
+        self._scan_in_background("scan after its return", (source,))
+
     def _new_folder(self, source: SourceConfig, folder: Path) -> None:
         """A folder appeared (or was moved in): its files may predate the watch on it."""
-        for relpath, _ in walk(folder, source.ignore):
-            self.gate.offer(source, (folder / relpath).relative_to(source.path).as_posix())
+        prefix = folder.relative_to(source.path).as_posix() + "/"
+        self.gate.offer_found(source, [(prefix + relpath, info) for relpath, info in walk(folder, source.ignore)],
+                              trusted=self.watcher.native(source.name))
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
@@ -242,7 +262,7 @@ class Daemon:
         self.watcher.stop()
         self.config = new
         self.gate.settle = new.engine.settle_seconds
-        self.watcher = SourceWatcher(new.sources, self.gate, self._new_folder)
+        self.watcher = SourceWatcher(new.sources, self.gate, self._new_folder, self._source_back)
         self.watcher.start()
         self.scheduler.shutdown(wait=False)
         self.scheduler = self._start_scheduler()
@@ -258,8 +278,10 @@ class Daemon:
 
     def status(self) -> Status:
         engine = self.engine
+        seal = engine.stage("seal")
         replicate = engine.stage("replicate")
         derive = engine.stage("derive")
+        settle = self.config.engine.settle_seconds
         live = facade.LiveFacts(
             pid=os.getpid(),
             version=engine.version,
@@ -274,6 +296,12 @@ class Daemon:
             replica=replicate.status() if replicate is not None else None,  # type: ignore[attr-defined]
             cloak_problem=derive.cloak_problem if derive is not None else None,  # type: ignore[attr-defined]
             restart_needed=self.restart_needed,
+            vault_problem=seal.guard.problem() if seal is not None else "",  # type: ignore[attr-defined]
+            unsettled=[UnsettledFile(source=u.source, relpath=display(u.relpath),
+                                     reason=f"keeps changing (for {duration(u.changing_for)}): it is sealed once it "
+                                            f"has not changed for {settle:g} s")
+                       for u in self.gate.unsettled()],
+            scanning=sorted(set(self._scanning)),
             isolation=derive.isolation if derive is not None else None,  # type: ignore[attr-defined]
         )
         return facade.read_status(self.config, self.catalog, live)

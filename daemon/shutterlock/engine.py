@@ -10,15 +10,15 @@ mechanism (the loop, the item runner, retries, the drain of ``run --once``, heal
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from shutterlock.catalog import Catalog, FileRow, Job
-from shutterlock.config import SourceConfig
+from shutterlock.catalog import Catalog, CatalogFull, Discovery, Job, SealBatch, backoff
 from shutterlock.errors import ShutterlockError
 from shutterlock.status import LaneStatus
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 RATE_WINDOW = 300.0  # seconds of finished items a lane's rate is measured over
+CATALOG_RETRY = 5.0  # seconds between attempts to write a catalog whose disk is full
 
 
 class StageError(ShutterlockError):
@@ -41,9 +42,11 @@ class StageError(ShutterlockError):
 
 
 class WorkQueue(Protocol[Item]):
-    """A stage's durable queue in the catalog."""
+    """A stage's durable queue in the catalog. ``units``: how many queued entries an item stands for (a batch
+    of originals: its length), so progress counts what the user queued, not how it was grouped."""
 
     def claim(self) -> Item | None: ...
+    def units(self, item: Item) -> int: ...
     def next_due(self) -> float | None: ...
     def done(self, item: Item) -> None: ...
     def retry(self, item: Item, error: StageError, limit: int) -> bool: ...
@@ -112,19 +115,19 @@ class _LaneProgress(Generic[Item]):
     """Per lane: items finished in the current batch and when, for "N of M", the rate and the ETA."""
 
     done: int = 0
-    finished: collections.deque[float] = field(default_factory=collections.deque)
+    finished: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
 
-    def finish(self, now: float) -> None:
-        self.done += 1
-        self.finished.append(now)
-        while self.finished and now - self.finished[0] > RATE_WINDOW:
+    def finish(self, now: float, units: int) -> None:
+        self.done += units
+        self.finished.append((now, units))
+        while self.finished and now - self.finished[0][0] > RATE_WINDOW:
             self.finished.popleft()
 
     def rate(self, now: float) -> float | None:
         if len(self.finished) < 2:
             return None
-        span = max(now - self.finished[0], 1e-3)
-        return len(self.finished) / span
+        span = max(now - self.finished[0][0], 1e-3)
+        return sum(units for _, units in self.finished) / span
 
 
 class Engine:
@@ -141,6 +144,9 @@ class Engine:
         self.paused = catalog.get_setting("paused") == "1"
         self.failures = 0
         self.version = 0  # bumps on every visible change; status long-polls wait on it
+        # Outcomes the catalog could not take (its disk was full), per lane; recorded before the lane claims more.
+        self._unrecorded: dict[str, list[tuple[Any, StageError]]] = {stage.name: [] for stage in stages}
+        self._unrecorded_lock = threading.Lock()
 
     # ------------------------------------------------------------------ control
 
@@ -192,11 +198,16 @@ class Engine:
             except Exception:
                 log.exception("closing the %s lane failed", stage.name)
 
-    def discover(self, source: SourceConfig, relpath: str, size: int, mtime_ns: int) -> None:
-        """A stable file was found: queue it for sealing (if new or changed) and wake the lanes."""
-        if self.catalog.discover(source.name, relpath, size, mtime_ns):
-            log.debug("queued %s/%s", source.name, relpath)
+    def discover(self, found: Sequence[Discovery]) -> int:
+        """Stable files were found: queue those new or changed for sealing, in bulk, and wake the lanes.
+
+        Raises CatalogFull when they cannot be recorded (the caller keeps them and offers them again).
+        """
+        queued = self.catalog.discover_many(found)
+        if queued:
+            log.info("queued %d new or changed file(s) for sealing", queued)
             self.wake()
+        return queued
 
     def stage(self, name: str) -> Stage[Any] | None:
         return next((stage for stage in self.stages if stage.name == name), None)
@@ -221,32 +232,44 @@ class Engine:
             self._changed.wait_for(lambda: self.version != version or self._stopping.is_set(), timeout)
 
     def _loop(self, stage: Stage[Any], worker: WorkerState) -> None:
+        """A lane's worker: claim, process, record, until stopped. Nothing the catalog or the stage raises
+        ends it: a catalog that cannot be written (a full disk) only makes the lane wait and look again."""
         while not self._stopping.is_set():
             if self.paused:
                 self._idle_wait(None)
                 continue
             try:
+                if not self._record_pending(stage):
+                    self._stopping.wait(CATALOG_RETRY)
+                    continue
                 item = stage.queue.claim()
+                due = stage.queue.next_due() if item is None else None
+            except CatalogFull:
+                self._stopping.wait(CATALOG_RETRY)  # the catalog logged it once; status names the disk
+                continue
             except Exception:
                 log.exception("the %s lane could not claim work; retrying", stage.name)
-                self._stopping.wait(5.0)
+                self._stopping.wait(CATALOG_RETRY)
                 continue
             if item is None:
                 self._progress[stage.name] = _LaneProgress()  # idle: the next item starts a new batch
-                self._idle_wait(stage.queue.next_due())
+                self._idle_wait(due)
                 continue
             self.run_item(stage, item, worker)
 
     def run_item(self, stage: Stage[Item], item: Item, worker: WorkerState) -> None:
         """Process one item and record its outcome; nothing a stage raises escapes (the lane must live)."""
-        label = stage.describe(item)
-        worker.begin(label)
+        label = "?"
         try:
+            label = stage.describe(item)
+            worker.begin(label)
             stage.process(item, worker)
             stage.queue.done(item)
-            self._progress[stage.name].finish(time.time())
+            self._progress[stage.name].finish(time.time(), stage.queue.units(item))
         except StageError as error:
             self._record_failure(stage, item, label, error)
+        except CatalogFull as error:  # the work may be done, but it cannot be recorded: it is redone later
+            self._record_failure(stage, item, label, StageError(str(error), transient=True, delay=0.0, count=False))
         except Exception as error:  # a bug must not kill the lane; record it loudly and retry later
             log.exception("unexpected error in the %s lane (%s)", stage.name, label)
             self._record_failure(stage, item, label, StageError(f"internal error: {error!r}", transient=True))
@@ -261,12 +284,36 @@ class Engine:
                 stage.queue.fail(item, str(error) if not error.transient else
                                  f"{error} (gave up after {stage.attempts} attempts)")
                 self.failures += 1
-            if error.count or not retried:
-                log.log(logging.WARNING if retried else logging.ERROR, "%s: %s%s", label, error,
-                        " (will retry)" if retried else "")
-                self.catalog.record_event("warning" if retried else "error", label, str(error))
+        except CatalogFull:
+            with self._unrecorded_lock:  # recorded (as a retry) once the catalog can be written again
+                self._unrecorded[stage.name].append((item, error))
+            return
         except Exception:
             log.exception("could not record the outcome of %s; it will be retried after a restart", label)
+            return
+        if error.count or not retried:
+            log.log(logging.WARNING if retried else logging.ERROR, "%s: %s%s", label, error,
+                    " (will retry)" if retried else "")
+            with contextlib.suppress(CatalogFull):
+                self.catalog.record_event("warning" if retried else "error", label, str(error))
+
+    def _record_pending(self, stage: Stage[Any]) -> bool:
+        """Record the outcomes the catalog refused earlier (as retries, due now); False while it still refuses.
+
+        Until then the lane claims nothing new, so claimed work is never stranded in the "being worked on"
+        state: it is due again as soon as the catalog has space.
+        """
+        with self._unrecorded_lock:
+            pending = self._unrecorded[stage.name]
+            while pending:
+                item, error = pending[0]
+                try:
+                    stage.queue.retry(item, StageError(str(error), transient=True, delay=0.0, count=False),
+                                      stage.attempts)
+                except CatalogFull:
+                    return False
+                pending.pop(0)
+        return True
 
     # ------------------------------------------------------------------ one-shot
 
@@ -283,7 +330,13 @@ class Engine:
             self.workers.extend(workers)
 
             def drain(worker: WorkerState, stage: Stage[Any] = stage) -> None:
-                while (item := stage.queue.claim()) is not None:
+                while True:
+                    try:
+                        item = stage.queue.claim()
+                    except CatalogFull:
+                        return  # nothing more can be recorded: the run ends with the rest still queued
+                    if item is None:
+                        return
                     self.run_item(stage, item, worker)
 
             threads = [threading.Thread(target=drain, args=(w,), name=f"{stage.name}-{i}")
@@ -313,30 +366,46 @@ class Engine:
 
 
 class FileQueue:
-    """The seal queue: originals in the ``files`` table.
+    """The seal queue: originals in the ``files`` table, claimed in batches (:meth:`Catalog.claim_batch`).
 
-    The seal stage records each outcome itself (sealed together with its follow-up jobs, requeued after a
-    change, forgotten when the file vanished) in one transaction, so ``done`` has nothing left to do.
+    The seal stage records a batch's outcomes itself, in one transaction once its objects are durable, so
+    ``done`` has nothing left to do. A batch the lane could not finish as a whole is split: each original is
+    tried again on its own, so a single bad file is found, and fails, alone.
     """
 
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
+    def __init__(self, catalog: Catalog, max_files: int, max_bytes: int):
+        self.catalog, self.max_files, self.max_bytes = catalog, max_files, max_bytes
 
-    def claim(self) -> FileRow | None:
-        claimed = self.catalog.claim_files(1)
-        return claimed[0] if claimed else None
+    def claim(self) -> SealBatch | None:
+        files = self.catalog.claim_batch(self.max_files, self.max_bytes)
+        return SealBatch(tuple(files)) if files else None
+
+    def units(self, item: SealBatch) -> int:
+        return len(item.files)
 
     def next_due(self) -> float | None:
         return self.catalog.next_file_due()
 
-    def done(self, item: FileRow) -> None:
+    def done(self, item: SealBatch) -> None:
         pass
 
-    def retry(self, item: FileRow, error: StageError, limit: int) -> bool:
-        return self.catalog.retry_file(item, str(error), limit, count=error.count, delay=error.delay)
+    def retry(self, item: SealBatch, error: StageError, limit: int) -> bool:
+        if len(item.files) == 1:
+            return self.catalog.retry_file(item.files[0], str(error), limit, count=error.count, delay=error.delay)
+        if error.count:
+            self._split(item, str(error))
+        else:
+            self.catalog.postpone_files(item.files, backoff(0) if error.delay is None else error.delay)
+        return True
 
-    def fail(self, item: FileRow, reason: str) -> None:
-        self.catalog.fail_file(item, reason)
+    def fail(self, item: SealBatch, reason: str) -> None:
+        if len(item.files) == 1:
+            self.catalog.fail_file(item.files[0], reason)
+        else:
+            self._split(item, reason)
+
+    def _split(self, item: SealBatch, reason: str) -> None:
+        self.catalog.record_seal_batch([], alone=[(file, reason) for file in item.files])
 
     def backlog(self) -> tuple[int, int]:
         return self.catalog.seal_backlog()
@@ -353,6 +422,9 @@ class JobQueue:
 
     def claim(self) -> Job | None:
         return self.catalog.claim_job(self.kind)
+
+    def units(self, item: Job) -> int:
+        return 1
 
     def next_due(self) -> float | None:
         return self.catalog.next_job_due(self.kind)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +38,11 @@ from shutterlock.status import (
     ShareStatus,
     SourceStatus,
     Status,
+    UnsettledFile,
     VaultStatus,
 )
 from shutterlock.vault.format import Keys
-from shutterlock.vault.local import LocalStore, open_local_vault
+from shutterlock.vault.local import LocalStore, VaultMissing, open_local_vault
 from shutterlock.vault.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -67,9 +68,16 @@ class InitResult:
 
 def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> InitResult:
     """Write the config (keeping an existing one), create the key envelope if there is none, and put the
-    envelope in the vault and the bucket (with the passphrase, either is enough to recover)."""
+    envelope in the vault and the bucket (with the passphrase, either is enough to recover).
+
+    A ``--source`` that does not exist is refused (a typo would otherwise be watched forever, empty); the
+    default import folder is created. The catalog is created too, so ``status`` works right away.
+    """
     paths = config.paths
     existed = paths.config_file.exists()
+    for source in choices.sources or []:
+        if not source.expanduser().is_dir():
+            raise UsageError(f"--source {source}: no such folder (create it first, or check the path)")
     config = with_overrides(config, choices)
     parse(to_toml_dict(config), paths.config_file, paths)  # the flags must make a valid config too
     ensure_dir(paths.state_dir)
@@ -89,19 +97,19 @@ def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> I
             created_key = True
         if not (given_key or given_passphrase):
             keystore.write_key_file(paths.key_file, master)
-    try:
-        local = open_vault(config)
-    except StoreError as error:
-        raise OperationFailed(str(error)) from None
-    with open_catalog(config):
-        pass  # created now, so `status` works before the daemon first runs
+    with open_catalog(config) as catalog:  # created now, so `status` works before the daemon first runs
+        try:
+            local = open_vault(config, catalog, create_new=choices.vault is not None)
+        except StoreError as error:
+            raise OperationFailed(str(error)) from None
     from shutterlock.provenance.signing import identity_for
 
     signer, created_signer = identity_for(config, lambda: load_keys(config), local.root)
     if not existed or choices.any():
         save(config)
-    for source in config.sources:
-        ensure_dir(source.path, 0o755)
+    if choices.sources is None:
+        for source in config.sources:
+            ensure_dir(source.path, 0o755)
     return InitResult(paths.config_file, not existed, created_key, publish_envelope(config), signer.subject,
                       created_signer, key_file=paths.key_file if paths.key_file.exists() else None)
 
@@ -115,7 +123,7 @@ def publish_envelope(config: Config) -> str | None:
 
     try:
         store = open_replica(config)
-        problem = sync_envelopes(config.paths, open_vault(config), store, load_keys(config))
+        problem = sync_envelopes(config.paths, LocalStore(config.vault.path), store, load_keys(config))
         publish_signing_identity(store, config.vault.path)
     except StoreError as error:
         return str(error)
@@ -143,7 +151,7 @@ def change_passphrase(config: Config, old: bytes, new: bytes) -> None:
                 generations.append(keystore.Envelope.from_json(remote, "the bucket").generation)
     data = keystore.wrap(master, new, generation=max(generations, default=0) + 1).to_json()
     atomic_write_bytes(envelope_file, data)
-    if vault.root.is_dir():
+    if vault.present():  # not into the empty mount point of a drive that is not there
         atomic_write_bytes(vault.envelope_path, data)
     problem = publish_envelope(config)
     if problem is not None:
@@ -224,8 +232,33 @@ def daemon_stopped(config: Config) -> Iterator[None]:
         lock.release()
 
 
-def open_vault(config: Config) -> LocalStore:
-    return open_local_vault(config.vault.path, config.paths.envelope_file)
+VAULT_SETTING = "vault_path"
+
+
+def open_vault(config: Config, catalog: Catalog, *, create_new: bool = False) -> LocalStore:
+    """The configured vault, ready for writing.
+
+    A vault is created only where none is known: once the catalog has recorded a vault (or holds objects),
+    a missing vault folder is a drive that is not mounted (VaultMissing), never a reason to start a new,
+    empty vault on the disk under the mount point. ``create_new`` (``init --vault``) starts one elsewhere.
+    """
+    path = str(config.vault.path)
+    recorded = catalog.get_setting(VAULT_SETTING)
+    known = bool(recorded) or catalog.object_count() > 0
+    vault = open_local_vault(config.vault.path, config.paths.envelope_file,
+                             create=not known or (create_new and recorded != path))
+    if recorded != path:
+        catalog.set_setting(VAULT_SETTING, path)
+    return vault
+
+
+def open_vault_or_wait(config: Config, catalog: Catalog) -> LocalStore:
+    """For the daemon: the vault, or, while it is missing, the place it will be (the seal lane waits for it)."""
+    try:
+        return open_vault(config, catalog)
+    except VaultMissing as error:
+        log.error("%s; sealing waits for it", error)
+        return LocalStore(config.vault.path)
 
 
 def lane_names(config: Config) -> list[str]:
@@ -256,26 +289,27 @@ def build_stages(config: Config, catalog: Catalog, keys: Keys, vault: LocalStore
 
 def run_once(config: Config) -> tuple[int, Status]:
     """Scan, process everything due, exit: (number of failed or unfinished items, final status)."""
+    from shutterlock.watch import discoveries, scan_source
+
     keys = load_keys(config)
-    try:
-        vault = open_vault(config)
-    except StoreError as error:
-        raise OperationFailed(str(error)) from None
     for source in config.sources:
         if not source.path.is_dir():
             raise OperationFailed(f"source {source.name}: not a directory: {source.path}")
     with open_catalog(config) as catalog:
+        try:
+            vault = open_vault(config, catalog)
+        except StoreError as error:
+            raise OperationFailed(str(error)) from None
         engine = Engine(catalog, build_stages(config, catalog, keys, vault))
         try:
-            from shutterlock.watch import scan
-
-            scan(config.sources, catalog,
-                 lambda source, relpath, info: engine.discover(source, relpath, info.st_size, info.st_mtime_ns))
+            for source in config.sources:
+                engine.discover(discoveries(source, scan_source(source, catalog).found))
             engine.run_until_idle()
         finally:
             engine.close()
         snapshot_vault(catalog, keys, vault)
-        status = read_status(config, catalog)
+        seal = engine.stage("seal")
+        status = read_status(config, catalog, vault_problem=seal.guard.problem() if seal else "")  # type: ignore[attr-defined]
         unfinished = status.backlog.items + catalog.jobs_retrying()
         return engine.failures + unfinished, status
 
@@ -311,11 +345,19 @@ class LiveFacts:
     replica: ReplicaStatus | None
     cloak_problem: str | None  # None: the cloak has not been tried since the daemon started
     restart_needed: list[str] = field(default_factory=list)
+    vault_problem: str = ""  # why the seal lane cannot write to the vault right now
+    unsettled: list[UnsettledFile] = field(default_factory=list)
+    scanning: list[str] = field(default_factory=list)
     isolation: IsolationStatus | None = None  # how the derive lane's worker is confined (None: not started)
 
 
-def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None) -> Status:
-    """The status document from the catalog, plus the live facts of a running daemon (the one producer)."""
+def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None, *, vault_problem: str = "") -> Status:
+    """The status document from the catalog, plus the live facts of a running daemon (the one producer).
+
+    ``vault_problem``: what ``run --once`` met writing the vault (a daemon says it in its live facts).
+    """
+    from shutterlock.watch import skipped_of
+
     held = catalog.derivative_counts().get("held", 0)
     if live is not None and live.cloak_problem is not None:
         cloak_error = live.cloak_problem
@@ -329,9 +371,15 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None)
     lanes = live.lanes if live is not None else _offline_lanes(config, catalog)
     replica = live.replica if live is not None and live.replica is not None else _offline_replica(config, catalog)
     derive_lane = next((lane for lane in lanes if lane.name == "derive"), None)
-    sources = live.sources if live is not None else [
-        SourceStatus(name=s.name, path=str(s.path), watch_mode=s.watch_mode, configured_mode=s.watch_mode)
-        for s in config.sources]
+    if live is not None:
+        sources = [replace(source, skipped=skipped_of(catalog, source.name)) for source in live.sources]
+        vault_problem = live.vault_problem
+    else:
+        sources = [SourceStatus(name=s.name, path=str(s.path), configured_mode=s.watch_mode,
+                                watch_mode=s.watch_mode if s.path.is_dir() else "missing",
+                                warning="" if s.path.is_dir() else f"source folder is missing: {s.path}",
+                                skipped=skipped_of(catalog, s.name))
+                   for s in config.sources]
     return Status(
         shares=share_statuses(catalog),
         running=live is not None,
@@ -346,7 +394,7 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None)
                             by_status=catalog.derivative_counts(),
                             isolation=live.isolation if live is not None else None),
         cloak=CloakStatus(strength=config.cloak.strength, held=held, error=cloak_error),
-        vault=VaultStatus(path=str(config.vault.path)),
+        vault=VaultStatus(path=str(config.vault.path), error=vault_problem),
         sources=sources,
         errors=catalog.recent_events(10),
         failed_files=catalog.failed_files(10),
@@ -361,6 +409,9 @@ def read_status(config: Config, catalog: Catalog, live: LiveFacts | None = None)
         uptime=live.uptime if live is not None else None,
         healthy=live.healthy if live is not None else True,
         process=live.process if live is not None else None,
+        catalog_error=catalog.write_problem,
+        unsettled=live.unsettled if live is not None else [],
+        scanning=live.scanning if live is not None else [],
         rotation=_rotation(catalog),
     )
 

@@ -9,13 +9,15 @@ target whose name is already at the file system's limit (255 bytes) can still be
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 TEMP_PREFIX = ".shutterlock-tmp-"
 
@@ -28,6 +30,84 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _libc(name: str) -> Any:
+    """A function of Linux's libc (syncfs, sync_file_range), or None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _libc("syncfs")  # since Linux 5.8 it reports write-back errors like fsync
+_sync_file_range = _libc("sync_file_range")
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_write_back(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range of a file to disk now, without waiting (Linux; elsewhere the
+    kernel does it in its own time). Durability still comes from :func:`flush`; this only makes it cheaper."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def flush(files: Sequence[str | Path], folders: Sequence[str | Path] = ()) -> None:
+    """Make ``files`` and the entries of ``folders`` durable, all on one file system.
+
+    On Linux one syncfs(2) of that file system does it: a single journal commit and disk cache flush for
+    the whole group, where an fsync per file costs one each (≈0.4 ms here, the whole budget of a small
+    file). Elsewhere every file and folder is fsynced.
+    """
+    if not files and not folders:
+        return
+    if _syncfs is not None:
+        fd = os.open(files[0] if files else folders[0], os.O_RDONLY)
+        try:
+            if _syncfs(fd) != 0:
+                error = ctypes.get_errno()
+                raise OSError(error, os.strerror(error), str(files[0] if files else folders[0]))
+        finally:
+            os.close(fd)
+        return
+    for path in files:
+        fsync_file(Path(path))
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding ``path`` (the nearest existing ancestor's)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    device = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
+
+
+def describe_free_space(path: Path) -> str:
+    """E.g. "file system /mnt/vault: 12.3 kB free of 64.0 MB", for messages about a full disk."""
+    from rich.filesize import decimal
+
+    try:
+        where = mount_point(path)
+        info = os.statvfs(where)
+    except OSError as error:
+        return f"free space unknown: {error.strerror}"
+    return f"file system {where}: {decimal(info.f_bavail * info.f_frsize)} free of " \
+        f"{decimal(info.f_blocks * info.f_frsize)}"
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s file system."""
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
 
 
 def fsync_file(path: Path) -> None:

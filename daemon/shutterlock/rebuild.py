@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shutterlock.catalog import Catalog, install_catalog
+from shutterlock.catalog import SNAPSHOT_GENERATION, Catalog, install_catalog
 from shutterlock.fsutil import temp_path_in
 from shutterlock.recover import RECOVERING
 from shutterlock.replicate import SNAPSHOT_DUE, bucket_snapshots
@@ -54,7 +54,7 @@ def rebuild(catalog_path: Path, vault: LocalStore, bucket: S3Store | None, keys:
     work = temp_path_in(catalog_path.parent)
     try:
         if base:
-            install_catalog(work, base, {"snapshot_generation": str(generation), RECOVERING: ""})
+            install_catalog(work, base, {SNAPSHOT_GENERATION: str(generation), RECOVERING: ""})
         with Catalog(work) as catalog:
             known = set(catalog.object_ids())
             local = set(vault.list())

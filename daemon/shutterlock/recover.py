@@ -17,17 +17,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shutterlock import keystore
-from shutterlock.catalog import Catalog, CatalogError, install_catalog, snapshot_facts
-from shutterlock.config import Choices, Config, save, with_overrides
+from shutterlock.catalog import SNAPSHOT_GENERATION, Catalog, CatalogError, install_catalog, snapshot_facts
+from shutterlock.config import Choices, Config, Paths, save, with_overrides
 from shutterlock.errors import OperationFailed
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.provenance import IdentityError, identity
-from shutterlock.replicate import RETIRED_NAME, SNAPSHOT_DUE, Snapshot, bucket_snapshots
+from shutterlock.replicate import (
+    RETIRED_NAME,
+    SNAPSHOT_DUE,
+    VAULT_GENERATION,
+    Snapshot,
+    bucket_snapshots,
+)
 from shutterlock.restore import Report, plan, restore
 from shutterlock.vault.format import FormatError, Keys, ObjectReader, authenticate
 from shutterlock.vault.local import VAULT_MARKER, LocalStore, open_local_vault
 from shutterlock.vault.s3 import ENVELOPE_KEY, S3Store
-from shutterlock.vault.store import ObjectMissing, StoreError
+from shutterlock.vault.store import NamedBlobs, ObjectMissing, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +58,7 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         envelope_bytes = store.get_bytes(ENVELOPE_KEY)
     except StoreError as error:
         raise OperationFailed(f"cannot read the bucket: {error}") from None
-    envelope = keystore.Envelope.from_json(envelope_bytes, f"{s3_url}/{ENVELOPE_KEY}")
-    master = keystore.unwrap(envelope, passphrase())
-    retired_blob = store.get_bytes_if_any(RETIRED_NAME)  # a key rotation under way: the old keys, sealed
-    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
-    keys = Keys.from_master(master, retired)
-
-    ensure_dir(paths.state_dir)
-    atomic_write_bytes(paths.envelope_file, envelope_bytes)
-    if retired_blob is not None:
-        atomic_write_bytes(paths.retired_keys, retired_blob)
-    keystore.write_key_file(paths.key_file, master, retired)
+    keys = _adopt_keys(paths, envelope_bytes, f"{s3_url}/{ENVELOPE_KEY}", passphrase, store)
     if not paths.config_file.exists():
         save(config)
 
@@ -91,7 +87,7 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         except CatalogError:
             continue
     if not resuming:
-        _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, s3_url)
+        _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, s3_url, SNAPSHOT_GENERATION)
     with Catalog(paths.catalog) as catalog:
         catalog.set_setting(RECOVERING, s3_url)
         vault = open_local_vault(config.vault.path, paths.envelope_file)
@@ -125,10 +121,26 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
         return report
 
 
-def _install_snapshot(target: Path, snapshot: Snapshot | None, report: Report, recovering: str) -> None:
+def _adopt_keys(paths: Paths, envelope_bytes: bytes, where: str, passphrase: Callable[[], bytes],
+                store: NamedBlobs) -> Keys:
+    """Open the envelope with the passphrase and make its keys this machine's (envelope, retired keys of a
+    rotation under way, key file), the retired keys read from the store the envelope came from."""
+    master = keystore.unwrap(keystore.Envelope.from_json(envelope_bytes, where), passphrase())
+    retired_blob = store.get_bytes_if_any(RETIRED_NAME)  # a key rotation under way: the old keys, sealed
+    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
+    ensure_dir(paths.state_dir)
+    atomic_write_bytes(paths.envelope_file, envelope_bytes)
+    if retired_blob is not None:
+        atomic_write_bytes(paths.retired_keys, retired_blob)
+    keystore.write_key_file(paths.key_file, master, retired)
+    return Keys.from_master(master, retired)
+
+
+def _install_snapshot(target: Path, snapshot: Snapshot | None, report: Report, recovering: str,
+                      counter: str) -> None:
     """The newest authentic snapshot becomes the catalog, marked as being recovered and with its generation
-    remembered (both before it gets its name, so a crash never leaves a catalog that refuses the rerun); or
-    none: the catalog is rebuilt from the objects' own metadata."""
+    remembered under the store's own ``counter`` (both before it gets its name, so a crash never leaves a
+    catalog that refuses the rerun); or none: the catalog is rebuilt from the objects' own metadata."""
     if snapshot is None:
         report.notes.append("warning: the bucket holds no authentic catalog snapshot; the catalog is rebuilt "
                             "from the objects (every path an object was sealed under first)")
@@ -136,7 +148,7 @@ def _install_snapshot(target: Path, snapshot: Snapshot | None, report: Report, r
     blob = snapshot.blob
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(blob.created_at)) if blob.created_at else "an unknown date"
     report.notes.append(f"catalog snapshot: generation {blob.generation} of {when}")
-    install_catalog(target, blob.data, {"snapshot_generation": str(blob.generation), RECOVERING: recovering})
+    install_catalog(target, blob.data, {counter: str(blob.generation), RECOVERING: recovering})
 
 
 def _fetch(store: S3Store, vault: LocalStore, keys: Keys, catalog: Catalog, content_id: str, known: set[str]) -> None:
@@ -163,7 +175,7 @@ def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[],
     machine's vault where it is (nothing is copied), the newest catalog snapshot in it becomes the catalog,
     objects sealed after that snapshot are added from their own metadata, and every original is restored."""
     vault = LocalStore(vault_dir)
-    if not (vault_dir / VAULT_MARKER).is_file():
+    if not vault.present():
         raise OperationFailed(f"{vault_dir} is not a Shutterlock vault (no {VAULT_MARKER})")
     config = with_overrides(config, Choices(vault=vault_dir))
     paths = config.paths
@@ -176,16 +188,7 @@ def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[],
         envelope_bytes = vault.envelope_path.read_bytes()
     except OSError as error:
         raise OperationFailed(f"{vault.envelope_path}: cannot read the key envelope: {error.strerror}") from None
-    master = keystore.unwrap(keystore.Envelope.from_json(envelope_bytes, str(vault.envelope_path)), passphrase())
-    retired_blob = vault.get_bytes_if_any(RETIRED_NAME)
-    retired = keystore.open_retired(Keys.from_master(master), retired_blob) if retired_blob else ()
-    keys = Keys.from_master(master, retired)
-
-    ensure_dir(paths.state_dir)
-    atomic_write_bytes(paths.envelope_file, envelope_bytes)
-    if retired_blob is not None:
-        atomic_write_bytes(paths.retired_keys, retired_blob)
-    keystore.write_key_file(paths.key_file, master, retired)
+    keys = _adopt_keys(paths, envelope_bytes, str(vault.envelope_path), passphrase, vault)
     save(config)
 
     report = Report()
@@ -198,7 +201,8 @@ def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[],
     snapshots, refused = bucket_snapshots(vault, keys)
     for name in refused:
         report.notes.append(f"warning: {name} in the vault is not an authentic catalog snapshot; ignored")
-    _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, str(vault_dir))
+    _install_snapshot(paths.catalog, snapshots[0] if snapshots else None, report, str(vault_dir),
+                      VAULT_GENERATION)
     listed: set[str] = set()
     for snapshot in snapshots:
         with contextlib.suppress(CatalogError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shutterlock import keystore
-from shutterlock.catalog import Catalog, CatalogError, Job, snapshot_facts
+from shutterlock.catalog import SNAPSHOT_GENERATION, Catalog, CatalogError, Job, snapshot_facts
 from shutterlock.config import Config, Paths
 from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
 from shutterlock.errors import KeyProblem
@@ -39,6 +39,7 @@ SNAPSHOT_DEBOUNCE = 20.0
 
 
 ENVELOPE_PROBLEM, SNAPSHOT_PROBLEM = "replica_envelope_problem", "replica_snapshot_problem"  # catalog settings
+VAULT_GENERATION = "vault_snapshot_generation"  # catalog setting: the vault numbers its own snapshots
 SNAPSHOT_DUE = "snapshot_due"  # set when the catalog was rebuilt or recovered: it knows more than any snapshot
 
 
@@ -112,8 +113,9 @@ def sync_envelopes(paths: Paths, vault: LocalStore, store: S3Store | None, keys:
     Never overwrites a newer envelope it cannot vouch for."""
     retired = _read_or_none(paths.retired_keys) if keys.retired else None
     local_retired = vault.root / RETIRED_NAME
+    in_vault = vault.present()  # a vault whose drive is not mounted gets its copies when it is back
     if retired is not None:
-        if _read_or_none(local_retired) != retired:
+        if in_vault and _read_or_none(local_retired) != retired:
             atomic_write_bytes(local_retired, retired)
         if store is not None and store.get_bytes_if_any(RETIRED_NAME) != retired:
             store.put_bytes(RETIRED_NAME, retired)
@@ -121,10 +123,9 @@ def sync_envelopes(paths: Paths, vault: LocalStore, store: S3Store | None, keys:
         local_retired.unlink(missing_ok=True)
         if store is not None and store.exists_key(store.key(RETIRED_NAME)):
             store.delete_name(RETIRED_NAME)
-    copies: dict[str, bytes | None] = {
-        "the state directory": _read_or_none(paths.envelope_file),
-        "the vault": _read_or_none(vault.envelope_path),
-    }
+    copies: dict[str, bytes | None] = {"the state directory": _read_or_none(paths.envelope_file)}
+    if in_vault:
+        copies["the vault"] = _read_or_none(vault.envelope_path)
     if store is not None:
         copies["the bucket"] = store.get_bytes_if_any(ENVELOPE_KEY)
     try:
@@ -143,12 +144,14 @@ def sync_envelopes(paths: Paths, vault: LocalStore, store: S3Store | None, keys:
     return result.problem
 
 
-def upload_snapshot(store: NamedBlobs, catalog: Catalog, keys: Keys, kept: int) -> str:
+def upload_snapshot(store: NamedBlobs, catalog: Catalog, keys: Keys, kept: int,
+                    counter: str = SNAPSHOT_GENERATION) -> str:
     """Upload the catalog as the next generation (to the bucket, or into the vault), unless the store holds a
     newer snapshot of another catalog or (first upload) a richer legacy one: then nothing is uploaded and the
-    reason returned."""
+    reason returned. Each store numbers its own snapshots (``counter`` names the catalog setting), so the
+    bucket's newest generation is always one the bucket holds."""
     ours = catalog.identity()
-    generation = catalog.snapshot_generation()
+    generation = int(catalog.get_setting(counter, "0"))
     newer, _ = bucket_snapshots(store, keys, above=generation)
     for snapshot in newer:
         if snapshot_facts(snapshot.blob.data).catalog_id != ours:
@@ -168,8 +171,9 @@ def upload_snapshot(store: NamedBlobs, catalog: Catalog, keys: Keys, kept: int) 
                         "Run `shutterlock catalog rebuild` to start from it")
     blob = seal_blob(keys.catalog, catalog.snapshot_bytes(), CATALOG_LABEL, generation=generation + 1)
     store.put_bytes(snapshot_name(generation + 1), blob)
-    catalog.set_setting("snapshot_generation", str(generation + 1))
-    catalog.set_setting(SNAPSHOT_DUE, "")
+    catalog.set_setting(counter, str(generation + 1))
+    if counter == SNAPSHOT_GENERATION:
+        catalog.set_setting(SNAPSHOT_DUE, "")
     log.info("catalog snapshot %d uploaded", generation + 1)
     names = sorted((n for n in store.list_names(SNAPSHOTS) if (generation_of(n) or 0) <= generation + 1),
                    key=lambda n: generation_of(n) or 0)
@@ -189,7 +193,7 @@ def snapshot_into_vault(vault: LocalStore, catalog: Catalog, keys: Keys) -> str:
     facts = catalog.sealing_fingerprint()
     if catalog.get_setting(VAULT_SNAPSHOT_OF) == facts:
         return ""
-    problem = upload_snapshot(vault, catalog, keys, VAULT_SNAPSHOTS_KEPT)
+    problem = upload_snapshot(vault, catalog, keys, VAULT_SNAPSHOTS_KEPT, VAULT_GENERATION)
     if not problem:
         catalog.set_setting(VAULT_SNAPSHOT_OF, facts)
     return problem

@@ -25,6 +25,21 @@ class _SecretFilter(logging.Filter):
         return not any(marker in message for marker in self.MARKERS)
 
 
+class _OneLineFilter(logging.Filter):
+    """A file name may hold a newline or other control characters: escape them, so that one event stays one
+    line (and nobody can forge a log line by naming a file)."""
+
+    ESCAPES: ClassVar[dict[int, str]] = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | \
+        {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = message.translate(self.ESCAPES)
+        if escaped != message:
+            record.msg, record.args = escaped, None
+        return True
+
+
 def setup_logging(level: str = "INFO") -> None:
     """One line per event on stderr; under journald the timestamp is added by the journal."""
     under_journal = bool(os.environ.get("JOURNAL_STREAM"))
@@ -32,6 +47,7 @@ def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JournalFormatter(fmt) if under_journal else _OneLineFormatter(fmt, "%H:%M:%S"))
     handler.addFilter(_SecretFilter())
+    handler.addFilter(_OneLineFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

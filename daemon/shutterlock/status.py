@@ -18,7 +18,7 @@ from rich.filesize import decimal as human_bytes
 
 __all__ = ["Backlog", "CloakStatus", "DeriveStatus", "Event", "FailedFile", "FileCounts", "IsolationStatus",
            "LaneStatus", "ProcessFacts", "ReplicaStatus", "RotationStatus", "ScrubReport", "ShareStatus",
-           "SourceStatus", "State", "Status", "VaultStatus", "human_bytes"]
+           "SourceStatus", "State", "Status", "UnsettledFile", "VaultStatus", "human_bytes"]
 
 
 class State(enum.StrEnum):
@@ -78,9 +78,29 @@ class LaneStatus:
 class SourceStatus:
     name: str
     path: str
-    watch_mode: str  # native | polling | unavailable (the configured mode while no daemon runs)
+    watch_mode: str  # native | polling | missing | unavailable (the configured mode while no daemon runs)
     configured_mode: str = "auto"
     warning: str = ""
+    skipped: list[str] = field(default_factory=list)  # folders and links the last walk could not or would not enter
+
+    @property
+    def problem(self) -> str:
+        """The one thing to say about this source, if any."""
+        if self.warning:
+            return self.warning
+        if self.skipped:
+            count = len(self.skipped)
+            return f"source {self.name}: {self.skipped[0]}" + (f" (and {count - 1} more skipped)" if count > 1 else "")
+        return ""
+
+
+@dataclass(frozen=True)
+class UnsettledFile:
+    """A new file held back because it keeps changing; ``reason`` says so in words."""
+
+    source: str
+    relpath: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -212,6 +232,9 @@ class Status:
     uptime: float | None = None
     healthy: bool = True
     process: ProcessFacts | None = None
+    catalog_error: str = ""  # why the catalog cannot be written right now (its disk is full)
+    unsettled: list[UnsettledFile] = field(default_factory=list)
+    scanning: list[str] = field(default_factory=list)  # sources being walked for new files right now
     shares: list[ShareStatus] = field(default_factory=list)
     rotation: RotationStatus | None = None
     state: State = field(init=False)
@@ -243,15 +266,15 @@ class Status:
 def headline_state(status: Status) -> State:
     if status.paused:
         return State.PAUSED
-    if status.files.failed or status.vault.error:
+    if status.files.failed or status.vault.error or status.catalog_error:
         return State.ERROR
     if status.replica.configured and not status.replica.online:
         return State.OFFLINE
-    if status.backlog.items or status.pending or status.replica.lost or \
+    if status.backlog.items or status.pending or status.scanning or status.replica.lost or \
             any(lane.waiting or lane.current for lane in status.lanes):
         return State.WORKING
     if status.cloak.error or status.replica.problem or status.warnings or \
-            any(source.warning for source in status.sources):
+            any(source.problem for source in status.sources):
         return State.DEGRADED
     return State.IDLE
 
@@ -263,6 +286,8 @@ def summarise(status: Status, state: State) -> str:
     if state is State.PAUSED:
         return f"paused with {_count(waiting, 'original')} waiting to be sealed" if waiting else "paused"
     if state is State.ERROR:
+        if status.catalog_error:
+            return status.catalog_error
         if status.vault.error:
             return status.vault.error
         return f"{_count(status.files.failed, 'original')} could not be sealed"
@@ -279,14 +304,22 @@ def summarise(status: Status, state: State) -> str:
             parts.insert(0, f"{_count(status.pending, 'new file')} settling")
         if status.replica.lost:
             parts.insert(0, f"the bucket lost {_count(status.replica.lost, 'object')}; re-uploading")
+        if status.scanning:
+            parts.insert(0, f"looking for new files in {', '.join(status.scanning)}")
+        if status.unsettled:
+            first = status.unsettled[0]
+            others = len(status.unsettled) - 1
+            parts.append(f"{first.source}/{first.relpath} {first.reason}" + (f" (and {others} more)" if others else ""))
         return "; ".join(parts) or f"sealing {_count(waiting, 'original')}"
     if state is State.DEGRADED:
         if status.cloak.error:
             return f"{_all_sealed(sealed)}; {status.cloak.error}"
+        problem = next((source.problem for source in status.sources if source.problem), "")
+        if problem:  # a missing source or a skipped folder may hold originals not sealed: no "all" here
+            return f"{_count(sealed, 'original')} sealed; {problem}"
         if status.replica.problem:
             return f"{_all_sealed(sealed)}; {status.replica.problem}"
-        warning = next(iter(status.warnings), "") or next(s.warning for s in status.sources if s.warning)
-        return f"{_all_sealed(sealed)}; {warning}"
+        return f"{_all_sealed(sealed)}; {status.warnings[0]}"
     return _all_sealed(sealed)
 
 

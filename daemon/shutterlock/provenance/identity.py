@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from shutterlock.errors import UsageError
 from shutterlock.fsutil import atomic_write_bytes, ensure_dir
 from shutterlock.vault.format import FormatError, open_blob, seal_blob
+from shutterlock.vault.local import VAULT_MARKER
 
 KEY_FILE = "signing-key.pem"
 CHAIN_FILE = "signing-chain.pem"
@@ -238,7 +239,8 @@ def folder(state_dir: Path) -> Path:
 
 
 def ensure(state_dir: Path, creator: str, seal_key: bytes, vault_root: Path) -> tuple[SigningIdentity, bool]:
-    """The installation's identity, created on first use; its sealed copy is (re)written into the vault.
+    """The installation's identity, created on first use; its sealed copy is (re)written into the vault when
+    the vault is there (an unmounted drive's empty mount point is never written into: the next call writes it).
 
     Returns (identity, created). ``seal_key`` is the master key's catalog subkey (docs/FORMAT.md 5).
     """
@@ -248,7 +250,7 @@ def ensure(state_dir: Path, creator: str, seal_key: bytes, vault_root: Path) -> 
     if created:
         write(home, identity)
     sealed = vault_root / SEALED_NAME
-    if created or not sealed.exists():
+    if (created or not sealed.exists()) and (vault_root / VAULT_MARKER).is_file():
         atomic_write_bytes(sealed, seal(seal_key, identity), mode=0o600)
     return identity, created
 
