@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shutterlock.config import STRENGTHS
 from shutterlock.errors import ShutterlockError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-STRENGTHS = ("off", "light", "standard", "strong")
 SURROGATES = ("taef2", "taesana")
 
 __all__ = ["STRENGTHS", "CloakError", "CloakResult", "WeightsError", "cloak_image"]
