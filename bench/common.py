@@ -79,6 +79,23 @@ class Installation:
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
 
+    def wait_idle(self, timeout: float) -> dict[str, Any]:
+        """Until the running daemon is idle with nothing pending, plus 5 s for the start-up scan's stragglers
+        (the idle figures must not include its tail); its status then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = self.status()
+                if status.get("running") and status["state"] == "idle" and not status["pending"]:
+                    break
+            except SystemExit:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the daemon did not become idle")
+            time.sleep(1)
+        time.sleep(5)
+        return status
+
     @contextlib.contextmanager
     def daemon(self) -> Iterator[subprocess.Popen]:
         """``shutterlock run`` in the background for the duration of the block (log in daemon.log)."""

@@ -37,18 +37,7 @@ def main() -> None:
 
 
 def measure(ours: Installation, daemon: subprocess.Popen, args: argparse.Namespace) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            status = ours.status()
-            if status.get("running") and status["state"] == "idle" and not status["pending"]:
-                break
-        except SystemExit:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the daemon did not become idle")
-        time.sleep(1)
-    time.sleep(5)  # let the start-up scan's stragglers settle
+    ours.wait_idle(120)
     before, started = cpu_seconds(daemon.pid), time.monotonic()
     time.sleep(args.seconds)
     used, elapsed = cpu_seconds(daemon.pid) - before, time.monotonic() - started

@@ -57,18 +57,7 @@ def catalog_bytes(ours: Installation) -> int:
 def idle_cost(ours: Installation, seconds: float) -> tuple[float, float, str]:
     """The daemon on the sealed archive: CPU share of one core while idle, RSS, and its watch mode."""
     with ours.daemon() as daemon:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                status = ours.status()
-                if status.get("running") and status["state"] == "idle" and not status["pending"]:
-                    break
-            except SystemExit:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the daemon did not become idle")
-            time.sleep(1)
-        time.sleep(5)  # the start-up scan's last stragglers
+        status = ours.wait_idle(600)
         before, started = cpu_seconds(daemon.pid), time.monotonic()
         time.sleep(seconds)
         used, elapsed = cpu_seconds(daemon.pid) - before, time.monotonic() - started
