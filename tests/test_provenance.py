@@ -395,6 +395,7 @@ def test_protect_signs_and_provenance_verify_reports(make_home: Any, tmp_path: P
     home.write_config(f'\n[rights]\ncreator = "{CREATOR}"\n[cloak]\nstrength = "off"\n')
     sample = EXIF_SAMPLES / "jpg" / "gps" / "DSCN0010.jpg"
     out = tmp_path / "out"
+    home.cli("run", "--once", check=True)  # the vault exists (as after `init`): the identity's sealed copy goes there
     home.cli("protect", str(sample), "--out", str(out), check=True)
     derivative = out / "DSCN0010.jpg"
     result = home.cli("provenance", "verify", str(derivative), check=True)
