@@ -36,8 +36,8 @@ from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, Watermar
 from shutterlock.derive import DeriveJob, DeriveRunner, Outcome
 from shutterlock.derive.lane import worker_count
 from shutterlock.derive.outbox import place
+from shutterlock.derive.signing import sign_rendered
 from shutterlock.provenance import SigningIdentity, identity
-from shutterlock.provenance.signing import sign_rendered
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "exif-samples" / "jpg"
 BASES = ("mobile/jolla.jpg", "hdr/iphone_hdr_NO.jpg", "tests/42_IndexError.jpg",

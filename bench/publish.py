@@ -20,8 +20,8 @@ from pathlib import Path
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, SiteConfig, WatermarkConfig, resolve_paths
 from shutterlock.derive import DeriveJob, Outcome, render
+from shutterlock.derive.signing import credit
 from shutterlock.provenance import Treatment, identity, sign_jpeg, verify_bytes
-from shutterlock.provenance.signing import credit
 from shutterlock.site import Candidate, Protection, build, publish
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "exif-samples"

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
 from shutterlock.derive import DeriveJob, Outcome, render
+from shutterlock.derive.signing import sign_rendered
 from shutterlock.provenance import (
     FORBIDDEN_USES,
     INVALID,
@@ -37,7 +38,6 @@ from shutterlock.provenance import (
     verify_bytes,
     verify_file,
 )
-from shutterlock.provenance.signing import sign_rendered
 from shutterlock.vault.format import Keys
 from shutterlock.vault.local import VAULT_MARKER
 from test_derive import ALLOWED_GROUPS, ALLOWED_TAGS, EXIF_SAMPLES, FORBIDDEN_WORDS, exif_json

@@ -102,7 +102,7 @@ def init(config: Config, passphrase: Callable[[], bytes], choices: Choices) -> I
             local = open_vault(config, catalog, create_new=choices.vault is not None)
         except StoreError as error:
             raise OperationFailed(str(error)) from None
-    from shutterlock.provenance.signing import identity_for
+    from shutterlock.derive.signing import identity_for
 
     signer, created_signer = identity_for(config, lambda: load_keys(config), local.root)
     if not existed or choices.any():
@@ -771,7 +771,7 @@ def protect(config: Config, inputs: list[Path], out_dir: Path, *, strength: str 
             preview: bool = False, on_result: Callable[[Placed], None] | None = None) -> list[Placed]:
     """One-shot derivatives of ``inputs`` into ``out_dir``, signed like the daemon's."""
     from shutterlock.derive.protect import protect as run_protect
-    from shutterlock.provenance.signing import identity_for
+    from shutterlock.derive.signing import identity_for
 
     signer, _ = identity_for(config, lambda: load_keys(config), config.vault.path)
     return run_protect(inputs, out_dir, derive=config.derive, watermark=config.watermark, rights=config.rights,
@@ -798,7 +798,7 @@ def site_build(config: Config, patterns: list[str], out: Path | None = None,
                min_rating: int | None = None) -> BuildReport:
     """Build the portfolio from the catalog's protected derivatives (default folder: the cache);
     ``min_rating`` (default: ``[site] min_rating``) keeps only originals with that many stars."""
-    from shutterlock.provenance.signing import identity_for
+    from shutterlock.derive.signing import identity_for
     from shutterlock.site import build
     from shutterlock.site.select import candidates
 

@@ -4,6 +4,7 @@ Public API (plain data in and out):
 
 - :class:`DeriveJob` → :func:`render` → :class:`Rendered` (encoded JPEG bytes or a reason; never raises);
 - :class:`DeriveRunner`: ``render`` in a killable child process with a per-image time limit;
+- :func:`signing.sign_rendered`: the daemon-side C2PA signature on the rendered bytes;
 - :func:`outbox.place`: the daemon-side atomic, no-clobber write of the rendered bytes;
 - :func:`pairs.skip_reason`: non-images and the skipped half of RAW+JPEG pairs;
 - :func:`protect.protect`: the one-shot ``shutterlock protect`` command;

@@ -24,11 +24,11 @@ from pathlib import Path, PurePosixPath
 
 from shutterlock.catalog import Catalog, FileRow, Job
 from shutterlock.config import Config, DeriveConfig, SourceConfig
+from shutterlock.derive.signing import identity_for, sign_rendered
 from shutterlock.engine import JobQueue, Periodic, StageError, WorkerState
 from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import ensure_dir
 from shutterlock.provenance import SigningIdentity
-from shutterlock.provenance.signing import identity_for, sign_rendered
 from shutterlock.status import IsolationStatus
 from shutterlock.vault.format import FormatError, Keys, ObjectReader
 from shutterlock.vault.local import LocalStore

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from shutterlock.config import CloakConfig, DeriveConfig, RightsConfig, WatermarkConfig
+from shutterlock.derive.signing import sign_rendered
 from shutterlock.errors import ShutterlockError
 from shutterlock.fsutil import atomic_writer
 from shutterlock.provenance import SigningIdentity
-from shutterlock.provenance.signing import sign_rendered
 
 from .outbox import Placed, place
 from .pairs import skip_reason

@@ -3,8 +3,10 @@ generative training, data mining and inference are not allowed.
 
 - :mod:`.identity`: the signing key and certificate chain (self-issued, or the user's own from a CA);
 - :mod:`.manifest`: what the manifest says, and signing JPEG bytes with it (daemon side only);
-- :mod:`.verify`: reading a manifest back the way any C2PA reader does;
-- :mod:`.signing`: the daemon's side: which identity signs, and signing a rendered derivative.
+- :mod:`.verify`: reading a manifest back the way any C2PA reader does.
+
+Which identity signs a rendered derivative, and the signing itself, are the derive side's
+(:mod:`shutterlock.derive.signing`).
 """
 
 from __future__ import annotations

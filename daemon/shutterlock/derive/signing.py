@@ -1,7 +1,8 @@
 """Signing derivatives in the daemon: which identity signs, and what the manifest says about one image.
 
 Called by the derive lane and ``protect`` between the worker's rendered bytes and the atomic write into
-the outbox (and by the site for its renditions); never inside the worker.
+the outbox (and by the site for its renditions); never inside the worker (the package's ``__init__``, which
+the worker imports, does not import this module).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shutterlock.config import Config, RightsConfig
-from shutterlock.derive.metadata import copyright_notice, data_mining_uri
-from shutterlock.derive.render import Rendered
+from shutterlock.provenance import identity
+from shutterlock.provenance.identity import SigningIdentity
+from shutterlock.provenance.manifest import Credit, ProvenanceError, Treatment, sign_jpeg
 from shutterlock.vault.format import Keys
 
-from . import identity
-from .identity import SigningIdentity
-from .manifest import Credit, ProvenanceError, Treatment, sign_jpeg
+from .metadata import copyright_notice, data_mining_uri
+from .render import Rendered
 
 
 def identity_for(config: Config, keys: Callable[[], Keys], vault_root: Path) -> tuple[SigningIdentity, bool]:
