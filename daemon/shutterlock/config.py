@@ -180,10 +180,18 @@ def _pictures() -> Path:
 # says what values are valid. One generic reader (:func:`_read_table`) turns a TOML table into it.
 
 
-def bucket_and_prefix(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix")."""
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    return bucket, prefix.strip("/")
+class _InABucket:
+    """A table whose ``url`` (``s3://bucket/some/prefix``) names a bucket and a prefix in it."""
+
+    url: str
+
+    @property
+    def bucket(self) -> str:
+        return self.url[len("s3://"):].partition("/")[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.url[len("s3://"):].partition("/")[2].strip("/")
 
 
 def rule(*, low: float | None = None, high: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -209,7 +217,7 @@ class VaultConfig:
 
 
 @dataclass(frozen=True)
-class S3Config:
+class S3Config(_InABucket):
     url: str
     endpoint: str = ""
     region: str = ""
@@ -227,14 +235,6 @@ class S3Config:
     # and how many dated catalog snapshots the bucket keeps (a rollback needs all of them deleted).
     reconcile_minutes: float = field(default=60.0, metadata=rule(low=0.01))
     snapshots_kept: int = field(default=30, metadata=rule(low=1, high=100000))
-
-    @property
-    def bucket(self) -> str:
-        return bucket_and_prefix(self.url)[0]
-
-    @property
-    def prefix(self) -> str:
-        return bucket_and_prefix(self.url)[1]
 
 
 @dataclass(frozen=True)
@@ -314,7 +314,7 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
-class ShareConfig:
+class ShareConfig(_InABucket):
     """``[share]``: where private galleries are published (docs/SHARING.md); absent: no sharing."""
 
     url: str  # s3://BUCKET/PREFIX
@@ -326,14 +326,6 @@ class ShareConfig:
     thumb_edge: int = field(default=640, metadata=rule(low=160, high=2048))  # the grid thumbnail's long edge
     feedback_bytes: int = field(default=65536, metadata=rule(low=4096, high=1 << 20))  # per client message
     check_minutes: float = field(default=10.0, metadata=rule(low=0.05, high=1440.0))  # feedback, expiry (daemon)
-
-    @property
-    def bucket(self) -> str:
-        return bucket_and_prefix(self.url)[0]
-
-    @property
-    def prefix(self) -> str:
-        return bucket_and_prefix(self.url)[1]
 
 
 @dataclass(frozen=True)
