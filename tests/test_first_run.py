@@ -50,15 +50,14 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-FIRST_RUN_BOUND = 360  # seconds; the goal is 120 (see the test's docstring)
+FIRST_RUN_BOUND = 240  # seconds; the goal is 120 (see the test's docstring)
 
 
 def test_first_run_from_the_readme_in_a_fresh_clone(tmp_path: Path) -> None:
     """`packaging/bootstrap.sh run` with an empty HOME, answered like a person; ten photos imported; ten
     watermarked derivatives with the creator's name. Issue 13 asks for the run itself (set-up excluded) in under
-    two minutes; with every derivative cloaked at 2048 px that needs issue 12's 10 s per image, which the cloak
-    does not reach yet on two cores (about 20 s), so this test holds the run to FIRST_RUN_BOUND and prints the
-    time it took."""
+    two minutes: it takes 85-110 s on this 2-core machine when it is quiet, every derivative cloaked at 2048 px,
+    so the test holds it to FIRST_RUN_BOUND (room for a busy machine) and prints the time it took."""
     clone = fresh_clone(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
