@@ -531,15 +531,29 @@ class Desktop:
         found = []
         pattern = re.compile(r'^\s*(0x[0-9a-f]+) (?:"(.*)"|\(has no name\)): \((?:"([^"]*)" "[^"]*")?\)\s+'
                              r'(\d+)x(\d+)[+-]-?\d+[+-]-?\d+\s+\+?(-?\d+)\+?(-?\d+)')
-        for line in self.x("xwininfo", "-root", "-tree").splitlines():
+        for line in self.window_tree().splitlines():
             match = pattern.match(line)
             if match:
                 wid, name, klass, w, h, ax, ay = match.groups()
                 found.append((wid, name or "", klass or "", int(w), int(h), int(ax), int(ay)))
         return found
 
+    def window_tree(self) -> str:
+        """``xwininfo -root -tree``; it exits 1 (BadWindow) when a window it is walking is destroyed meanwhile (a
+        menu closing, the icon re-embedded after the daemon came back): then it is asked again."""
+        for _ in range(5):
+            try:
+                return self.x("xwininfo", "-root", "-tree")
+            except subprocess.CalledProcessError:
+                time.sleep(0.1)
+        return self.x("xwininfo", "-root", "-tree")
+
     def viewable(self, wid: str) -> bool:
-        return "IsViewable" in self.x("xwininfo", "-id", wid)
+        """A window destroyed since it was listed is not viewable."""
+        try:
+            return "IsViewable" in self.x("xwininfo", "-id", wid)
+        except subprocess.CalledProcessError:
+            return False
 
     def tray_icon(self) -> tuple[str, int, int, int, int] | None:
         """The embedded icon: its title and where it is (trayer names it after our title)."""
