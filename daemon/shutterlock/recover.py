@@ -105,20 +105,30 @@ def recover(config: Config, s3_url: str, s3_endpoint: str | None, passphrase: Ca
                                 "(sealed after the last one, or put there by someone holding the key); recovered "
                                 "under the names their own metadata gives: " +
                                 ", ".join(f"{c[:12]}…" for c in unlisted[:10]) + (" …" if len(unlisted) > 10 else ""))
-        versions = catalog.latest_versions()
-        available = {c for c in in_bucket if vault.exists(c)}
-        planned, report = plan([v for v in versions if v.content_id in available],
-                               by_source=len({v.source for v in versions}) > 1, report=report)
-        restore(planned, vault, keys, dest, report=report, progress=progress)
-        for content_id in sorted({v.content_id for v in versions} - in_bucket):
-            holders = ", ".join(f"{v.source}/{v.relpath}" for v in versions if v.content_id == content_id)
-            report.bad.append((holders, f"object {content_id[:12]}… is not in the bucket"))
-        catalog.set_setting(SNAPSHOT_DUE, "1")
+        report = _restore_every_original(catalog, vault, keys, dest, report, progress,
+                                         {c for c in in_bucket if vault.exists(c)}, in_bucket, "the bucket")
         if not report.bad:
             catalog.set_setting(RECOVERING, "")
         else:
             report.notes.append("run the same `shutterlock recover` again to continue")
         return report
+
+
+def _restore_every_original(catalog: Catalog, vault: LocalStore, keys: Keys, dest: Path, report: Report,
+                            progress: Callable[[int], None] | None, restorable: set[str], held: set[str],
+                            where: str) -> Report:
+    """Restore the newest version of every original whose object is ``restorable`` from the vault, name each
+    original whose object ``where`` (the store recovered from) does not hold, and mark the catalog as knowing
+    more than any snapshot."""
+    versions = catalog.latest_versions()
+    planned, report = plan([v for v in versions if v.content_id in restorable],
+                           by_source=len({v.source for v in versions}) > 1, report=report)
+    restore(planned, vault, keys, dest, report=report, progress=progress)
+    for content_id in sorted({v.content_id for v in versions} - held):
+        holders = ", ".join(f"{v.source}/{v.relpath}" for v in versions if v.content_id == content_id)
+        report.bad.append((holders, f"object {content_id[:12]}… is not in {where}"))
+    catalog.set_setting(SNAPSHOT_DUE, "1")
+    return report
 
 
 def _adopt_keys(paths: Paths, envelope_bytes: bytes, where: str, passphrase: Callable[[], bytes],
@@ -224,12 +234,6 @@ def recover_from_vault(config: Config, vault_dir: Path, passphrase: Callable[[],
             report.notes.append(f"warning: {len(unlisted)} object(s) in the vault are listed by no catalog snapshot "
                                 "(sealed after the last one, or put there by someone holding the key); recovered "
                                 "under the names their own metadata gives")
-        versions = catalog.latest_versions()
-        planned, report = plan([v for v in versions if v.content_id in in_vault],
-                               by_source=len({v.source for v in versions}) > 1, report=report)
-        restore(planned, vault, keys, dest, report=report, progress=progress)
-        for content_id in sorted({v.content_id for v in versions} - in_vault):
-            holders = ", ".join(f"{v.source}/{v.relpath}" for v in versions if v.content_id == content_id)
-            report.bad.append((holders, f"object {content_id[:12]}… is not in the vault"))
-        catalog.set_setting(SNAPSHOT_DUE, "1")
+        report = _restore_every_original(catalog, vault, keys, dest, report, progress, in_vault, in_vault,
+                                         "the vault")
         return report

@@ -29,7 +29,7 @@ from shutterlock.fsutil import (
     remove_stale_temps,
     start_write_back,
 )
-from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_id
+from shutterlock.vault.store import OBJECT_ID, NamedBlobs, ObjectMissing, StoreError, check_id
 
 VAULT_MARKER = "shutterlock-vault.json"
 ENVELOPE_NAME = "key-envelope.json"
@@ -119,7 +119,7 @@ class Staging:
             self.discard(path)
 
 
-class LocalStore:
+class LocalStore(NamedBlobs):
     """A vault folder on a local or mounted file system."""
 
     name = "local"
@@ -281,12 +281,6 @@ class LocalStore:
             return self._named(name).read_bytes()
         except FileNotFoundError:
             raise ObjectMissing(name, f"the local vault ({self.root})") from None
-
-    def get_bytes_if_any(self, name: str) -> bytes | None:
-        try:
-            return self.get_bytes(name)
-        except ObjectMissing:
-            return None
 
     def list_names(self, under: str) -> list[str]:
         folder = self._named(under.rstrip("/"))

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Protocol
 
 from shutterlock.config import Credential, Paths, S3Config
 from shutterlock.vault.format import HEAD_SIZE, parse_head
-from shutterlock.vault.store import OBJECT_ID, ObjectMissing, StoreError, check_id
+from shutterlock.vault.store import OBJECT_ID, NamedBlobs, ObjectMissing, StoreError, check_id
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class OfflineError(StoreError):
         super().__init__(message, transient=True)
 
 
-class S3Store:
+class S3Store(NamedBlobs):
     name = "s3"
 
     def __init__(self, config: S3Config, client: Any):
@@ -187,12 +187,6 @@ class S3Store:
     def get_bytes(self, name: str) -> bytes:
         with self.open_key(self.key(name), missing=name) as body:
             return body.read()
-
-    def get_bytes_if_any(self, name: str) -> bytes | None:
-        try:
-            return self.get_bytes(name)
-        except ObjectMissing:
-            return None
 
     def list_names(self, under: str) -> list[str]:
         """Names (relative to the prefix) of every key below ``under``, e.g. ``catalog/snapshots/``."""
