@@ -156,7 +156,8 @@ def cloak_image(
         except (ValueError, OSError) as exc:
             raise CloakError(f"cannot cloak a {image.mode} image: {exc}") from exc
         dev = models.device()
-        x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].to(dev)
+        x = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous().to(dev)
+        del array
         try:
             out, steps, (score, flip) = attack.run(
                 x, attack.PRESETS[strength], encoders, seed=seed, grey=grey, jpeg_quality=jpeg_quality,

@@ -76,7 +76,7 @@ PRESETS: dict[str, Preset] = {
 _SSIMULACRA2_MARGIN = 0.3
 _OVERSHOOT = 4.0
 _FLIP_MARGIN = 0.0005
-# On images larger than _WHOLE pixels the quality fit searches on a _PROBE-pixel window first (a few
+# On images larger than _WHOLE pixels the quality fit searches on a _PROBE-pixel mosaic first (a few
 # hundredths of the cost of the whole metric on a 2048-px image), then checks and corrects on the whole.
 _PROBE = 512
 _WHOLE = 1024 * 800
@@ -186,10 +186,13 @@ def allowance(stick: P.Yardstick, x: torch.Tensor, chroma: float) -> list[torch.
     pixel (steeper in the shadows) brings it to sRGB. Chroma gets `chroma**2` of the luma allowance.
     """
     with torch.no_grad():
-        lo, hi = (x - 1 / 255).clamp(0, 1), (x + 1 / 255).clamp(0, 1)
-        rise = P.xyb(P.srgb_to_linear(hi))[:, 1:2] - P.xyb(P.srgb_to_linear(lo))[:, 1:2]
-        run = luma(hi - lo).clamp_min(1e-6)
-        slope2 = (rise / run).square().clamp_min(1e-4)
+        def xyb_y(shift: float) -> tuple[torch.Tensor, torch.Tensor]:  # one side at a time: memory
+            moved = (x + shift).clamp(0, 1)
+            return P.xyb(P.srgb_to_linear(moved))[:, 1:2].clone(), luma(moved)
+
+        (y_hi, luma_hi), (y_lo, luma_lo) = xyb_y(1 / 255), xyb_y(-1 / 255)
+        slope2 = ((y_hi - y_lo) / (luma_hi - luma_lo).clamp_min(1e-6)).square().clamp_min(1e-4)
+        del y_hi, y_lo, luma_hi, luma_lo
     out = []
     for k, cost in enumerate(BAND_COST):
         allowed = (2 * stick.variance(k, 1) + P.C2) / cost / slope2
@@ -274,6 +277,9 @@ def run(
     # quality than searching at the final amplitude.
     e = [a.sqrt() * torch.randn(a.shape, generator=gen).to(a.device, a.dtype) for a in allow]
     probe = _Probe.of(x, stick, jpeg_quality)
+    # A large image's yardstick (five full-size planes and its coarser scales) is rebuilt for the
+    # fit rather than held through the steps, where it would top the cloak's peak memory.
+    del stick
     scale = _calibrate(x, e, probe, preset.ssimulacra2, jpeg_quality)
     e = [b * scale for b in e]
     budget = band_cost(e, allow) * _OVERSHOOT**2
@@ -303,22 +309,33 @@ def run(
         with torch.no_grad():
             xa = (x + to_rgb(_collapse(e, size))).clamp(0, 1)
         xa.requires_grad_(True)
-        loss = displacement(view, "taef2", xa) + 0.5 * displacement(view, "taesana", xa)
+        terms = [(1.0, view, "taef2"), (0.5, view, "taesana")]
         if large is not None and k % 2 == 1:
-            loss = loss + displacement(large, "taesana", xa)
-        (grad,) = torch.autograd.grad(loss, xa)
-        del xa, loss
+            terms.append((1.0, large, "taesana"))
+        # One backward pass per term: only one encoder's activations are held at a time (together
+        # they were most of the cloak's peak memory).
+        grad = torch.zeros_like(xa)
+        for weight, seen, name in terms:
+            (part,) = torch.autograd.grad(weight * displacement(seen, name, xa), xa)
+            grad += part
+            del part
+        del xa
         with torch.no_grad():
             # Natural gradient: each band of the gradient times what the metric allows there.
-            step = [g * a for g, a in zip(_bands(to_opponent_gradient(grad), levels + 1), allow, strict=False)]
+            # In place from here: each full-size copy would add to the cloak's peak memory.
+            step = _bands(to_opponent_gradient(grad), levels + 1)[:levels]
             del grad
+            for g, a in zip(step, allow, strict=True):
+                g.mul_(a)
             norm = math.sqrt(budget / max(band_cost(step, allow), 1e-30))
             rate = 1.5 * (1.2 - k / preset.steps)
             for i in range(levels):
-                momentum[i] = 0.5 * momentum[i] + norm * step[i]
-                e[i] = e[i] + rate * momentum[i]
+                momentum[i].mul_(0.5).add_(step[i], alpha=norm)
+                e[i].add_(momentum[i], alpha=rate)
+            del step
             shrink = min(1.0, math.sqrt(budget / max(band_cost(e, allow), 1e-30)))
-            e = [b * shrink for b in e]
+            for b in e:
+                b.mul_(shrink)
         steps += 1
         if progress is not None:
             progress(0.9 * steps / preset.steps)
@@ -329,6 +346,7 @@ def run(
             delta = delta[:, :1].expand_as(delta)
         del e, momentum, allow
         cap = preset.jnd_cap * P.jnd_map(x)
+        stick = probe.stick if probe.whole else P.Yardstick(saved(x, jpeg_quality))
         out, measured = _fit(x, delta, cap, stick, probe, preset, jpeg_quality, 1.6 / _OVERSHOOT)
     return out, steps, measured
 
@@ -350,13 +368,13 @@ def _calibrate(x: torch.Tensor, e: list[torch.Tensor], probe: _Probe, target: fl
 
 @dataclass
 class _Probe:
-    """A window of the image, aligned to JPEG's 16-pixel blocks, with its own yardstick: where the
-    quality fit searches before it measures the whole image. The whole image when it is small."""
+    """Four windows of the image, one in each quadrant, aligned to JPEG's 16-pixel blocks and tiled
+    into one picture with its own yardstick: where the quality fit searches before it measures the
+    whole image (a centre window alone misjudged the whole by 2-5 points). The whole image when it
+    is small."""
 
-    top: int
-    left: int
-    h: int
-    w: int
+    corners: tuple[tuple[int, int], ...]
+    side: int
     x: torch.Tensor
     stick: P.Yardstick
     whole: bool
@@ -365,14 +383,24 @@ class _Probe:
     def of(cls, x: torch.Tensor, stick: P.Yardstick, jpeg_quality: int) -> _Probe:
         h, w = int(x.shape[-2]), int(x.shape[-1])
         if h * w <= _WHOLE:
-            return cls(0, 0, h, w, x, stick, True)
-        ph, pw = min(h, _PROBE), min(w, _PROBE)
-        top, left = (h - ph) // 32 * 16, (w - pw) // 32 * 16
-        window = x[..., top : top + ph, left : left + pw]
-        return cls(top, left, ph, pw, window, P.Yardstick(saved(window, jpeg_quality)), False)
+            return cls((), 0, x, stick, True)
+        side = _PROBE // 2
+        corners = tuple(
+            (min(max(0, round(fy * h) - side // 2), h - side) // 16 * 16,
+             min(max(0, round(fx * w) - side // 2), w - side) // 16 * 16)
+            for fy in (0.25, 0.75) for fx in (0.25, 0.75)
+        )
+        probe = cls(corners, side, x, stick, False)
+        window = probe.crop(x)
+        probe.x, probe.stick = window, P.Yardstick(saved(window, jpeg_quality))
+        return probe
 
     def crop(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.whole else t[..., self.top : self.top + self.h, self.left : self.left + self.w]
+        if self.whole:
+            return t
+        s = self.side
+        tiles = [t[..., top : top + s, left : left + s] for top, left in self.corners]
+        return torch.cat([torch.cat(tiles[:2], dim=-1), torch.cat(tiles[2:], dim=-1)], dim=-2)
 
 
 def saved(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -395,9 +423,10 @@ def _fit(x: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor, stick: P.Yards
     the preset's targets.
 
     100 - SSIMULACRA 2 grows like a power (~1.3) of the amplitude, so a secant step in log-log space
-    lands within a fraction of a point in two or three tries. The tries run on the probe window; the
-    whole image is then measured, and the probe's target moved by the difference, until the whole
-    image lands just above the target (one or two measurements). FLIP, a cheaper constraint for all
+    lands within a fraction of a point in two or three tries. On a large image the tries run on the
+    probe window first; its answer starts the same secant on the whole image, which then lands just
+    above the target in one to three measurements (the probe's score is a few points off the whole
+    image's, the curve's shape is not). FLIP, a cheaper constraint for all
     but the lightest preset, is checked on the final candidate and scaled down (linear in amplitude
     at this size) if needed.
     """
@@ -408,39 +437,38 @@ def _fit(x: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor, stick: P.Yards
         d, c = region.crop(delta), region.crop(cap)
         return _quantise(region.x + torch.maximum(torch.minimum(s * d, c), -c))
 
-    def on_probe(s: float, want: float) -> float:
-        tried: list[tuple[float, float]] = []
-        for _ in range(5):
-            score = probe.stick.ssimulacra2(saved(candidate(s, probe), jpeg_quality))
-            tried.append((s, score))
-            if want <= score <= want + 0.4 or (score >= want and s >= 64.0):
-                break
-            s = min(64.0, _next_scale(tried, want))
-        return max((t for t in tried if t[1] >= want), key=lambda t: t[0], default=min(tried))[0]
-
     target = preset.ssimulacra2 + _SSIMULACRA2_MARGIN
-    best: tuple[float, torch.Tensor, float] | None = None
-    want = target
-    for _ in range(1 if probe.whole else 3):
-        scale = on_probe(scale, want)
-        cand = candidate(scale)
-        score = stick.ssimulacra2(saved(cand, jpeg_quality))
+    aim = target + 0.3  # the middle of the accepted window [target, target + 0.6]
+    if not probe.whole:
+        on_probe: list[tuple[float, float]] = []
+        for _ in range(5):
+            score = probe.stick.ssimulacra2(saved(candidate(scale, probe), jpeg_quality))
+            on_probe.append((scale, score))
+            if target <= score <= target + 0.6 or (score >= target and scale >= 64.0):
+                break
+            scale = min(64.0, _next_scale(on_probe, aim))
+    best: tuple[float, float] | None = None  # (scale, score): candidates are rebuilt, not kept
+    tried: list[tuple[float, float]] = []
+    for _ in range(5):
+        score = stick.ssimulacra2(saved(candidate(scale), jpeg_quality))
+        tried.append((scale, score))
         if score >= target and (best is None or scale > best[0]):
-            best = (scale, cand, score)
-        if target <= score <= target + 0.8 or (score >= target and scale >= 64.0):
+            best = (scale, score)
+        if target <= score <= target + 0.6 or (score >= target and scale >= 64.0):
             break
-        want += target - score
-    if best is None:  # the probe misjudged the whole image: halve until it passes
+        scale = min(64.0, _next_scale(tried, aim))
+    if best is None:  # the secant overshot every time: halve until it passes
         for _ in range(8):
-            scale /= 2
-            cand = candidate(scale)
-            score = stick.ssimulacra2(saved(cand, jpeg_quality))
+            scale = min(t[0] for t in tried) / 2
+            score = stick.ssimulacra2(saved(candidate(scale), jpeg_quality))
+            tried.append((scale, score))
             if score >= target:
-                best = (scale, cand, score)
+                best = (scale, score)
                 break
         else:
-            best = (0.0, _quantise(x), 100.0)
-    scale, cand, score = best
+            best = (0.0, 100.0)
+    scale, score = best
+    cand = candidate(scale)
     if preset.flip >= 1.0:
         return cand, (score, stick.flip(saved(cand, jpeg_quality)))
     flip = stick.flip(saved(cand, jpeg_quality))

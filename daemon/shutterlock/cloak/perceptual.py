@@ -11,6 +11,7 @@ packages. Inputs are N x 3 x H x W sRGB tensors in [0, 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 
 import torch
@@ -148,17 +149,17 @@ def _scale_terms(a: _Side, b: _Side) -> torch.Tensor:
     return torch.stack((*_norms(d), *_norms(ratio.clamp_min(0)), *_norms((-ratio).clamp_min(0))), dim=-1)
 
 
-def _pyramid(srgb: torch.Tensor) -> list[torch.Tensor]:
-    """XYB planes (N x 3 x h x w) at each scale SSIMULACRA 2 looks at (downsampled in linear light)."""
+def _pyramid(srgb: torch.Tensor) -> Iterator[torch.Tensor]:
+    """XYB planes (N x 3 x h x w) at each scale SSIMULACRA 2 looks at (downsampled in linear light),
+    one scale at a time: a caller that uses each in turn never holds the whole pyramid."""
     linear = srgb_to_linear(srgb.clamp(0, 1))
-    out = []
     for scale in range(_SCALES):
         if min(linear.shape[-2:]) < 8:
-            break
-        out.append(xyb(linear))
+            return
+        level = xyb(linear)
         if scale < _SCALES - 1:
             linear = downsample(linear)
-    return out
+        yield level
 
 
 def _score(terms: list[torch.Tensor]) -> torch.Tensor:
@@ -187,6 +188,10 @@ def ssimulacra2(reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tenso
 # --- FLIP, LDR (as `flip-evaluator` computes it, 67 pixels per degree) -------------------------------
 
 PPD = 3840 * math.pi / 180  # a 0.7 m wide 4K monitor seen from 0.7 m: FLIP's default
+# Yardstick.flip works on stripes of _FLIP_STRIPE rows plus _FLIP_HALO rows each side; the deepest
+# vertical reach of FLIP's filters at PPD is 10 rows (the CSF), so the halo makes stripes exact.
+_FLIP_STRIPE = 256
+_FLIP_HALO = 16
 _WHITE = (0.950428545, 1.0, 1.088900371)
 _RGB2XYZ = ((10135552 / 24577794, 8788810 / 24577794, 4435075 / 24577794),
             (2613072 / 12288897, 8788810 / 12288897, 887015 / 12288897),
@@ -267,10 +272,11 @@ def _flip_side(srgb: torch.Tensor, ppd: float) -> tuple[torch.Tensor, torch.Tens
     colour = _hunt_lab(_ycxcz_to_linear(torch.cat(chans, dim=1)).clamp(0, 1))
     y = (opp[:, 0:1] + 16) / 116
     edge, point, g = _detectors(ppd)
+    smooth_w = _filter_w(y, g, "replicate")  # shared by both detectors' vertical derivative
 
     def magnitude(d: tuple[float, ...]) -> torch.Tensor:
         gx = _filter_h(_filter_w(y, d, "replicate"), g, "replicate")
-        gy = _filter_h(_filter_w(y, g, "replicate"), d, "replicate")
+        gy = _filter_h(smooth_w, d, "replicate")
         return (gx * gx + gy * gy + 1e-20).sqrt()
 
     return colour, magnitude(edge), magnitude(point)
@@ -294,16 +300,6 @@ def _flip_error(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tor
     return colour ** (1 - (feature / math.sqrt(2)) ** 0.5)
 
 
-def flip_map(reference: torch.Tensor, test: torch.Tensor, ppd: float = PPD) -> torch.Tensor:
-    """Per-pixel LDR FLIP error (N x 1 x H x W) in [0, 1], differentiable."""
-    return _flip_error(_flip_side(reference, ppd), _flip_side(test, ppd))
-
-
-def flip(reference: torch.Tensor, test: torch.Tensor, ppd: float = PPD) -> torch.Tensor:
-    """Mean LDR FLIP per image (N): 0 identical; a JPEG q75 re-encode costs ~0.04-0.07."""
-    return flip_map(reference, test, ppd).mean(dim=(1, 2, 3))
-
-
 class Yardstick:
     """Both metrics against one fixed reference whose share is computed once: many candidates, one image."""
 
@@ -311,7 +307,6 @@ class Yardstick:
         with torch.no_grad():
             self._pyramid = [[_Side(level[:, c]) for c in range(3)] for level in _pyramid(reference)]
         self._reference = reference
-        self._flip: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # on first use: often none
 
     @torch.no_grad()
     def ssimulacra2(self, distorted: torch.Tensor) -> float:
@@ -326,9 +321,20 @@ class Yardstick:
 
     @torch.no_grad()
     def flip(self, distorted: torch.Tensor) -> float:
-        if self._flip is None:
-            self._flip = _flip_side(self._reference, PPD)
-        return float(_flip_error(self._flip, _flip_side(distorted, PPD)).mean())
+        """Mean LDR FLIP: 0 identical; a JPEG q75 re-encode costs ~0.04-0.07.
+
+        Computed in stripes of rows, each with a halo deeper than FLIP's filters reach, so the result
+        is exact while the dozen full-size intermediate planes of both sides never exist at once.
+        """
+        h, w = int(distorted.shape[-2]), int(distorted.shape[-1])
+        total = 0.0
+        for top in range(0, h, _FLIP_STRIPE):
+            bottom = min(h, top + _FLIP_STRIPE)
+            lo, hi = max(0, top - _FLIP_HALO), min(h, bottom + _FLIP_HALO)
+            error = _flip_error(_flip_side(self._reference[..., lo:hi, :], PPD),
+                                _flip_side(distorted[..., lo:hi, :], PPD))
+            total += float(error[..., top - lo : bottom - lo, :].sum(dtype=torch.float64))
+        return total / (h * w * distorted.shape[0])
 
 
 # --- where a change goes unnoticed ------------------------------------------------------------------
