@@ -93,3 +93,28 @@ def test_verify_repairs_either_copy_from_the_other(make_home, s3_backend):
     result = home.cli("verify")
     assert result.returncode == 0 and result.stderr.count("REPAIRED") == 2, result.stderr
     assert home.cli("verify").stdout.strip().endswith("all good")
+
+
+def test_an_upload_recorded_during_the_listing_is_not_taken_for_a_loss(tmp_path):
+    """Seen in CI: one replicate worker listed the bucket while another finished an upload; the reconcile took
+    the new object, absent from the listing, for lost — a false alarm, and after `run --once` the object was
+    left without its bucket copy. Real catalog; the two workers' interleaving is laid out by hand."""
+    import time
+
+    from shutterlock.catalog import Catalog
+    from shutterlock.vault.format import ObjectMeta
+
+    meta = ObjectMeta(source="src", path="a.jpg", size=10, mtime_ns=0, sealed_at=time.time() - 60)
+    with Catalog(tmp_path / "catalog.sqlite3") as catalog:
+        for content_id in ("old", "new", "gone"):
+            catalog.adopt_recovered(content_id, meta, 10)
+        catalog.add_replica("old", "s3")
+        catalog.add_replica("gone", "s3")
+        listed_at = time.time()  # the listing begins: it will hold "old" only
+        time.sleep(0.01)
+        catalog.add_replica("new", "s3")  # the other worker's upload lands while the listing runs
+        lost = catalog.reconcile_replicas("s3", {"old"}, "replicate", listed_at)
+        replicas = catalog.replicas_of()
+    assert lost == 1  # "gone" was in the bucket before the listing began and is not in it: really lost
+    assert "s3" in replicas["new"] and "s3" in replicas["old"]
+    assert "s3" not in replicas["gone"]

@@ -613,15 +613,21 @@ class Catalog:
                        (content_id, store, time.time()))
             db.execute("DELETE FROM missing_replicas WHERE content_id = ? AND store = ?", (content_id, store))
 
-    def reconcile_replicas(self, store: str, present: set[str], kind: str) -> int:
-        """Make the replica rows of ``store`` agree with its listing: objects it lost are queued for upload
-        again (and remembered as missing until they are back), objects it holds are recorded. Returns how
-        many objects the store lost since the last reconcile."""
+    def reconcile_replicas(self, store: str, present: set[str], kind: str, listed_at: float) -> int:
+        """Make the replica rows of ``store`` agree with its listing, begun at ``listed_at``: objects it lost are
+        queued for upload again (and remembered as missing until they are back), objects it holds are recorded.
+        Returns how many objects the store lost since the last reconcile.
+
+        Only what the catalog knew before the listing began is judged by it: an object uploaded (or sealed)
+        while the listing ran may be absent from it without being lost."""
         now = time.time()
         with self.transaction() as db:
             ids = {row[0] for row in db.execute("SELECT content_id FROM objects")}
+            known = {row[0] for row in db.execute("SELECT content_id FROM objects WHERE created_at < ?", (listed_at,))}
             recorded = {row[0] for row in db.execute("SELECT content_id FROM replicas WHERE store = ?", (store,))}
-            lost = sorted((ids - present) & recorded)
+            settled = {row[0] for row in db.execute(
+                "SELECT content_id FROM replicas WHERE store = ? AND stored_at < ?", (store, listed_at))}
+            lost = sorted((ids - present) & settled)
             for content_id in lost:
                 db.execute("DELETE FROM replicas WHERE content_id = ? AND store = ?", (content_id, store))
                 db.execute("INSERT OR IGNORE INTO missing_replicas (content_id, store, found_at) VALUES (?, ?, ?)",
@@ -630,12 +636,13 @@ class Catalog:
                 db.execute("INSERT OR IGNORE INTO replicas (content_id, store, stored_at) VALUES (?, ?, ?)",
                            (content_id, store, now))
                 db.execute("DELETE FROM missing_replicas WHERE content_id = ? AND store = ?", (content_id, store))
+            absent = sorted((known - present) - (recorded - settled))
             db.executemany(
                 "INSERT INTO jobs (kind, subject, state, size, created_at, updated_at) "
                 "SELECT ?, content_id, ?, stored_size, ?, ? FROM objects WHERE content_id = ? "
                 "ON CONFLICT (kind, subject) DO UPDATE SET state = excluded.state, permanent = 0, attempts = 0, "
                 "not_before = 0, error = NULL WHERE jobs.state = ?",
-                [(kind, JobState.PENDING, now, now, content_id, JobState.DONE) for content_id in sorted(ids - present)])
+                [(kind, JobState.PENDING, now, now, content_id, JobState.DONE) for content_id in absent])
         return len(lost)
 
     def swap_object(self, old: str, new: str, stored_size: int, replicate: str | None) -> None:

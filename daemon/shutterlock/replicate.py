@@ -308,7 +308,8 @@ class ReplicateStage:
         snapshot included."""
         self.sync_keys()
         self._identity_published = publish_signing_identity(self.store, self.vault.root)
-        lost = self.catalog.reconcile_replicas(self.store.name, set(self.store.list()), self.name)
+        listed_at = time.time()
+        lost = self.catalog.reconcile_replicas(self.store.name, set(self.store.list()), self.name, listed_at)
         if lost:
             message = f"the bucket lost {lost} object(s); re-uploading"
             log.warning("%s", message)
