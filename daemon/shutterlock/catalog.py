@@ -624,9 +624,9 @@ class Catalog:
         with self.transaction() as db:
             ids = {row[0] for row in db.execute("SELECT content_id FROM objects")}
             known = {row[0] for row in db.execute("SELECT content_id FROM objects WHERE created_at < ?", (listed_at,))}
-            recorded = {row[0] for row in db.execute("SELECT content_id FROM replicas WHERE store = ?", (store,))}
-            settled = {row[0] for row in db.execute(
-                "SELECT content_id FROM replicas WHERE store = ? AND stored_at < ?", (store, listed_at))}
+            stored_at = dict(db.execute("SELECT content_id, stored_at FROM replicas WHERE store = ?", (store,)))
+            recorded = set(stored_at)
+            settled = {content_id for content_id, at in stored_at.items() if at < listed_at}
             lost = sorted((ids - present) & settled)
             for content_id in lost:
                 db.execute("DELETE FROM replicas WHERE content_id = ? AND store = ?", (content_id, store))

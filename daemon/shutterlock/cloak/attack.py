@@ -440,23 +440,10 @@ def _fit(x: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor, stick: P.Yards
     target = preset.ssimulacra2 + _SSIMULACRA2_MARGIN
     aim = target + 0.3  # the middle of the accepted window [target, target + 0.6]
     if not probe.whole:
-        on_probe: list[tuple[float, float]] = []
-        for _ in range(5):
-            score = probe.stick.ssimulacra2(saved(candidate(scale, probe), jpeg_quality))
-            on_probe.append((scale, score))
-            if target <= score <= target + 0.6 or (score >= target and scale >= 64.0):
-                break
-            scale = min(64.0, _next_scale(on_probe, aim))
-    best: tuple[float, float] | None = None  # (scale, score): candidates are rebuilt, not kept
-    tried: list[tuple[float, float]] = []
-    for _ in range(5):
-        score = stick.ssimulacra2(saved(candidate(scale), jpeg_quality))
-        tried.append((scale, score))
-        if score >= target and (best is None or scale > best[0]):
-            best = (scale, score)
-        if target <= score <= target + 0.6 or (score >= target and scale >= 64.0):
-            break
-        scale = min(64.0, _next_scale(tried, aim))
+        _, scale = _secant(lambda s: probe.stick.ssimulacra2(saved(candidate(s, probe), jpeg_quality)),
+                           scale, target, aim)
+    tried, _ = _secant(lambda s: stick.ssimulacra2(saved(candidate(s), jpeg_quality)), scale, target, aim)
+    best = max((t for t in tried if t[1] >= target), key=lambda t: t[0], default=None)
     if best is None:  # the secant overshot every time: halve until it passes
         for _ in range(8):
             scale = min(t[0] for t in tried) / 2
@@ -481,6 +468,21 @@ def _fit(x: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor, stick: P.Yards
         shown = saved(cand, jpeg_quality)
         flip, score = stick.flip(shown), stick.ssimulacra2(shown)
     return cand, (score, flip)
+
+
+def _secant(measure: Callable[[float], float], scale: float, target: float,
+            aim: float) -> tuple[list[tuple[float, float]], float]:
+    """Up to five secant steps on `measure(scale) -> score`, aimed at `aim`, until a score lands in
+    [target, target + 0.6] (or passes at the 64x cap). Returns the (scale, score) pairs tried and the
+    scale it stopped at (the landing one, or the next it would have tried)."""
+    tried: list[tuple[float, float]] = []
+    for _ in range(5):
+        score = measure(scale)
+        tried.append((scale, score))
+        if target <= score <= target + 0.6 or (score >= target and scale >= 64.0):
+            break
+        scale = min(64.0, _next_scale(tried, aim))
+    return tried, scale
 
 
 def _next_scale(tried: list[tuple[float, float]], target: float) -> float:
